@@ -6,8 +6,9 @@ Supported inputs (chosen by file name):
 - ``.csv`` / ``.tsv`` / ``.txt`` (optionally ``.gz``): a table with one row per cell. The first
   column holds the cell names (unless it is numeric and its header is not empty or cell-like, in
   which case the cells are numbered). Columns holding text or booleans become ``obs``; so do
-  numeric columns with a well-known metadata name (``dose``, ``n_counts``, ... see
-  :data:`NUMERIC_METADATA`). Every other column is a gene. A second table of per-cell metadata
+  numeric columns with a well-known metadata name (``dose``, ``batch``, ... see
+  :data:`NUMERIC_METADATA`) or prefix (``n_``, ``pct_``, ``is_``, ``dose``, ... see
+  :data:`NUMERIC_METADATA_PREFIX`). Every other column is a gene. A second table of per-cell metadata
   can be given with ``metadata=`` (indexed by cell name in its first column).
   A table is read as *genes x cells* (and transposed) when all its data columns are numeric and
   either its first header cell is a gene word (``gene``, ``gene_id``, ``symbol``, ...) or most
@@ -47,7 +48,13 @@ NUMERIC_METADATA = frozenset({
     "dose", "dose_val", "dose_value", "dosage", "concentration", "time", "timepoint",
     "n_counts", "n_genes", "total_counts", "n_genes_by_counts", "ncounts", "ngenes",
     "percent_mito", "pct_counts_mt", "is_control", "control", "replicate", "batch",
+    "donor", "sample", "plate", "well", "lane", "rep", "bio_rep", "louvain", "leiden",
+    "cluster", "clusters", "seurat_clusters", "split",
 })
+#: ... and so are numeric columns whose lower-cased name starts like this.
+NUMERIC_METADATA_PREFIX = re.compile(
+    r"^(n_|ncounts|ngenes|total_counts|pct_|percent_|frac_|dose|is_|log1p_|grna_|sgrna_|"
+    r"size_factor)")
 
 _GENE_HEADER_WORDS = frozenset({
     "gene", "genes", "gene_id", "gene_ids", "gene_symbol", "gene_symbols", "gene_name",
@@ -313,8 +320,8 @@ def _read_table(path: Path, report: Callable[..., None]) -> AnnData:
         obs_parts, x_parts, names = [], [], []
         for chunk in reader:
             if gene_cols is None:
-                gene_cols = [c for c in chunk.columns if _looks_numeric(chunk[c])
-                             and str(c).strip().lower() not in NUMERIC_METADATA]
+                gene_cols = [c for c in chunk.columns
+                             if _looks_numeric(chunk[c]) and not _is_metadata_name(c)]
                 obs_cols = [c for c in chunk.columns if c not in set(gene_cols)]
             bad = [c for c in gene_cols if not _looks_numeric(chunk[c])]
             if bad:
@@ -350,6 +357,11 @@ def _read_table(path: Path, report: Callable[..., None]) -> AnnData:
     x = sp.vstack(x_parts, format="csr")
     var = pd.DataFrame(index=pd.Index([str(g) for g in gene_cols], dtype=object))
     return anndata.AnnData(X=x, obs=_labels_to_categorical(obs), var=var)
+
+
+def _is_metadata_name(name) -> bool:
+    low = str(name).strip().lower()
+    return low in NUMERIC_METADATA or bool(NUMERIC_METADATA_PREFIX.match(low))
 
 
 def _read_transposed(path: Path, reader, raw, total: int, report) -> AnnData:
