@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import gzip
 import re
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,14 +112,16 @@ def read_dataset(path: str | Path, *, metadata: str | Path | None = None,
     kind = _kind(path)
     if path.is_file() and path.stat().st_size == 0:
         raise DataError(f"{path}: the file is empty")
-    if kind == "h5ad":
-        adata = _read_h5ad(path)
-    elif kind == "table":
-        adata = _read_table(path, report)
-    elif kind == "10x_h5":
-        adata = _read_10x_h5(path)
-    else:
-        adata = _read_mtx(path)
+    with warnings.catch_warnings():  # names are checked / made unique in _finish
+        warnings.filterwarnings("ignore", message=r"(Variable|Observation) names are not unique")
+        if kind == "h5ad":
+            adata = _read_h5ad(path)
+        elif kind == "table":
+            adata = _read_table(path, report)
+        elif kind == "10x_h5":
+            adata = _read_10x_h5(path)
+        else:
+            adata = _read_mtx(path)
     report(90)
     if metadata is not None:
         _add_metadata(adata, Path(metadata))
@@ -319,6 +322,8 @@ def _read_table(path: Path, report: Callable[..., None]) -> AnnData:
         gene_cols: list[str] | None = None
         obs_parts, x_parts, names = [], [], []
         for chunk in reader:
+            if len(chunk) == 0:
+                continue
             if gene_cols is None:
                 gene_cols = [c for c in chunk.columns
                              if _looks_numeric(chunk[c]) and not _is_metadata_name(c)]
@@ -354,6 +359,7 @@ def _read_table(path: Path, report: Callable[..., None]) -> AnnData:
     else:
         obs.index = pd.Index([str(i) for i in range(len(obs))], dtype=object)
     obs.index.name = None
+    _check_unique_cells(obs.index, path)
     x = sp.vstack(x_parts, format="csr")
     var = pd.DataFrame(index=pd.Index([str(g) for g in gene_cols], dtype=object))
     return anndata.AnnData(X=x, obs=_labels_to_categorical(obs), var=var)
@@ -381,6 +387,7 @@ def _read_transposed(path: Path, reader, raw, total: int, report) -> AnnData:
     if cells is None:
         raise DataError(f"{path}: the table has a header but no genes")
     x = sp.vstack(parts, format="csr").T.tocsr()
+    _check_unique_cells(pd.Index(cells), path)
     obs = pd.DataFrame(index=pd.Index(cells, dtype=object))
     var = pd.DataFrame(index=pd.Index(genes, dtype=object))
     return anndata.AnnData(X=x, obs=obs, var=var)
@@ -430,14 +437,19 @@ def _finish(adata: AnnData, path: Path) -> None:
         raise DataError(f"{path}: the dataset has no genes")
     if adata.n_obs == 0:
         raise DataError(f"{path}: the dataset has no cells")
-    names = pd.Index(adata.obs_names)
+    _check_unique_cells(pd.Index(adata.obs_names), path)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Variable names are not unique")
+        _symbols_as_var_names(adata)
+    if not adata.var_names.is_unique:
+        adata.var_names_make_unique()
+
+
+def _check_unique_cells(names: pd.Index, path: Path) -> None:
     if names.has_duplicates:
         dup = names[names.duplicated()]
         raise DataError(f"{path}: cell names must be unique, but {len(set(dup))} are repeated "
                         f"(e.g. {dup[0]!r})")
-    _symbols_as_var_names(adata)
-    if not adata.var_names.is_unique:
-        adata.var_names_make_unique()
 
 
 def _symbols_as_var_names(adata: AnnData) -> None:
