@@ -155,7 +155,8 @@ def write_h5ad(adata: AnnData, path: str | Path, *, compression: str | None = "g
     ``uns`` is written through :func:`sanitize_uns`: ``None`` values in dicts are dropped, lists
     of dicts or mixed lists are stored as ``"json:..."`` strings (decode with
     :func:`restore_uns`), tuples become lists. ``adata`` itself is not modified, apart from
-    anndata turning string ``obs`` columns into categoricals.
+    anndata turning string ``obs`` columns into categoricals (its ``uns`` is swapped for the
+    sanitised copy while writing, so do not edit ``adata`` from another thread meanwhile).
 
     Parameters
     ----------

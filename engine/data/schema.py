@@ -102,7 +102,7 @@ class Schema:
     def __post_init__(self) -> None:
         self.context_keys = tuple(str(k) for k in (self.context_keys or ()))
         self.drop_labels = tuple(str(k) for k in (self.drop_labels or ()))
-        self.control_label = str(self.control_label)
+        self.control_label = "control" if self.control_label is None else str(self.control_label)
 
     # -- serialisation ----------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -185,7 +185,8 @@ class Schema:
             raise SchemaError(f"{n} cells have a perturbation marked to drop "
                               f"({', '.join(self.drop_labels)}); call schema.filter(adata) "
                               "before asking for their conditions")
-        cols = list(self.roles().values())
+        roles = self.roles()
+        cols = list(roles.values())
         n = adata.n_obs
         if not cols:
             return np.zeros(n, dtype=np.int64), [Condition()]
@@ -194,16 +195,17 @@ class Schema:
         for c in cols:
             codes, uniq = pd.factorize(adata.obs[c].astype(object), use_na_sentinel=True)
             code_cols.append(codes.astype(np.int64))
-            uniques.append(uniq)
+            uniques.append(list(uniq))
         stacked = np.stack(code_cols, axis=1)
         rows, inverse = np.unique(stacked, axis=0, return_inverse=True)
         inverse = np.asarray(inverse).reshape(-1)
         conds: list[Condition] = []
         index: dict[Condition, int] = {}
         row_to_cond = np.empty(len(rows), dtype=np.int64)
-        for r, row in enumerate(rows):
+        role_names = list(roles)
+        for r, row in enumerate(rows.tolist()):
             values = {role: (None if code < 0 else uniques[j][code])
-                      for j, (role, code) in enumerate(zip(self.roles(), row, strict=True))}
+                      for j, (role, code) in enumerate(zip(role_names, row, strict=True))}
             cond = self._parse_row(values)
             if cond not in index:
                 index[cond] = len(conds)
