@@ -435,6 +435,7 @@ def validate_schema(adata: AnnData, schema: Schema) -> list[SchemaIssue]:
         s = sub[pert_col]
         values = _str_values(obs[pert_col])
         vc = obs[pert_col].astype(object).value_counts()
+        vc = vc[vc > 0]
         top = _ls([f"{v} ({n})" for v, n in vc.head(10).items()])
         label = schema.control_label.strip().lower()
         if label not in {v.strip().lower() for v in values}:

@@ -95,6 +95,13 @@ def test_transposed_csv_genes_by_cells(tmp_path: Path):
     np.testing.assert_array_equal(counts_array(a), [[1, 0], [0, 5], [2, 0]])
 
 
+def test_txt_separator_is_sniffed(tmp_path: Path):
+    p = tmp_path / "m.txt"
+    p.write_text("cell\tA\tB\nx\t1\t2\n")
+    a = read_dataset(p)
+    assert list(a.var_names) == ["A", "B"] and list(a.obs_names) == ["x"]
+
+
 def test_csv_without_cell_names_numbers_the_cells(tmp_path: Path):
     p = tmp_path / "plain.csv"
     p.write_text("A,B\n1,2\n3,4\n")
