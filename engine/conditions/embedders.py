@@ -1,0 +1,95 @@
+"""Condition embedders: categorical, hierarchical, multi-component perturbation and set.
+
+The condition vector fed to the backbone is ``HierarchicalEmbedder(context..., cell type) +
+SetEmbedder(perturbations)``. Each perturbation is a multi-component embedding of (target, type,
+dose); the set of perturbations is pooled by a sum (DeepSets), so the result does not depend on the
+order the user typed them in, and a double starts out as the sum of its singles.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def _mlp(d_in: int, d_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(d_in, d_out), nn.SiLU(), nn.Linear(d_out, d_out))
+
+
+class CategoricalEmbedder(nn.Module):
+    """Index 0 is "absent"; values are 1..n."""
+
+    def __init__(self, n: int, dim: int) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(n + 1, dim)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.emb(idx)
+
+
+class HierarchicalEmbedder(nn.Module):
+    """Levels coarse -> fine (organism > tissue > cell type > state). Each present level adds a
+    residual computed from its parent's embedding and its own value, so a finer level refines the
+    coarser ones; an absent level (index 0) leaves the embedding at its parent."""
+
+    def __init__(self, sizes: list[int], dim: int) -> None:
+        super().__init__()
+        self.root = nn.Parameter(torch.zeros(dim))
+        self.levels = nn.ModuleList(CategoricalEmbedder(n, dim) for n in sizes)
+        self.mix = nn.ModuleList(_mlp(2 * dim, dim) for _ in sizes)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:       # idx: (B, L)
+        h = self.root.expand(idx.shape[0], -1)                     # (B, D)
+        for j, (emb, mix) in enumerate(zip(self.levels, self.mix)):
+            e = emb(idx[:, j])                                     # (B, D)
+            present = (idx[:, j] > 0).unsqueeze(-1).to(h.dtype)    # (B, 1)
+            h = h + present * mix(torch.cat([h, e], dim=-1))       # (B, D)
+        return h
+
+
+class PerturbationEmbedder(nn.Module):
+    """Multi-component: (target, perturbation type, dose) -> one vector per perturbation."""
+
+    def __init__(self, n_targets: int, n_types: int, dim: int) -> None:
+        super().__init__()
+        self.target = CategoricalEmbedder(n_targets, dim)
+        self.ptype = CategoricalEmbedder(n_types, dim)
+        self.dose = _mlp(1, dim)
+        self.combine = _mlp(3 * dim, dim)
+
+    def forward(self, targets, types, doses) -> torch.Tensor:     # (B, P) each
+        parts = [self.target(targets), self.ptype(types), self.dose(doses.unsqueeze(-1))]
+        return self.combine(torch.cat(parts, dim=-1))              # (B, P, D)
+
+
+class SetEmbedder(nn.Module):
+    """Order-invariant pooling of a variable number of perturbations: rho(sum_i phi(e_i)).
+    Empty set = the control vector; ``null`` rows (dropped for guidance) get the null vector."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.phi = _mlp(dim, dim)
+        self.rho = _mlp(dim, dim)
+        self.control = nn.Parameter(torch.zeros(dim))
+        self.null = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, elems: torch.Tensor, mask: torch.Tensor, null: torch.Tensor) -> torch.Tensor:
+        pooled = (self.phi(elems) * mask.unsqueeze(-1)).sum(dim=1)  # (B, D)
+        out = pooled + self.rho(pooled)                              # (B, D)
+        empty = (mask.sum(dim=1) == 0).unsqueeze(-1)
+        out = torch.where(empty, self.control.expand_as(out), out)
+        return torch.where(null.unsqueeze(-1), self.null.expand_as(out), out)
+
+
+class ConditionEncoder(nn.Module):
+    def __init__(self, level_sizes: list[int], n_targets: int, n_types: int, dim: int) -> None:
+        super().__init__()
+        self.context = HierarchicalEmbedder(level_sizes, dim)
+        self.perturbation = PerturbationEmbedder(n_targets, n_types, dim)
+        self.set = SetEmbedder(dim)
+
+    def forward(self, levels, targets, types, doses, null) -> torch.Tensor:
+        ctx = self.context(levels)                                   # (B, D)
+        elems = self.perturbation(targets, types, doses)             # (B, P, D)
+        perts = self.set(elems, targets > 0, null)                   # (B, D)
+        return ctx + perts

@@ -1,0 +1,108 @@
+"""Where models live: shipped with the app, and the user's own.
+
+- shipped: ``<repo>/resources/models`` from source, ``<bundle>/resources/models`` when frozen
+  (PyInstaller's ``sys._MEIPASS``); ``PERTURB_STUDIO_SHIPPED_MODELS`` overrides.
+- user: ``PERTURB_STUDIO_USER_MODELS``, else the platform's per-user data folder.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .checkpoint import read_card, read_config
+from .conditions.spec import ConditionSpace
+from .errors import ModelError
+
+
+def shipped_models_dir() -> Path:
+    env = os.environ.get("PERTURB_STUDIO_SHIPPED_MODELS")
+    if env:
+        return Path(env)
+    if getattr(sys, "frozen", False) and hasattr(sys, "_MEIPASS"):
+        return Path(sys._MEIPASS) / "resources" / "models"
+    return Path(__file__).resolve().parents[1] / "resources" / "models"
+
+
+def user_models_dir() -> Path:
+    env = os.environ.get("PERTURB_STUDIO_USER_MODELS")
+    if env:
+        return Path(env)
+    if sys.platform == "win32":
+        base = Path(os.environ.get("APPDATA", Path.home() / "AppData" / "Roaming"))
+    elif sys.platform == "darwin":
+        base = Path.home() / "Library" / "Application Support"
+    else:
+        base = Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share"))
+    return base / "perturb-studio" / "models"
+
+
+@dataclass
+class ModelInfo:
+    name: str
+    path: Path
+    source: str                      # "shipped" | "user"
+    card: dict = field(default_factory=dict)
+    space: ConditionSpace = field(default_factory=ConditionSpace)
+    n_genes: int = 0
+    backbone: str = ""
+
+
+def _info(folder: Path, source: str) -> ModelInfo:
+    config = read_config(folder)
+    return ModelInfo(config.get("name") or folder.name, folder, source, read_card(folder),
+                     ConditionSpace.from_dict(config["space"]), len(config["genes"]),
+                     config["architecture"].get("backbone", ""))
+
+
+def list_models(*, include_broken: bool = False) -> list[ModelInfo]:
+    """Installed models (shipped first, then the user's), read from config/card only: cheap."""
+    out: list[ModelInfo] = []
+    for source, root in (("shipped", shipped_models_dir()), ("user", user_models_dir())):
+        if not root.is_dir():
+            continue
+        for folder in sorted(p for p in root.iterdir() if p.is_dir() and not
+                             p.name.startswith(".")):
+            try:
+                out.append(_info(folder, source))
+            except ModelError:
+                if include_broken:
+                    raise
+    return out
+
+
+def resolve_model(name_or_dir: str | os.PathLike) -> Path:
+    """A folder path, or the name of an installed model (user models shadow shipped ones)."""
+    p = Path(name_or_dir).expanduser()
+    if p.is_dir():
+        return p
+    for root in (user_models_dir(), shipped_models_dir()):
+        if (root / str(name_or_dir)).is_dir():
+            return root / str(name_or_dir)
+    names = [m.name for m in list_models()]
+    raise ModelError(f"no model named {str(name_or_dir)!r} and no such folder; installed models: "
+                     f"{', '.join(names) or 'none'}")
+
+
+def import_model(folder: str | os.PathLike, *, name: str | None = None) -> ModelInfo:
+    """Validate a model folder fully (weights included) and copy it into the user model folder."""
+    from .model import PerturbModel
+
+    src = Path(folder)
+    PerturbModel.load(src, device="cpu")            # full validation before anything is copied
+    dest = user_models_dir() / (name or src.name)
+    if dest.exists():
+        raise ModelError(f"a model named {dest.name!r} is already installed at {dest}")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.importing")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        shutil.copytree(src, tmp)
+        tmp.rename(dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return _info(dest, "user")

@@ -1,0 +1,255 @@
+"""Train a model on a dataset: VAE with NB decoder first, then the latent generative model.
+
+Phase 1 (``autoencoder``): fit the VAE on raw counts. Phase 2 (``flow``): encode every cell to
+its latent mean + log library size, standardise, and fit the conditional velocity (or noise)
+network with classifier-free-guidance dropout. Weights of phase 2 are an exponential moving
+average. Nothing is written unless training finishes; cancel raises :class:`Cancelled`.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import platform
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .checkpoint import FORMAT, FORMAT_VERSION
+from .conditions.vocab import Vocab, build_space
+from .errors import DataError
+from .progress import CancelToken, ProgressFn, Reporter, check_cancel
+
+DEFAULTS = dict(max_genes=5000, latent_dim=32, ae_hidden=256, ae_epochs=None, ae_max_steps=3000,
+                ae_lr=1e-3, kl_weight=0.5, batch_size=256, cond_dim=128, flow_steps=4000,
+                flow_batch=512, flow_lr=1e-3, p_uncond=0.1, p_coarse=0.1, ema=0.998,
+                objective="rectified_flow", steps=20, guidance=1.0, width=256, depth=4)
+
+
+def apply_excludes(adata, exclude: Sequence[Mapping[str, str]]):
+    """Drop the cells that match all KEY=VALUE pairs of any one exclude rule."""
+    if not exclude:
+        return adata
+    keep = np.ones(adata.n_obs, bool)
+    for rule in exclude:
+        hit = np.ones(adata.n_obs, bool)
+        for key, value in rule.items():
+            if key not in adata.obs:
+                raise DataError(f"--exclude: no obs column {key!r}; columns are: "
+                                f"{', '.join(map(str, adata.obs.columns))}")
+            col = adata.obs[key].astype(str).to_numpy()
+            if value not in set(col):
+                raise DataError(f"--exclude: value {value!r} never occurs in column {key!r}")
+            hit &= col == value
+        keep &= ~hit
+    if not keep.any():
+        raise DataError("--exclude removes every cell")
+    return adata[keep].copy()
+
+
+def select_genes(adata, counts, max_genes: int, keep: Sequence[str] = ()) -> np.ndarray:
+    """Column indices of the genes the model uses: all genes when there are at most
+    ``max_genes``, else the most highly variable (scanpy 'seurat' flavour on log-normalised
+    counts) plus any perturbation target that is a measured gene."""
+    n = counts.shape[1]
+    if n <= max_genes:
+        return np.arange(n)
+    import anndata as ad
+    import scanpy as sc
+
+    tmp = ad.AnnData(counts.astype(np.float32).copy())
+    sc.pp.normalize_total(tmp, target_sum=1e4)
+    sc.pp.log1p(tmp)
+    sc.pp.highly_variable_genes(tmp, n_top_genes=max_genes, flavor="seurat")
+    chosen = set(np.flatnonzero(tmp.var["highly_variable"].to_numpy()).tolist())
+    names = {str(g): i for i, g in enumerate(adata.var_names)}
+    chosen |= {names[g] for g in keep if g in names}
+    return np.array(sorted(chosen))
+
+
+def train_model(adata, schema, out_dir: str | os.PathLike | None = None, *,
+                backbone: str = "mlp", seed: int = 0, device: str = "auto",
+                name: str | None = None, exclude: Sequence[Mapping[str, str]] = (),
+                progress: ProgressFn | None = None, cancel: CancelToken | None = None,
+                data_file: str | None = None, **overrides):
+    """Train a :class:`PerturbModel` on ``adata`` with the roles in ``schema``.
+
+    ``overrides`` change the hyper-parameters in :data:`DEFAULTS`. With ``out_dir`` the model
+    folder is written (atomically) when training completes.
+    """
+    import torch
+
+    from .data.io import get_counts
+    from .device import resolve_device
+    from .model import PerturbModel
+
+    hp = dict(DEFAULTS)
+    unknown = set(overrides) - set(hp)
+    if unknown:
+        raise TypeError(f"unknown training options: {sorted(unknown)}")
+    hp.update(overrides)
+    if backbone not in ("mlp", "transformer"):
+        raise ValueError(f"backbone must be 'mlp' or 'transformer', got {backbone!r}")
+    t_start = time.perf_counter()
+    dev = resolve_device(device)
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+
+    adata = apply_excludes(adata, exclude)
+    adata = schema.filter(adata)
+    codes, uniq = schema.condition_codes(adata)
+    counts, counts_source = get_counts(adata)
+    counts = counts.tocsr().astype(np.float32)
+    targets = sorted({p.target for c in uniq for p in c.perturbations})
+    cols = select_genes(adata, counts, hp["max_genes"], keep=targets)
+    counts = counts[:, cols]
+    genes = [str(g) for g in adata.var_names[cols]]
+    lib = np.asarray(counts.sum(axis=1)).ravel()
+    if (lib <= 0).any():
+        keep = lib > 0
+        counts, codes, lib = counts[keep], codes[keep], lib[keep]
+    n_cells = counts.shape[0]
+    if n_cells < 20:
+        raise DataError(f"only {n_cells} cells with counts remain; at least 20 are needed")
+
+    vocab = Vocab.from_conditions(uniq, schema.context_keys)
+    conds_arr = vocab.encode(uniq).take(codes)
+    space = build_space(uniq, vocab, control_label=schema.control_label,
+                        has_dose=schema.dose_key is not None)
+    arch = {"latent_dim": hp["latent_dim"], "ae_hidden": hp["ae_hidden"], "backbone": backbone,
+            "cond_dim": hp["cond_dim"], "objective": hp["objective"],
+            "backbone_kw": ({"width": hp["width"], "depth": hp["depth"]} if backbone == "mlp"
+                            else {"width": 64, "depth": 3, "tokens": 8, "heads": 4})}
+    config = {"format": FORMAT, "format_version": FORMAT_VERSION, "engine_version": __version__,
+              "name": name or (Path(out_dir).name if out_dir else "model"),
+              "genes": genes, "architecture": arch, "vocab": vocab.to_dict(),
+              "space": space.to_dict(), "schema": schema.to_dict(),
+              "preprocessing": {
+                  "counts_source": counts_source,
+                  "gene_selection": ("all genes" if len(cols) == adata.n_vars else
+                                     f"{len(cols)} highly variable genes (scanpy seurat flavour)"
+                                     " + perturbed genes"),
+                  "encoder_input": "log1p(counts / library * 1e4)",
+                  "decoder": "negative binomial, mean = softmax(decoder(z)) * library, "
+                             "per-gene dispersion"},
+              "sampling": {"steps": hp["steps"], "guidance": hp["guidance"], "batch_size": 2048},
+              "density": float(counts.nnz / max(counts.shape[0] * counts.shape[1], 1))}
+    ae, net = PerturbModel.build_modules({**config, "latent_stats": {}})
+    ae, net = ae.to(dev), net.to(dev)
+
+    # ---- phase 1: autoencoder ----------------------------------------------------------------
+    gen = torch.Generator().manual_seed(seed)
+    bs = min(hp["batch_size"], n_cells)
+    per_epoch = max(n_cells // bs, 1)
+    epochs = hp["ae_epochs"] or max(10, min(200, math.ceil(hp["ae_max_steps"] / per_epoch)))
+    ae_steps = epochs * per_epoch
+    report = Reporter(progress, ae_steps, "autoencoder", start=0.0, span=0.5)
+    opt = torch.optim.AdamW(ae.parameters(), lr=hp["ae_lr"], weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=hp["ae_lr"], total_steps=ae_steps,
+                                                pct_start=0.1)
+    ae.train()
+    step, history = 0, {"autoencoder": [], "flow": []}
+    for _epoch in range(epochs):
+        order = torch.randperm(n_cells, generator=gen).numpy()
+        for b in range(per_epoch):
+            check_cancel(cancel)
+            idx = np.sort(order[b * bs:(b + 1) * bs])
+            x = torch.as_tensor(counts[idx].toarray(), device=dev)
+            kl_w = hp["kl_weight"] * min(1.0, step / max(0.3 * ae_steps, 1))
+            loss, _parts = ae.loss(x, kl_w)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(ae.parameters(), 10.0)
+            opt.step()
+            sched.step()
+            step += 1
+            if step % 10 == 0 or step == ae_steps:
+                lv = float(loss) / len(genes)
+                history["autoencoder"].append((step, lv))
+                report(step, loss=lv)
+    ae.eval()
+
+    # ---- latent states -----------------------------------------------------------------------
+    with torch.no_grad():
+        states = []
+        for s in range(0, n_cells, 2048):
+            x = torch.as_tensor(counts[s:s + 2048].toarray(), device=dev)
+            mu, _ = ae.encode(x)
+            states.append(torch.cat([mu, torch.log(x.sum(1, keepdim=True).clamp_min(1))], 1))
+        states = torch.cat(states)
+    mean, std = states.mean(0), states.std(0).clamp_min(1e-3)
+    states = ((states - mean) / std).float()
+    config["latent_stats"] = {"mean": mean.cpu().tolist(), "std": std.cpu().tolist()}
+
+    # ---- phase 2: latent generative model ------------------------------------------------------
+    from .diffusion.schedules import OBJECTIVES
+
+    objective = OBJECTIVES[hp["objective"]]()
+    fsteps, fbs = hp["flow_steps"], min(hp["flow_batch"], n_cells)
+    report = Reporter(progress, fsteps, "flow", start=0.5, span=0.5)
+    ema = copy.deepcopy(net).eval()
+    for p in ema.parameters():
+        p.requires_grad_(False)
+    opt = torch.optim.AdamW(net.parameters(), lr=hp["flow_lr"], weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=hp["flow_lr"], total_steps=fsteps,
+                                                pct_start=0.05)
+    lv_t = torch.as_tensor(conds_arr.levels)
+    tg_t = torch.as_tensor(conds_arr.targets)
+    ty_t = torch.as_tensor(conds_arr.types)
+    do_t = torch.as_tensor(conds_arr.doses)
+    n_levels = lv_t.shape[1]
+    net.train()
+    for step in range(1, fsteps + 1):
+        check_cancel(cancel)
+        idx = torch.randint(0, n_cells, (fbs,), generator=gen)
+        levels = lv_t[idx].clone()
+        null = torch.zeros(fbs, dtype=torch.bool)
+        u = torch.rand(fbs, generator=gen)
+        drop_all = u < hp["p_uncond"]
+        levels[drop_all] = 0
+        null |= drop_all
+        if n_levels:
+            coarse = (u >= hp["p_uncond"]) & (u < hp["p_uncond"] + hp["p_coarse"])
+            cut = torch.randint(0, n_levels, (fbs,), generator=gen)
+            mask = torch.arange(n_levels)[None, :] >= cut[:, None]
+            levels[coarse[:, None] & mask] = 0
+        x0 = states[idx.to(states.device)]
+        noise = torch.randn(x0.shape, generator=gen).to(dev)
+        t = objective.sample_t(fbs, gen).to(dev)
+        xt, target = objective.corrupt(x0, noise, t)
+        c = net.embed(levels.to(dev), tg_t[idx].to(dev), ty_t[idx].to(dev),
+                      do_t[idx].to(dev), null.to(dev))
+        loss = torch.nn.functional.mse_loss(net(xt, t, c), target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        with torch.no_grad():
+            decay = min(hp["ema"], (1 + step) / (10 + step))
+            for pe, pn in zip(ema.parameters(), net.parameters()):
+                pe.lerp_(pn, 1 - decay)
+        if step % 20 == 0 or step == fsteps:
+            history["flow"].append((step, float(loss)))
+            report(step, loss=float(loss))
+    check_cancel(cancel)
+
+    seconds = time.perf_counter() - t_start
+    config["training"] = {
+        "data_file": data_file or "", "n_cells": int(n_cells), "n_genes": len(genes),
+        "n_conditions": len(uniq), "exclude": [dict(r) for r in exclude], "seed": int(seed),
+        "device": dev, "seconds": round(seconds, 1), "ae_epochs": int(epochs),
+        "flow_steps": int(fsteps), "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "hardware": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "hyperparameters": {k: v for k, v in hp.items()}}
+    card = {"name": config["name"], "training": config["training"],
+            "conditions": space.to_dict(), "genes": genes, "metrics": [],
+            "loss_history": history}
+    model = PerturbModel(config, ae.cpu(), ema.cpu(), card=card, device=dev)
+    if out_dir is not None:
+        model.save(out_dir, card=card)
+    return model
