@@ -50,6 +50,13 @@ def _setup() -> None:
     if not os.environ.get("NUMBA_CACHE_DIR"):
         os.environ["NUMBA_CACHE_DIR"] = _writable_dir(
             os.path.join(cache_root, "numba"), os.path.join(tmp_root, "numba"))
+    # Packages shipped as .py files (scanpy, umap, pynndescent: see the spec) are compiled at
+    # import; keep their bytecode in the cache instead of recompiling at every launch.
+    # (The bootloader turns bytecode writing off; with a prefix nothing lands in the bundle.)
+    if sys.pycache_prefix is None:
+        sys.pycache_prefix = _writable_dir(
+            os.path.join(cache_root, "pycache"), os.path.join(tmp_root, "pycache"))
+        sys.dont_write_bytecode = False
     # matplotlib (imported by scanpy) builds a font cache in its config folder.
     if not os.environ.get("MPLCONFIGDIR"):
         os.environ["MPLCONFIGDIR"] = _writable_dir(
