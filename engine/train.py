@@ -24,10 +24,10 @@ from .conditions.vocab import Vocab, build_space
 from .errors import DataError
 from .progress import CancelToken, ProgressFn, Reporter, check_cancel
 
-DEFAULTS = dict(max_genes=5000, latent_dim=32, ae_hidden=256, ae_epochs=None, ae_max_steps=3000,
-                ae_lr=1e-3, kl_weight=0.5, batch_size=256, cond_dim=128, flow_steps=4000,
-                flow_batch=512, flow_lr=1e-3, p_uncond=0.1, p_coarse=0.1, ema=0.998,
-                objective="rectified_flow", steps=20, guidance=1.0, width=256, depth=4)
+DEFAULTS = dict(max_genes=5000, latent_dim=32, ae_hidden=128, ae_epochs=None, ae_max_steps=600,
+                ae_lr=1e-3, kl_weight=0.5, batch_size=256, cond_dim=128, flow_steps=1500,
+                flow_batch=256, flow_lr=1e-3, p_uncond=0.1, p_coarse=0.1, ema=0.998,
+                objective="rectified_flow", steps=20, guidance=1.0, width=256, depth=3)
 
 
 def apply_excludes(adata, exclude: Sequence[Mapping[str, str]]):
@@ -145,7 +145,7 @@ def train_model(adata, schema, out_dir: str | os.PathLike | None = None, *,
     gen = torch.Generator().manual_seed(seed)
     bs = min(hp["batch_size"], n_cells)
     per_epoch = max(n_cells // bs, 1)
-    epochs = hp["ae_epochs"] or max(10, min(200, math.ceil(hp["ae_max_steps"] / per_epoch)))
+    epochs = hp["ae_epochs"] or max(5, min(200, math.ceil(hp["ae_max_steps"] / per_epoch)))
     ae_steps = epochs * per_epoch
     report = Reporter(progress, ae_steps, "autoencoder", start=0.0, span=0.5)
     opt = torch.optim.AdamW(ae.parameters(), lr=hp["ae_lr"], weight_decay=1e-4)
