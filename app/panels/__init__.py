@@ -1,0 +1,1 @@
+"""One widget per file: data, model, composer, perturb, train, results."""

@@ -1,0 +1,344 @@
+"""Condition composer: build conditions from the chosen model's vocabulary, queue several, and
+ask for one experiment (the matching controls are always generated alongside)."""
+
+from __future__ import annotations
+
+import math
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QKeySequence
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QPushButton,
+    QScrollArea,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from .perturbations import PerturbationEditor
+
+NOT_SET = "(not specified)"
+
+
+class ComposerPanel(QWidget):
+    generate_requested = Signal(object)  # dict(conditions, n, seed, steps, guidance)
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.space = None
+        self.model_name = ""
+        self.title = QLabel("<h2>Compose an experiment</h2>")
+        self.subtitle = QLabel("Choose a model on the Models page first.")
+        self.subtitle.setWordWrap(True)
+
+        # -- the condition ------------------------------------------------------------------
+        cond_box = QGroupBox("Condition")
+        self.cond_form = QFormLayout(cond_box)
+        self.cond_form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+        self.cell_type = QComboBox()
+        self.cell_type.setToolTip("Cell type (or cell line) to generate; only those the model "
+                                  "was trained on")
+        self.cond_form.addRow("Cell type", self.cell_type)
+        self.context_combos: dict[str, QComboBox] = {}
+        self.context_box = QWidget()
+        self.context_form = QFormLayout(self.context_box)
+        self.context_form.setContentsMargins(0, 0, 0, 0)
+        self.cond_form.addRow(self.context_box)
+        self.perts = PerturbationEditor()
+        self.cond_form.addRow("Perturbations", self.perts)
+        self.check = QLabel()
+        self.check.setWordWrap(True)
+        self.check.setTextFormat(Qt.TextFormat.RichText)
+        self.cond_form.addRow(self.check)
+
+        # -- sampling settings ----------------------------------------------------------------
+        run_box = QGroupBox("Sampling")
+        run_form = QFormLayout(run_box)
+        self.n_cells = QSpinBox()
+        self.n_cells.setRange(1, 200_000)
+        self.n_cells.setValue(1000)
+        self.n_cells.setSingleStep(100)
+        self.n_cells.setGroupSeparatorShown(True)
+        self.n_cells.setToolTip("Cells to generate for each condition (and for its control)")
+        self.seed = QSpinBox()
+        self.seed.setRange(0, 2**31 - 1)
+        self.seed.setToolTip("Random seed: the same seed gives the same cells")
+        self.steps = QSpinBox()
+        self.steps.setRange(1, 1000)
+        self.steps.setToolTip("Sampling steps: more is slower and slightly more accurate")
+        self.guidance = QDoubleSpinBox()
+        self.guidance.setRange(0.0, 20.0)
+        self.guidance.setSingleStep(0.5)
+        self.guidance.setDecimals(2)
+        self.guidance.setToolTip("How strongly cells follow the condition (1 = as trained; "
+                                 "higher exaggerates the effect)")
+        run_form.addRow("Cells per condition", self.n_cells)
+        run_form.addRow("Seed", self.seed)
+        run_form.addRow("Sampling steps", self.steps)
+        run_form.addRow("Guidance", self.guidance)
+
+        # -- experiment queue ----------------------------------------------------------------
+        q_box = QGroupBox("Experiment (conditions generated together, each with its control)")
+        q_lay = QVBoxLayout(q_box)
+        self.queue = QListWidget()
+        self.queue.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
+        self.queue.setToolTip("Conditions to generate in one run. Empty: the condition above.")
+        self.queue.setMinimumHeight(90)
+        self.add_btn = QPushButton("Add condition to experiment")
+        self.add_btn.setToolTip("Queue the condition above (Ctrl+D)")
+        self.add_btn.setShortcut(QKeySequence("Ctrl+D"))
+        self.singles_btn = QPushButton("All single perturbations")
+        self.singles_btn.setToolTip("Queue every target this model knows, one at a time, in "
+                                    "the chosen cell type")
+        self.dose_btn = QPushButton("Dose series")
+        self.dose_btn.setToolTip("Queue the condition above at 6 doses spread over the "
+                                 "trained range")
+        self.remove_btn = QPushButton("Remove")
+        self.remove_btn.setToolTip("Remove the selected conditions (Delete)")
+        self.remove_btn.setShortcut(QKeySequence.StandardKey.Delete)
+        self.clear_btn = QPushButton("Clear")
+        self.clear_btn.setToolTip("Empty the experiment")
+        row = QHBoxLayout()
+        for b in (self.add_btn, self.singles_btn, self.dose_btn, self.remove_btn, self.clear_btn):
+            row.addWidget(b)
+        row.addStretch(1)
+        q_lay.addLayout(row)
+        q_lay.addWidget(self.queue)
+
+        self.generate_btn = QPushButton("Generate")
+        self.generate_btn.setToolTip("Generate the experiment (Ctrl+Return)")
+        self.generate_btn.setShortcut(QKeySequence("Ctrl+Return"))
+        self.generate_btn.setMinimumHeight(36)
+        self.generate_btn.setStyleSheet("QPushButton { font-weight: bold; }")
+        self.summary = QLabel()
+        self.summary.setStyleSheet("color: #444;")
+        gen_row = QHBoxLayout()
+        gen_row.addWidget(self.summary, 1)
+        gen_row.addWidget(self.generate_btn)
+
+        inner = QWidget()
+        lay = QVBoxLayout(inner)
+        lay.addWidget(self.title)
+        lay.addWidget(self.subtitle)
+        top = QHBoxLayout()
+        top.addWidget(cond_box, 3)
+        top.addWidget(run_box, 1, Qt.AlignmentFlag.AlignTop)
+        lay.addLayout(top)
+        lay.addWidget(q_box, 1)
+        lay.addLayout(gen_row)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setWidget(inner)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(scroll)
+
+        self.cell_type.currentIndexChanged.connect(self._validate)
+        self.perts.changed.connect(self._validate)
+        self.n_cells.valueChanged.connect(self._update_summary)
+        self.queue.model().rowsInserted.connect(self._update_summary)
+        self.queue.model().rowsRemoved.connect(self._update_summary)
+        self.add_btn.clicked.connect(self.add_current)
+        self.singles_btn.clicked.connect(self.add_all_singles)
+        self.dose_btn.clicked.connect(self.add_dose_series)
+        self.remove_btn.clicked.connect(self._remove_selected)
+        self.clear_btn.clicked.connect(self.queue.clear)
+        self.generate_btn.clicked.connect(self._generate)
+        self.set_model(None)
+
+    # -- model -------------------------------------------------------------------------------
+    def set_model(self, model) -> None:
+        """``model``: a loaded PerturbModel (or anything with name, space, default_steps, ...)."""
+        self.queue.clear()
+        for w in self.context_combos.values():
+            w.deleteLater()
+        while self.context_form.rowCount():
+            self.context_form.removeRow(0)
+        self.context_combos = {}
+        self.cell_type.clear()
+        if model is None:
+            self.space = None
+            self.model_name = ""
+            self.subtitle.setText("Choose a model on the <b>Models</b> page first.")
+            self.perts.set_space(None)
+            self.setEnabled(True)
+            self._set_enabled(False)
+            return
+        space = model.space
+        self.space, self.model_name = space, model.name
+        self._set_enabled(True)
+        self.subtitle.setText(f"Model <b>{model.name}</b>: choose what to generate. Everything "
+                              "offered here was in the model's training data; anything else is "
+                              "flagged before it runs.")
+        if space.cell_types:
+            self.cell_type.addItems(list(space.cell_types))
+            self.cell_type.setEnabled(True)
+        else:
+            self.cell_type.addItem("(this model has no cell-type condition)")
+            self.cell_type.setEnabled(False)
+        for level in space.context_levels:
+            combo = QComboBox()
+            combo.addItem(NOT_SET)
+            combo.addItems(list(space.context_values.get(level, [])))
+            combo.setToolTip(f"{level.capitalize()} of the cells (context level)")
+            combo.currentIndexChanged.connect(self._validate)
+            self.context_combos[level] = combo
+            self.context_form.addRow(level.capitalize(), combo)
+            vals = space.context_values.get(level, [])
+            if len(vals) == 1:
+                combo.setCurrentIndex(1)
+        unit = str((getattr(model, "card", {}) or {}).get("dose_unit", ""))
+        self.perts.set_space(space, unit=unit)
+        self.steps.setValue(int(getattr(model, "default_steps", 20) or 20))
+        self.guidance.setValue(float(getattr(model, "default_guidance", 1.0) or 1.0))
+        self.singles_btn.setEnabled(bool(space.targets))
+        self.dose_btn.setEnabled(bool(space.has_dose))
+        self._validate()
+
+    def _set_enabled(self, on: bool) -> None:
+        for w in (self.cell_type, self.perts, self.n_cells, self.seed, self.steps, self.guidance,
+                  self.add_btn, self.singles_btn, self.dose_btn, self.remove_btn, self.clear_btn,
+                  self.generate_btn, self.queue):
+            w.setEnabled(on)
+
+    # -- building conditions --------------------------------------------------------------------
+    def current_condition(self):
+        from engine.conditions.spec import Condition
+
+        ct = self.cell_type.currentText() if self.space and self.space.cell_types else None
+        ctx = {k: c.currentText() for k, c in self.context_combos.items()
+               if c.currentText() != NOT_SET}
+        cond = Condition.make(ct, self.perts.perturbations(), ctx)
+        return self.space.complete(cond) if self.space is not None else cond
+
+    def _problem(self, cond) -> str | None:
+        from engine.errors import ConditionError
+
+        try:
+            self.space.validate(cond)
+        except ConditionError as e:
+            return str(e)
+        return None
+
+    def _validate(self, *_args) -> bool:
+        if self.space is None:
+            self.check.setText("")
+            self.generate_btn.setEnabled(False)
+            return False
+        rows_ok = self.perts.check_rows()
+        cond = self.current_condition()
+        problem = self._problem(cond) if rows_ok else "Fix the flagged perturbation first."
+        if problem:
+            self.check.setText(f"<span style='color:#b00020'>✖ {problem}</span>")
+        elif cond.is_control:
+            self.check.setText("<span style='color:#1b5e20'>✔ Control cells (no perturbation)."
+                               "</span>")
+        elif self.space.is_seen(cond):
+            self.check.setText(f"<span style='color:#1b5e20'>✔ {cond.label}: measured in the "
+                               "training data.</span>")
+        else:
+            self.check.setText(f"<span style='color:#a15c00'>⚠ {cond.label}: never measured in "
+                               "the training data; the model predicts it by combining what it "
+                               "learned (an extrapolation).</span>")
+        ok = problem is None
+        self.add_btn.setEnabled(ok)
+        self.generate_btn.setEnabled(ok or self.queue.count() > 0)
+        self._update_summary()
+        return ok
+
+    def add_condition(self, cond) -> bool:
+        if self._problem(cond):
+            return False
+        for i in range(self.queue.count()):
+            if self.queue.item(i).data(Qt.ItemDataRole.UserRole) == cond:
+                return False
+        item = QListWidgetItem(cond.label)
+        item.setData(Qt.ItemDataRole.UserRole, cond)
+        if not cond.is_control and not self.space.is_seen(cond):
+            item.setToolTip("Never measured in training data (extrapolation)")
+            item.setText(cond.label + "   (extrapolation)")
+        self.queue.addItem(item)
+        self.generate_btn.setEnabled(True)
+        return True
+
+    def add_current(self) -> None:
+        if self._validate():
+            self.add_condition(self.current_condition())
+
+    def add_all_singles(self) -> None:
+        from engine.conditions.spec import Condition, Perturbation
+
+        if self.space is None:
+            return
+        base = self.current_condition()
+        for t in self.space.targets:
+            types = self.space.target_types.get(t) or [None]
+            for ty in types:
+                cond = self.space.complete(Condition.make(base.cell_type, [Perturbation(t, ty)],
+                                                          base.context_dict()))
+                self.add_condition(cond)
+
+    def add_dose_series(self) -> None:
+        from engine.conditions.spec import Condition, Perturbation
+
+        if self.space is None or not self.space.has_dose:
+            return
+        base = self.current_condition()
+        if not base.perturbations:
+            self.check.setText("<span style='color:#b00020'>✖ Choose a drug first, then add a "
+                               "dose series.</span>")
+            return
+        lo, hi = self.space.dose_range or (0.01, 10.0)
+        lo = lo if lo > 0 else hi / 1000
+        for k in range(6):
+            d = 10 ** (math.log10(lo) + (math.log10(hi) - math.log10(lo)) * k / 5)
+            perts = [Perturbation(p.target, p.type, float(f"{d:.4g}")) for p in base.perturbations]
+            self.add_condition(Condition.make(base.cell_type, perts, base.context_dict()))
+
+    def _remove_selected(self) -> None:
+        for item in self.queue.selectedItems():
+            self.queue.takeItem(self.queue.row(item))
+
+    def conditions(self) -> list:
+        if self.queue.count():
+            return [self.queue.item(i).data(Qt.ItemDataRole.UserRole)
+                    for i in range(self.queue.count())]
+        return [self.current_condition()] if self._validate() else []
+
+    def _update_summary(self, *_a) -> None:
+        if self.space is None:
+            self.summary.setText("")
+            return
+        conds = self.conditions_preview()
+        n_ctrl = len({c.control() for c in conds} - set(conds))
+        total = (len(conds) + n_ctrl) * self.n_cells.value()
+        self.summary.setText(f"{len(conds)} condition(s) + {n_ctrl} matching control(s) = "
+                             f"{total:,} cells")
+
+    def conditions_preview(self) -> list:
+        if self.queue.count():
+            return [self.queue.item(i).data(Qt.ItemDataRole.UserRole)
+                    for i in range(self.queue.count())]
+        cond = self.current_condition()
+        return [cond] if self._problem(cond) is None else []
+
+    def request(self) -> dict | None:
+        conds = self.conditions()
+        if not conds:
+            return None
+        return {"conditions": conds, "n": self.n_cells.value(), "seed": self.seed.value(),
+                "steps": self.steps.value(), "guidance": self.guidance.value()}
+
+    def _generate(self) -> None:
+        req = self.request()
+        if req is not None:
+            self.generate_requested.emit(req)

@@ -1,0 +1,300 @@
+"""Editors for the perturbations of a condition: one row per gene or drug, built from a model's
+vocabulary (targets with autocomplete, the types each target was seen with, dose on a log slider).
+"""
+
+from __future__ import annotations
+
+import math
+
+from PySide6.QtCore import QSignalBlocker, QStringListModel, Qt, Signal
+from PySide6.QtWidgets import (
+    QComboBox,
+    QCompleter,
+    QDoubleSpinBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QSlider,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+TYPE_HELP = {
+    "knockout": "gene knocked out (CRISPR-Cas9 cut)",
+    "ko": "gene knocked out (CRISPR-Cas9 cut)",
+    "crispra": "gene switched on / up (CRISPR activation)",
+    "crispri": "gene switched down (CRISPR interference)",
+    "drug": "small molecule at a dose",
+}
+
+_SLIDER_STEPS = 1000
+
+
+class DoseEditor(QWidget):
+    """Dose on a log-scale slider plus an exact spin box, kept in sync."""
+
+    changed = Signal(float)
+
+    def __init__(self, lo: float, hi: float, unit: str = "", parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        lo = lo if lo and lo > 0 else min(hi, 1.0) / 1000 if hi and hi > 0 else 0.001
+        hi = hi if hi and hi > lo else lo * 1000
+        self.lo, self.hi = lo, hi
+        self.slider = QSlider(Qt.Orientation.Horizontal)
+        self.slider.setRange(0, _SLIDER_STEPS)
+        self.slider.setToolTip(f"Dose on a log scale from {lo:g} to {hi:g} {unit}".rstrip())
+        self.spin = QDoubleSpinBox()
+        self.spin.setDecimals(4)
+        self.spin.setRange(0.0, hi * 100)
+        self.spin.setToolTip("Exact dose. Values outside the trained range are extrapolations.")
+        self.spin.setSuffix(f" {unit}" if unit else "")
+        lay = QHBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(QLabel("dose"))
+        lay.addWidget(self.slider, 1)
+        lay.addWidget(self.spin)
+        self.slider.valueChanged.connect(self._from_slider)
+        self.spin.valueChanged.connect(self._from_spin)
+        self.set_value(math.sqrt(lo * hi) if lo > 0 else hi)
+
+    def _from_slider(self, v: int) -> None:
+        x = 10 ** (math.log10(self.lo) + (math.log10(self.hi) - math.log10(self.lo))
+                   * v / _SLIDER_STEPS)
+        with QSignalBlocker(self.spin):
+            self.spin.setValue(x)
+        self.changed.emit(x)
+
+    def _from_spin(self, x: float) -> None:
+        with QSignalBlocker(self.slider):
+            self.slider.setValue(self._pos(x))
+        self.changed.emit(x)
+
+    def _pos(self, x: float) -> int:
+        if x <= 0:
+            return 0
+        f = (math.log10(x) - math.log10(self.lo)) / (math.log10(self.hi) - math.log10(self.lo))
+        return int(round(min(max(f, 0.0), 1.0) * _SLIDER_STEPS))
+
+    def set_value(self, x: float) -> None:
+        with QSignalBlocker(self.spin), QSignalBlocker(self.slider):
+            self.spin.setValue(float(x))
+            self.slider.setValue(self._pos(float(x)))
+
+    def value(self) -> float:
+        return float(self.spin.value())
+
+
+class PerturbationRow(QWidget):
+    """Target (with autocomplete) + type + optional dose + remove button."""
+
+    changed = Signal()
+    remove_requested = Signal(object)
+
+    def __init__(self, space, *, unit: str = "", parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.space = space
+        self.target = QLineEdit()
+        self.target.setPlaceholderText("gene or drug, e.g. " + (space.targets[0] if space.targets
+                                                                 else "STAT1"))
+        self.target.setToolTip("What to perturb. Start typing: only targets this model was "
+                               "trained on are offered.")
+        self.target.setClearButtonEnabled(True)
+        comp = QCompleter(QStringListModel(list(space.targets)), self)
+        comp.setCaseSensitivity(Qt.CaseSensitivity.CaseInsensitive)
+        comp.setFilterMode(Qt.MatchFlag.MatchContains)
+        comp.setMaxVisibleItems(15)
+        self.target.setCompleter(comp)
+        self.type = QComboBox()
+        self.type.setToolTip("How the target is perturbed (only the kinds this model saw)")
+        self.type.setMinimumContentsLength(9)
+        self.dose: DoseEditor | None = None
+        if space.has_dose:
+            lo, hi = space.dose_range or (0.001, 10.0)
+            self.dose = DoseEditor(lo, hi, unit)
+            self.dose.changed.connect(lambda _v: self.changed.emit())
+        self.remove = QToolButton()
+        self.remove.setText("✕")
+        self.remove.setToolTip("Remove this perturbation")
+        self.remove.clicked.connect(lambda: self.remove_requested.emit(self))
+        self.status = QLabel()
+        self.status.setStyleSheet("color: #b00020;")
+        self.status.setWordWrap(True)
+        top = QHBoxLayout()
+        top.setContentsMargins(0, 0, 0, 0)
+        top.addWidget(self.target, 2)
+        top.addWidget(self.type, 1)
+        if self.dose is not None:
+            top.addWidget(self.dose, 3)
+        top.addWidget(self.remove)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.setSpacing(2)
+        lay.addLayout(top)
+        lay.addWidget(self.status)
+        self.status.hide()
+        self.target.textChanged.connect(self._target_changed)
+        self.type.currentIndexChanged.connect(lambda _i: self.changed.emit())
+        self._fill_types("")
+
+    def _fill_types(self, target: str) -> None:
+        types = list(self.space.target_types.get(target, [])) or list(self.space.perturbation_types)
+        current = self.type.currentText()
+        with QSignalBlocker(self.type):
+            self.type.clear()
+            for t in types:
+                self.type.addItem(t)
+                self.type.setItemData(self.type.count() - 1, TYPE_HELP.get(t.lower(), t),
+                                      Qt.ItemDataRole.ToolTipRole)
+            if current in types:
+                self.type.setCurrentText(current)
+        self.type.setEnabled(bool(types))
+        self.type.setVisible(bool(self.space.perturbation_types))
+
+    def _target_changed(self, text: str) -> None:
+        self._fill_types(text.strip())
+        self.changed.emit()
+
+    def set_values(self, target: str, type_: str | None = None, dose: float | None = None) -> None:
+        self.target.setText(target)
+        if type_:
+            self.type.setCurrentText(type_)
+        if dose is not None and self.dose is not None:
+            self.dose.set_value(dose)
+
+    def perturbation(self):
+        from engine.conditions.spec import Perturbation
+
+        t = self.target.text().strip()
+        if not t:
+            return None
+        ty = self.type.currentText() or None if self.space.perturbation_types else None
+        dose = self.dose.value() if self.dose is not None else None
+        return Perturbation(t, ty, dose)
+
+    def set_problem(self, text: str | None) -> None:
+        self.status.setText(text or "")
+        self.status.setVisible(bool(text))
+        self.target.setStyleSheet("border: 1px solid #b00020;" if text else "")
+
+
+class PerturbationEditor(QWidget):
+    """A list of perturbations to combine, limited to what the model was trained with."""
+
+    changed = Signal()
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.space = None
+        self.unit = ""
+        self.rows: list[PerturbationRow] = []
+        self.rows_box = QVBoxLayout()
+        self.rows_box.setContentsMargins(0, 0, 0, 0)
+        self.add_button = QPushButton("＋ Add perturbation")
+        self.add_button.setToolTip("Add another gene or drug to combine with the ones above")
+        self.add_button.clicked.connect(lambda: self.add_row())
+        self.note = QLabel()
+        self.note.setWordWrap(True)
+        self.note.setStyleSheet("color: #555;")
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addLayout(self.rows_box)
+        btns = QHBoxLayout()
+        btns.addWidget(self.add_button)
+        btns.addStretch(1)
+        lay.addLayout(btns)
+        lay.addWidget(self.note)
+
+    def set_space(self, space, *, unit: str = "") -> None:
+        self.space, self.unit = space, unit
+        for r in list(self.rows):
+            self._remove(r, emit=False)
+        if space is None or not space.targets:
+            self.note.setText("This model was trained without perturbations: it generates "
+                              "unperturbed (control) cells only." if space is not None else
+                              "Choose a model first.")
+            self.add_button.setEnabled(False)
+        else:
+            kinds = ", ".join(space.perturbation_types) or "perturbation"
+            dose = " Doses are simulated (no real drug data)." if space.simulated_dose else ""
+            self.note.setText(f"{len(space.targets)} targets ({kinds}); up to "
+                              f"{space.max_perturbations} combined.{dose} Leave empty for "
+                              "control cells.")
+            self.add_row()
+        self._update_add()
+        self.changed.emit()
+
+    def add_row(self) -> PerturbationRow | None:
+        if self.space is None or not self.space.targets:
+            return None
+        if len(self.rows) >= max(self.space.max_perturbations, 1):
+            return None
+        row = PerturbationRow(self.space, unit=self.unit)
+        row.changed.connect(self.changed)
+        row.remove_requested.connect(self._remove)
+        self.rows.append(row)
+        self.rows_box.addWidget(row)
+        self._update_add()
+        self.changed.emit()
+        return row
+
+    def _remove(self, row, emit: bool = True) -> None:
+        if row in self.rows:
+            self.rows.remove(row)
+            self.rows_box.removeWidget(row)
+            row.deleteLater()
+        self._update_add()
+        if emit:
+            self.changed.emit()
+
+    def _update_add(self) -> None:
+        ok = self.space is not None and bool(self.space.targets) and \
+            len(self.rows) < max(self.space.max_perturbations, 1)
+        self.add_button.setEnabled(ok)
+
+    def set_perturbations(self, perts) -> None:
+        for r in list(self.rows):
+            self._remove(r, emit=False)
+        for p in perts:
+            row = self.add_row()
+            if row is not None:
+                row.set_values(p.target, p.type, p.dose)
+        if not self.rows:
+            self.add_row()
+        self.changed.emit()
+
+    def perturbations(self) -> list:
+        return [p for p in (r.perturbation() for r in self.rows) if p is not None]
+
+    def check_rows(self) -> bool:
+        """Flag unknown targets / types inline. True when every row is acceptable."""
+        ok = True
+        if self.space is None:
+            return True
+        targets = set(self.space.targets)
+        seen_targets = set()
+        for r in self.rows:
+            p = r.perturbation()
+            problem = None
+            if p is not None:
+                if p.target not in targets:
+                    close = [t for t in self.space.targets if p.target.lower() in t.lower()][:5]
+                    problem = (f"'{p.target}' was never perturbed in this model's training data."
+                               + (f" Did you mean {', '.join(close)}?" if close else ""))
+                elif p.target in seen_targets:
+                    problem = f"{p.target} is listed twice."
+                elif p.type and self.space.target_types.get(p.target) and \
+                        p.type not in self.space.target_types[p.target]:
+                    problem = (f"{p.target} was only seen as "
+                               f"{', '.join(self.space.target_types[p.target])}; "
+                               f"{p.type} is an extrapolation.")
+                    r.set_problem(problem)
+                    r.status.setStyleSheet("color: #a15c00;")
+                    seen_targets.add(p.target)
+                    continue
+                seen_targets.add(p.target)
+            r.status.setStyleSheet("color: #b00020;")
+            r.set_problem(problem)
+            ok = ok and problem is None
+        return ok

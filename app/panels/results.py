@@ -1,0 +1,315 @@
+"""Results page: heatmap of the genes that change most, UMAP with real cells, DE table + volcano."""
+
+from __future__ import annotations
+
+import numpy as np
+from PySide6.QtCore import (
+    QAbstractTableModel,
+    QModelIndex,
+    QSortFilterProxyModel,
+    QStringListModel,
+    Qt,
+    Signal,
+)
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QComboBox,
+    QCompleter,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QSplitter,
+    QTableView,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..plots.embedding import EmbeddingPlot
+from ..plots.heatmap import HeatmapPlot
+from ..plots.volcano import VolcanoPlot
+
+DE_COLUMNS = [("gene", "gene"), ("log2fc", "log2 fold change"), ("mean_a", "mean (generated)"),
+              ("mean_b", "mean (control)"), ("pval", "p-value"), ("padj", "adjusted p")]
+
+
+class DataFrameModel(QAbstractTableModel):
+    """Read-only table over a pandas DataFrame; sorts numerically through the proxy."""
+
+    def __init__(self, parent=None) -> None:
+        super().__init__(parent)
+        self.df = None
+        self.cols = [c for c, _ in DE_COLUMNS]
+
+    def set_frame(self, df) -> None:
+        self.beginResetModel()
+        self.df = df.reset_index(drop=True) if df is not None else None
+        self.endResetModel()
+
+    def rowCount(self, parent=QModelIndex()) -> int:  # noqa: B008, N802
+        return 0 if self.df is None or parent.isValid() else len(self.df)
+
+    def columnCount(self, parent=QModelIndex()) -> int:  # noqa: B008, N802
+        return len(self.cols)
+
+    def data(self, index, role=Qt.ItemDataRole.DisplayRole):
+        if self.df is None or not index.isValid():
+            return None
+        v = self.df.iat[index.row(), self.df.columns.get_loc(self.cols[index.column()])]
+        if role == Qt.ItemDataRole.DisplayRole:
+            if isinstance(v, float | np.floating):
+                col = self.cols[index.column()]
+                return f"{v:.2e}" if col in ("pval", "padj") else f"{v:+.3f}" \
+                    if col == "log2fc" else f"{v:.3f}"
+            return str(v)
+        if role == Qt.ItemDataRole.UserRole:
+            return float(v) if isinstance(v, float | int | np.number) else str(v)
+        if role == Qt.ItemDataRole.TextAlignmentRole and index.column() > 0:
+            return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        if role == Qt.ItemDataRole.ForegroundRole and self.cols[index.column()] == "log2fc":
+            from PySide6.QtGui import QColor
+
+            return QColor(178, 24, 43) if v > 0 else QColor(33, 102, 172)
+        return None
+
+    def headerData(self, section, orientation, role=Qt.ItemDataRole.DisplayRole):  # noqa: N802
+        if role == Qt.ItemDataRole.DisplayRole and orientation == Qt.Orientation.Horizontal:
+            return DE_COLUMNS[section][1]
+        if role == Qt.ItemDataRole.ToolTipRole and orientation == Qt.Orientation.Horizontal:
+            return {"log2fc": "log2 ratio of geometric means of (1 + normalised expression); "
+                              "positive = higher in generated cells",
+                    "padj": "Welch t-test p-value, Benjamini-Hochberg adjusted",
+                    }.get(self.cols[section], DE_COLUMNS[section][1])
+        return None
+
+
+class ResultsPanel(QWidget):
+    export_requested = Signal(str)      # 'h5ad' | 'csv' | 'plot' | 'de'
+    de_requested = Signal(str)          # condition label
+    color_requested = Signal(str)       # 'condition' | 'cell type' | 'source' | 'gene:NAME'
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.header = QLabel("No results yet. Compose an experiment and press <b>Generate</b>.")
+        self.header.setWordWrap(True)
+        self.export_h5ad = QPushButton("Save cells (h5ad)…")
+        self.export_h5ad.setToolTip("Save the generated cells with provenance as .h5ad (Ctrl+S)")
+        self.export_csv = QPushButton("Save counts (CSV)…")
+        self.export_csv.setToolTip("Save the generated counts as a cells × genes CSV table")
+        self.export_plot = QPushButton("Save plot…")
+        self.export_plot.setToolTip("Save the plot on the current tab as PNG or SVG (Ctrl+P)")
+        self.export_de = QPushButton("Save DE table…")
+        self.export_de.setToolTip("Save the differential-expression table as CSV")
+        for b, kind in ((self.export_h5ad, "h5ad"), (self.export_csv, "csv"),
+                        (self.export_plot, "plot"), (self.export_de, "de")):
+            b.clicked.connect(lambda _=False, k=kind: self.export_requested.emit(k))
+        top = QHBoxLayout()
+        top.addWidget(self.header, 1)
+        for b in (self.export_h5ad, self.export_csv, self.export_plot, self.export_de):
+            top.addWidget(b)
+
+        # heatmap tab
+        self.heatmap = HeatmapPlot()
+        self.heatmap.setToolTip("Mean change of each gene against the matching control "
+                                "(red = up, blue = down)")
+        self.heat_note = QLabel()
+        self.heat_note.setWordWrap(True)
+        heat = QWidget()
+        hl = QVBoxLayout(heat)
+        hl.addWidget(self.heat_note)
+        hl.addWidget(self.heatmap, 1)
+
+        # UMAP tab
+        self.umap = EmbeddingPlot()
+        self.umap.setToolTip("Each dot is a cell. Generated and real cells embedded together: "
+                             "good generated cells sit with the real cells of their condition.")
+        self.color_by = QComboBox()
+        self.color_by.addItems(["condition", "cell type", "source"])
+        self.color_by.setToolTip("What the colours show")
+        self.color_by.currentTextChanged.connect(lambda t: self.color_requested.emit(t))
+        self.gene = QLineEdit()
+        self.gene.setPlaceholderText("colour by gene, e.g. ISG15")
+        self.gene.setToolTip("Type a gene and press Enter to colour cells by its expression "
+                             "(Ctrl+F)")
+        self.gene.setClearButtonEnabled(True)
+        self._gene_model = QStringListModel([])
+        comp = QCompleter(self._gene_model, self)
+        comp.setCaseSensitivity(Qt.CaseSensitivity.CaseInsensitive)
+        comp.setFilterMode(Qt.MatchFlag.MatchContains)
+        self.gene.setCompleter(comp)
+        self.gene.returnPressed.connect(self._gene_entered)
+        comp.activated.connect(lambda _t: self._gene_entered())
+        self.gene_msg = QLabel()
+        self.gene_msg.setStyleSheet("color:#b00020")
+        self.umap_status = QLabel("The UMAP is computed in the background after generation.")
+        self.umap_status.setWordWrap(True)
+        ur = QHBoxLayout()
+        ur.addWidget(QLabel("Colour by"))
+        ur.addWidget(self.color_by)
+        ur.addSpacing(16)
+        ur.addWidget(self.gene, 1)
+        ur.addWidget(self.gene_msg)
+        umap = QWidget()
+        ul = QVBoxLayout(umap)
+        ul.addLayout(ur)
+        ul.addWidget(self.umap_status)
+        ul.addWidget(self.umap, 1)
+
+        # DE tab
+        self.compare = QComboBox()
+        self.compare.setToolTip("Which condition to compare with its control")
+        self.compare.currentTextChanged.connect(self._compare_changed)
+        self.filter = QLineEdit()
+        self.filter.setPlaceholderText("filter genes")
+        self.filter.setToolTip("Show only genes whose name contains this text")
+        self.filter.setClearButtonEnabled(True)
+        self.de_model = DataFrameModel(self)
+        self.proxy = QSortFilterProxyModel(self)
+        self.proxy.setSourceModel(self.de_model)
+        self.proxy.setSortRole(Qt.ItemDataRole.UserRole)
+        self.proxy.setFilterKeyColumn(0)
+        self.proxy.setFilterCaseSensitivity(Qt.CaseSensitivity.CaseInsensitive)
+        self.filter.textChanged.connect(self.proxy.setFilterFixedString)
+        self.table = QTableView()
+        self.table.setModel(self.proxy)
+        self.table.setSortingEnabled(True)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.table.verticalHeader().hide()
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        self.table.setAlternatingRowColors(True)
+        self.table.setToolTip("Click a column header to sort; click a gene to find it in the "
+                              "volcano plot")
+        self.table.selectionModel().currentRowChanged.connect(self._row_selected)
+        self.volcano = VolcanoPlot()
+        self.volcano.setToolTip("Each dot is a gene: right = higher in generated cells, up = "
+                                "more significant. Click a dot to find it in the table.")
+        self.volcano.gene_clicked.connect(self.select_gene)
+        self.de_note = QLabel()
+        self.de_note.setWordWrap(True)
+        dr = QHBoxLayout()
+        dr.addWidget(QLabel("Compare"))
+        dr.addWidget(self.compare, 1)
+        dr.addWidget(QLabel("vs its control"))
+        dr.addSpacing(16)
+        dr.addWidget(self.filter)
+        split = QSplitter(Qt.Orientation.Horizontal)
+        split.addWidget(self.table)
+        split.addWidget(self.volcano)
+        split.setStretchFactor(0, 2)
+        split.setStretchFactor(1, 3)
+        de = QWidget()
+        dl = QVBoxLayout(de)
+        dl.addLayout(dr)
+        dl.addWidget(self.de_note)
+        dl.addWidget(split, 1)
+
+        self.tabs = QTabWidget()
+        self.tabs.addTab(heat, "Heatmap")
+        self.tabs.addTab(umap, "UMAP")
+        self.tabs.addTab(de, "Differential expression")
+        self.tabs.setTabToolTip(0, "Genes that change most, each condition vs its control")
+        self.tabs.setTabToolTip(1, "Generated cells embedded with real cells")
+        self.tabs.setTabToolTip(2, "Gene-by-gene comparison with the control, sortable")
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(6, 6, 6, 6)
+        lay.addLayout(top)
+        lay.addWidget(self.tabs, 1)
+        self.de_frame = None
+        self.set_experiment(None)
+
+    # -- experiment -----------------------------------------------------------------------------
+    def set_experiment(self, exp) -> None:
+        self.exp = exp
+        for b in (self.export_h5ad, self.export_csv, self.export_plot, self.export_de):
+            b.setEnabled(exp is not None)
+        self.compare.blockSignals(True)
+        self.compare.clear()
+        if exp is None:
+            self.header.setText("No results yet. Compose an experiment and press "
+                                "<b>Generate</b>, or perturb your own cells.")
+            self.heatmap.clear()
+            self.umap.clear()
+            self.volcano.clear()
+            self.de_model.set_frame(None)
+            self.compare.blockSignals(False)
+            return
+        saved = f"<br><span style='color:#555'>Saved to {exp.saved_to}</span>" \
+            if exp.saved_to else ""
+        self.header.setText(f"<b>{exp.describe()}</b>{saved}")
+        self.compare.addItems(exp.labels)
+        self.compare.blockSignals(False)
+        self.heat_note.setText("Computing the genes that change most…")
+        self.umap_status.setText("Computing the UMAP in the background…")
+        self.de_note.setText("Computing differential expression…")
+        self.umap.clear()
+        self.volcano.clear()
+        self.de_model.set_frame(None)
+        self._gene_model.setStringList(sorted(map(str, exp.adata.var_names)))
+
+    def set_heatmap(self, genes, matrix, labels, *, note: str = "") -> None:
+        # genes as rows (readable labels), conditions as columns
+        self.heatmap.set_data(np.asarray(matrix).T, genes, labels,
+                              title="Change vs matching control")
+        self.heat_note.setText(note or (f"The {len(genes)} genes that change most across "
+                                        f"{len(labels)} condition(s). Colour: mean log "
+                                        "expression minus the control's (red up, blue down)."))
+
+    def set_de(self, label: str, df) -> None:
+        self.de_frame = df
+        self.de_label = label
+        self.de_model.set_frame(df)
+        self.table.sortByColumn(-1, Qt.SortOrder.AscendingOrder)
+        self.proxy.sort(-1)
+        self.volcano.set_table(df["gene"], df["log2fc"], df["padj"], title=label)
+        n_sig = int(((df["padj"] < 0.05) & (df["log2fc"].abs() >= 1)).sum())
+        ctrl = "your original cells" if self.exp is not None and self.exp.mode == "perturb" \
+            else "the generated control"
+        self.de_note.setText(f"{label} vs {ctrl}: {len(df):,} genes, {n_sig:,} with |log2 fold "
+                             "change| ≥ 1 and adjusted p < 0.05 (Welch t-test, BH). Sorted by "
+                             "|log2 fold change|.")
+        if self.compare.currentText() != label:
+            self.compare.blockSignals(True)
+            self.compare.setCurrentText(label)
+            self.compare.blockSignals(False)
+
+    def set_umap_status(self, text: str) -> None:
+        self.umap_status.setText(text)
+
+    def _compare_changed(self, label: str) -> None:
+        if label and self.exp is not None:
+            self.de_note.setText(f"Computing differential expression for {label}…")
+            self.de_requested.emit(label)
+
+    def _gene_entered(self) -> None:
+        g = self.gene.text().strip()
+        if not g:
+            self.gene_msg.setText("")
+            self.color_requested.emit(self.color_by.currentText())
+            return
+        self.color_requested.emit("gene:" + g)
+
+    def _row_selected(self, current, _prev) -> None:
+        if not current.isValid():
+            return
+        gene = self.proxy.index(current.row(), 0).data()
+        self.volcano.highlight_gene(str(gene))
+
+    def select_gene(self, gene: str) -> None:
+        self.filter.clear()
+        for r in range(self.proxy.rowCount()):
+            if self.proxy.index(r, 0).data() == gene:
+                self.table.selectRow(r)
+                self.table.scrollTo(self.proxy.index(r, 0))
+                break
+        self.volcano.highlight_gene(gene)
+
+    def current_plot(self):
+        return {0: self.heatmap, 1: self.umap, 2: self.volcano}[self.tabs.currentIndex()]
+
+    def current_plot_name(self) -> str:
+        return {0: "heatmap", 1: "umap", 2: "volcano"}[self.tabs.currentIndex()]
+
+

@@ -1,0 +1,140 @@
+"""Train page: train a model on the loaded dataset with the mapped roles; live loss curve."""
+
+from __future__ import annotations
+
+import re
+
+from PySide6.QtCore import Signal
+from PySide6.QtWidgets import (
+    QComboBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..plots.loss import LossPlot
+
+PRESETS = {
+    "Quick look (a few minutes on a laptop)": dict(ae_max_steps=400, flow_steps=600),
+    "Standard": {},
+    "Thorough (slower, usually a little better)": dict(ae_max_steps=6000, flow_steps=8000),
+}
+
+
+class TrainPanel(QWidget):
+    train_requested = Signal(object)  # dict(name, backbone, seed, overrides)
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.adata = self.schema = None
+        self.schema_ok = False
+        self.status = QLabel()
+        self.status.setWordWrap(True)
+        self.name = QLineEdit()
+        self.name.setPlaceholderText("my-model")
+        self.name.setToolTip("Name of the new model (letters, digits, - and _)")
+        self.name.textChanged.connect(self._validate)
+        self.name_msg = QLabel()
+        self.name_msg.setStyleSheet("color:#b00020")
+        self.backbone = QComboBox()
+        self.backbone.addItem("mlp", "mlp")
+        self.backbone.addItem("transformer", "transformer")
+        self.backbone.setToolTip("Network inside the model: 'mlp' is fast; 'transformer' is "
+                                 "larger and slower")
+        self.preset = QComboBox()
+        self.preset.addItems(list(PRESETS))
+        self.preset.setCurrentIndex(1)
+        self.preset.setToolTip("How long to train")
+        self.seed = QSpinBox()
+        self.seed.setRange(0, 2**31 - 1)
+        self.seed.setToolTip("Random seed for training")
+        self.train_btn = QPushButton("Train model")
+        self.train_btn.setToolTip("Start training in the background (Ctrl+T)")
+        self.train_btn.setMinimumHeight(36)
+        self.train_btn.setStyleSheet("QPushButton { font-weight: bold; }")
+        self.train_btn.clicked.connect(self._train)
+        self.phase = QLabel("Loss curves appear here while training runs.")
+        self.loss = LossPlot()
+        self.loss.setToolTip("Training loss (log scale): it should fall and level off")
+        self.loss.setMinimumHeight(260)
+
+        box = QGroupBox("New model")
+        f = QFormLayout(box)
+        nm = QWidget()
+        v = QVBoxLayout(nm)
+        v.setContentsMargins(0, 0, 0, 0)
+        v.addWidget(self.name)
+        v.addWidget(self.name_msg)
+        f.addRow("Name", nm)
+        f.addRow("Network", self.backbone)
+        f.addRow("Training length", self.preset)
+        f.addRow("Seed", self.seed)
+        lay = QVBoxLayout(self)
+        lay.addWidget(QLabel("<h2>Train a model</h2>"))
+        lay.addWidget(self.status)
+        row = QHBoxLayout()
+        row.addWidget(box, 1)
+        row.addStretch(1)
+        lay.addLayout(row)
+        b = QHBoxLayout()
+        b.addWidget(self.phase, 1)
+        b.addWidget(self.train_btn)
+        lay.addLayout(b)
+        lay.addWidget(self.loss, 1)
+        self.set_context(None, None, False)
+
+    def set_context(self, adata, schema, schema_ok: bool, path: str | None = None) -> None:
+        self.adata, self.schema, self.schema_ok = adata, schema, schema_ok
+        if adata is None:
+            self.status.setText("Open a dataset on the <b>Data</b> page and map its columns; "
+                                "then train a model of it here. The new model appears in the "
+                                "model list with its card.")
+        elif not schema_ok:
+            self.status.setText("<span style='color:#b00020'>The column mapping on the "
+                                "<b>Data</b> page has errors; fix them first.</span>")
+        else:
+            roles = ", ".join(f"{k.replace('_key', '').replace('_', ' ')} = {v}"
+                              for k, v in schema.roles().items())
+            self.status.setText(f"Training on {adata.n_obs:,} cells × {adata.n_vars:,} genes "
+                                f"with {roles or 'no condition columns'}.")
+            if not self.name.text() and path:
+                stem = re.sub(r"[^A-Za-z0-9_-]+", "-", path.rsplit("/", 1)[-1].split(".")[0])
+                self.name.setText(stem.strip("-")[:40] or "my-model")
+        self._validate()
+
+    def _validate(self, *_a) -> bool:
+        name = self.name.text().strip()
+        msg = ""
+        if name and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name):
+            msg = "Use letters, digits, '-', '_' or '.' (no spaces)."
+        self.name_msg.setText(msg)
+        self.name_msg.setVisible(bool(msg))
+        ok = self.adata is not None and self.schema_ok and bool(name) and not msg
+        self.train_btn.setEnabled(ok)
+        return ok
+
+    def request(self) -> dict | None:
+        if not self._validate():
+            return None
+        return {"name": self.name.text().strip(), "backbone": self.backbone.currentData(),
+                "seed": self.seed.value(), "overrides": dict(PRESETS[self.preset.currentText()])}
+
+    def _train(self) -> None:
+        req = self.request()
+        if req is not None:
+            self.loss.reset()
+            self.train_requested.emit(req)
+
+    def on_progress(self, p) -> None:
+        if p.loss is not None:
+            step = p.done + (0 if p.phase == "autoencoder" else 0)
+            self.loss.add_point(p.phase, step, p.loss)
+        eta = f", about {int(p.eta_s)} s left" if p.eta_s else ""
+        loss = f", loss {p.loss:.4g}" if p.loss is not None else ""
+        self.phase.setText(f"Training {p.phase}: step {p.done:,} of {p.total:,}{loss}{eta}")

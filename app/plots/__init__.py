@@ -1,0 +1,1 @@
+"""pyqtgraph plots: items are created once and updated in place."""

@@ -1,0 +1,304 @@
+"""End-to-end flows through the real window (offscreen), driven with qtbot."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _load(qtbot, w, path):
+    with qtbot.waitSignal(w.dataset_loaded, timeout=60_000):
+        w.load_dataset(str(path))
+
+
+def _use_model(qtbot, w, name):
+    assert w.models_page.select(name), [i.name for i in w.models_page.infos]
+    if w.model is not None and w.model.name == w.models_page.current().name:
+        return
+    with qtbot.waitSignal(w.model_loaded, timeout=60_000):
+        w.models_page.use_btn.click()
+
+
+def _compose(w, cell_type="CD14+Mono", target="stimulated", n=60, steps=4):
+    c = w.compose_page
+    c.cell_type.setCurrentText(cell_type)
+    c.perts.rows[0].target.setText(target)
+    c.n_cells.setValue(n)
+    c.steps.setValue(steps)
+    return c
+
+
+def test_gui_path_imports_no_heavy_modules():
+    code = ("import sys, app.__main__, app.main_window, app.tour;"
+            "heavy=[m for m in ('torch','anndata','scanpy','umap','sklearn') if m in sys.modules];"
+            "print(heavy); sys.exit(1 if heavy else 0)")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_load_real_kang_summary_and_role_form(qtbot, window, kang_file):
+    w = window
+    _load(qtbot, w, kang_file)
+    d = w.data_page
+    assert "2,421 cells" in d.summary.text() and "4,805 genes" in d.summary.text()
+    assert "counts" in d.summary.text()
+    names = [d.columns.item(i, 0).text() for i in range(d.columns.rowCount())]
+    assert {"condition", "cell_type", "donor"} <= set(names)
+    assert d.role_combos["cell_type_key"].currentText() == "cell_type"
+    assert d.role_combos["perturbation_key"].currentText() == "condition"
+    assert d.control.currentText() == "control"
+    assert d.schema_ok and w.schema_ok
+    # a wrong control label is flagged next to the field, and training is refused
+    d.control.setCurrentText("bogus")
+    assert not d.schema_ok
+    assert d.role_msgs["control_label"].isVisibleTo(d) or d.general.text()
+    assert not w.train_page.train_btn.isEnabled()
+    d.control.setCurrentText("control")
+    assert d.schema_ok
+    # the file is remembered
+    from app import settings
+
+    assert settings.recent_files()[0] == str(kang_file.resolve())
+    assert d.recent.count() == 1
+
+
+def test_bad_file_shows_error_and_app_stays_usable(qtbot, window, tmp_path, kang_file):
+    w = window
+    bad = tmp_path / "broken.h5ad"
+    bad.write_bytes(b"this is not an h5ad file")
+    with qtbot.waitSignal(w.error_shown, timeout=30_000) as sig:
+        w.load_dataset(str(bad))
+    assert "broken.h5ad" in sig.args[0]
+    assert w.adata is None
+    box = w.findChild(type(w).__mro__[0].__base__.__base__, "error-box")  # QWidget lookup
+    assert box is not None
+    from app import settings
+
+    assert "broken.h5ad" in settings.log_path().read_text()
+    box.close()
+    _load(qtbot, w, kang_file)  # still usable
+    assert w.adata is not None and w.adata.n_obs == 2421
+
+
+def test_composer_flags_invalid_choices(qtbot, window, model_name):
+    w = window
+    _use_model(qtbot, w, model_name)
+    c = w.compose_page
+    space = w.model.space
+    assert [c.cell_type.itemText(i) for i in range(c.cell_type.count())] == space.cell_types
+    row = c.perts.rows[0]
+    row.target.setText("NOTAGENE")
+    assert not row.status.isHidden() and "never perturbed" in row.status.text()
+    assert not c.add_btn.isEnabled() and not c.generate_btn.isEnabled()
+    assert "✖" in c.check.text()
+    row.target.setText("stimulated")
+    assert row.status.isHidden()
+    assert c.add_btn.isEnabled() and c.generate_btn.isEnabled()
+    # at most max_perturbations rows
+    for _ in range(5):
+        c.perts.add_row()
+    assert len(c.perts.rows) == max(space.max_perturbations, 1)
+    assert not c.perts.add_button.isEnabled()
+    # queue: all singles, each generated with its control
+    c.add_all_singles()
+    assert c.queue.count() == len(space.targets)
+    assert "matching control" in c.summary.text()
+
+
+def test_generate_heatmap_umap_export_and_reload(qtbot, window, model_name, kang_file, tmp_path):
+    import anndata as ad
+
+    w = window
+    _load(qtbot, w, kang_file)
+    _use_model(qtbot, w, model_name)
+    c = _compose(w)
+    c.add_current()
+    c.cell_type.setCurrentText("CD4T")
+    c.add_current()
+    assert c.queue.count() == 2
+    with qtbot.waitSignals([w.generation_finished, w.heatmap_updated, w.de_updated],
+                           timeout=120_000):
+        c.generate_btn.click()
+    exp = w.experiment
+    assert exp.adata.n_obs == 4 * 60  # 2 conditions + 2 matching controls
+    assert exp.saved_to and Path(exp.saved_to).exists()  # autosave to the output folder
+    r = w.results_page
+    assert r.heatmap.matrix.shape == (30, 2) and np.abs(r.heatmap.matrix).max() > 0
+    assert len(r.heatmap.row_labels) == 30 and r.heatmap.col_labels == exp.labels
+    assert r.de_model.rowCount() == exp.adata.n_vars
+    assert w.nav.currentRow() == 5
+    # sortable DE table
+    r.table.sortByColumn(1, __import__("PySide6.QtCore").QtCore.Qt.SortOrder.DescendingOrder)
+    top = float(r.proxy.index(0, 1).data(256))
+    assert top == pytest.approx(float(r.de_frame["log2fc"].max()), rel=1e-5)
+    # another comparison
+    with qtbot.waitSignal(w.de_updated, timeout=30_000):
+        r.compare.setCurrentIndex(1)
+    assert r.de_label == exp.labels[1]
+    # UMAP with the real cells
+    with qtbot.waitSignal(w.umap_updated, timeout=180_000):
+        pass
+    coords = r.umap.coords
+    assert coords.shape == (exp.adata.n_obs + 2421, 2) and np.isfinite(coords).all()
+    r.tabs.setCurrentIndex(1)
+    r.color_by.setCurrentText("cell type")
+    r.gene.setText(str(exp.adata.var_names[0]).lower())  # case-insensitive
+    r._gene_entered()
+    assert r.umap.colorbar.isVisible() or not r.umap.legend.isVisible()
+    assert "cell" in w._describe_cell(0)
+    # exports: h5ad (reload), CSV, plots PNG + SVG, DE table
+    out = tmp_path / "exports"
+    with qtbot.waitSignal(w.exported, timeout=60_000):
+        w.export("h5ad", str(out / "cells.h5ad"))
+    back = ad.read_h5ad(out / "cells.h5ad")
+    assert back.n_obs == exp.adata.n_obs and "counts" in back.layers
+    assert "perturb_studio" in back.uns and set(back.obs["condition"]) == \
+        set(exp.adata.obs["condition"])
+    with qtbot.waitSignal(w.exported, timeout=60_000):
+        w.export("csv", str(out / "cells.csv"))
+    assert (out / "cells.csv").stat().st_size > 0
+    for tab, name in ((0, "heatmap.png"), (1, "umap.svg"), (2, "volcano.png")):
+        r.tabs.setCurrentIndex(tab)
+        assert w.export("plot", str(out / name))
+        assert (out / name).stat().st_size > 1000
+    assert w.export("de", str(out / "de.csv"))
+    import pandas as pd
+
+    de = pd.read_csv(out / "de.csv")
+    assert list(de.columns) == ["gene", "mean_a", "mean_b", "log2fc", "pval", "padj"]
+    leftovers = [p for p in out.iterdir() if p.name.startswith(".")]
+    assert not leftovers  # atomic writes leave no temp files
+
+
+def test_cancel_mid_run_writes_nothing(qtbot, window, model_name, tmp_path):
+    w = window
+    _use_model(qtbot, w, model_name)
+    c = _compose(w, n=60_000, steps=50)
+    finished = []
+    w.generation_finished.connect(lambda: finished.append(1))
+    with qtbot.waitSignal(w.jobs.job_started, timeout=10_000):
+        c.generate_btn.click()
+    job = w.jobs.jobs["run"]
+    with qtbot.waitSignal(job.progress, timeout=60_000):
+        pass
+    assert w.run_bar.cancel.isEnabled()
+    t0 = time.perf_counter()
+    with qtbot.waitSignal(w.generation_cancelled, timeout=10_000):
+        w.run_bar.cancel.click()
+    assert time.perf_counter() - t0 < 1.5
+    qtbot.wait(200)
+    assert not finished and w.experiment is None
+    out = tmp_path / "out"
+    assert not [p for p in out.rglob("*") if p.is_file()]  # nothing written, not even temp files
+    assert "Cancelled" in w.run_bar.label.text()
+    assert not w.run_bar.cancel.isEnabled()
+
+
+def test_perturb_my_cells(qtbot, window, model_name, kang_file):
+    w = window
+    _load(qtbot, w, kang_file)
+    _use_model(qtbot, w, model_name)
+    p = w.perturb_page
+    w.nav.setCurrentRow(3)
+    assert "model genes found" in p.mapping.text() and "missing" in p.mapping.text()
+    i = p.cell_type.findData("CD14+Mono")
+    p.cell_type.setCurrentIndex(i)
+    p.n_cells.setValue(40)
+    p.steps.setValue(4)
+    p.perts.rows[0].target.setText("stimulated")
+    assert p.run_btn.isEnabled(), p.check.text()
+    with qtbot.waitSignals([w.generation_finished, w.heatmap_updated], timeout=120_000):
+        p.run_btn.click()
+    exp = w.experiment
+    assert exp.mode == "perturb" and exp.adata.n_obs == 40 and exp.source.n_obs == 40
+    assert "source_cell" in exp.adata.obs
+    assert set(exp.adata.obs["source_cell"]) <= set(w.adata.obs_names)
+
+
+def test_train_a_model_appears_with_card(qtbot, window, kang_file, monkeypatch):
+    w = window
+    _load(qtbot, w, kang_file)
+    t = w.train_page
+    t.name.setText("bad name")
+    assert not t.train_btn.isEnabled()
+    t.name.setText("my-kang")
+    assert t.train_btn.isEnabled()
+    req = t.request()
+    req["overrides"] = dict(ae_max_steps=30, flow_steps=40, max_genes=200, width=32, depth=1,
+                            ae_hidden=32)
+    losses = []
+    w.jobs.job_started.connect(lambda s: s == "run" and w.jobs.jobs["run"].progress.connect(
+        lambda p: losses.append(p.loss)))
+    with qtbot.waitSignal(w.training_finished, timeout=150_000):
+        w.train(req)
+    assert any(x is not None for x in losses)
+    assert t.loss.curves  # the loss curve was drawn
+    info = w.models_page.current()
+    assert info.name == "my-kang" and info.source == "user"
+    assert "CD14+Mono" in w.models_page.card.toPlainText()
+
+
+def test_settings_are_remembered(qtbot, window, model_name, kang_file):
+    from app.main_window import MainWindow
+
+    w = window
+    _load(qtbot, w, kang_file)
+    _use_model(qtbot, w, model_name)
+    w.resize(1111, 777)
+    w.close()
+    from app import settings
+
+    assert settings.settings().value("window/geometry")
+    w2 = MainWindow()
+    qtbot.addWidget(w2)
+    with qtbot.waitSignal(w2.model_loaded, timeout=60_000):  # last model comes back
+        w2.show()
+    assert w2.model.name == w.model.name
+    assert w2.data_page.recent.count() == 1
+    qtbot.waitUntil(lambda: not w2.jobs.busy(), timeout=30_000)
+
+
+def test_about_and_shortcuts(qtbot, window):
+    w = window
+    text = w.about_text()
+    assert "PySide6" in text and "pyqtgraph" in text and "Device" in text
+    shortcuts = {a.shortcut().toString() for a in w.actions() if not a.shortcut().isEmpty()}
+    assert {"Ctrl+O", "Ctrl+G", "Esc", "Ctrl+1", "Ctrl+6"} <= shortcuts
+
+
+def test_every_control_has_a_tooltip(qtbot, window):
+    from PySide6.QtWidgets import (
+        QAbstractButton,
+        QComboBox,
+        QDoubleSpinBox,
+        QLineEdit,
+        QListWidget,
+        QSpinBox,
+    )
+
+    w = window
+    missing = []
+    for cls in (QAbstractButton, QComboBox, QLineEdit, QSpinBox, QDoubleSpinBox, QListWidget):
+        for c in w.findChildren(cls):
+            if type(c).__name__ in ("QToolBarExtension", "QLineEdit") and c.parent() is not None \
+                    and isinstance(c.parent(), (QComboBox, QSpinBox, QDoubleSpinBox)):
+                continue
+            if type(c).__name__ == "QToolBarExtension" or c.objectName().startswith("qt_"):
+                continue
+            if type(c).__name__ == "QToolButton" and type(c.parent()).__name__ in (
+                    "QLineEdit", "QTabBar"):  # Qt's own clear / scroll buttons
+                continue
+            if not c.toolTip() and not (hasattr(c, "defaultAction") and c.defaultAction()
+                                        and c.defaultAction().toolTip()):
+                missing.append(f"{type(c).__name__} {getattr(c, 'text', lambda: '')()} in "
+                               f"{type(c.parent()).__name__}")
+    assert not missing, missing
