@@ -168,7 +168,7 @@ def train_model(adata, schema, out_dir: str | os.PathLike | None = None, *,
             sched.step()
             step += 1
             if step % 10 == 0 or step == ae_steps:
-                lv = float(loss) / len(genes)
+                lv = float(loss.detach()) / len(genes)
                 history["autoencoder"].append((step, lv))
                 report(step, loss=lv)
     ae.eval()

@@ -1,0 +1,74 @@
+"""Generation benchmark: cells/s end to end (sampling, decoding, NB counts; no file writing) and
+peak memory for a large run, measured in a fresh subprocess so earlier runs do not count."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+
+def _first_condition(model):
+    from .conditions.spec import Condition, Perturbation
+
+    sp = model.space
+    ct = sp.cell_types[0] if sp.cell_types else None
+    perts = []
+    if sp.targets:
+        t = sp.targets[0]
+        perts = [Perturbation(t, (sp.target_types.get(t) or [None])[0])]
+    ctx = {lv: sp.context_values[lv][0] for lv in sp.context_levels}
+    return model.space.complete(Condition.make(ct, perts, ctx))
+
+
+def _speed(model_name: str, n: int, threads: int, device: str) -> dict:
+    import torch
+
+    from .model import PerturbModel
+
+    torch.set_num_threads(threads)
+    model = PerturbModel.load(model_name, device=device)
+    cond = _first_condition(model)
+    model.generate(cond, 512, seed=1)                       # warm-up
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    adata = model.generate(cond, n, seed=0)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    dt = time.perf_counter() - t0
+    return {"model": model.name, "genes": len(model.genes), "device": str(model.device),
+            "threads": threads, "condition": cond.label, "cells": n, "seconds": round(dt, 2),
+            "cells_per_s": round(n / dt), "steps": model.default_steps,
+            "guidance": model.default_guidance,
+            "nonzero_fraction": round(adata.layers["counts"].nnz / (n * len(model.genes)), 4)}
+
+
+def _peak_memory_child(model_name: str, n: int, threads: int, device: str) -> dict:
+    code = ("import json,resource,sys,time;from engine.bench import _speed;"
+            f"r=_speed({model_name!r},{n},{threads},{device!r});"
+            "r['peak_rss_mb']=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024);"
+            "print(json.dumps(r))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run_bench(*, model: str = "kang-ifnb-pbmc", n: int = 20000, threads: int = 2,
+              device: str = "cpu", big_n: int = 100000) -> dict:
+    import torch
+
+    res = _speed(model, n, threads, device)
+    out = {f"cpu_{k}" if k in ("cells_per_s", "seconds") else k: v for k, v in res.items()}
+    if big_n:
+        big = _peak_memory_child(model, big_n, threads, device)
+        out.update({"big_run_cells": big_n, "big_run_seconds": big["seconds"],
+                    "big_run_cells_per_s": big["cells_per_s"],
+                    "big_run_peak_rss_mb": big["peak_rss_mb"]})
+    if torch.cuda.is_available() and device == "cpu":
+        gpu = _speed(model, max(n, 100000), threads, "cuda")
+        out.update({"gpu": torch.cuda.get_device_name(0), "gpu_cells_per_s": gpu["cells_per_s"]})
+    else:
+        out["gpu"] = "none available"
+    return out
