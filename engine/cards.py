@@ -1,0 +1,109 @@
+"""Model cards: a JSON record (``card.json``) and a human-readable ``CARD.md`` built from it.
+
+Every number in a card comes from the training run and :func:`engine.evaluate.evaluate`; the
+card says plainly where the model does not beat a baseline.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .evaluate import METRICS
+
+HIGHER_IS_BETTER = {"r2_top100": True, "r2_all": True, "pearson_delta_top100": True,
+                    "pearson_delta_all": True, "energy_ratio": False}
+
+
+def summarise(results: list[dict], *, group: str = "all") -> list[dict]:
+    """Average each method's metrics over evaluation results (``EvalResult.to_dict()``)."""
+    by_method: dict[str, dict[str, list[float]]] = {}
+    for r in results:
+        for row in r["rows"]:
+            for m in METRICS:
+                v = row.get(m)
+                if v is not None:
+                    by_method.setdefault(row["method"], {}).setdefault(m, []).append(v)
+    out = []
+    for method, vals in by_method.items():
+        out.append({"group": group, "method": method, "n": len(results),
+                    **{m: round(float(np.mean(v)), 3) for m, v in vals.items()}})
+    return out
+
+
+def verdicts(summary: list[dict]) -> list[str]:
+    """Plain sentences: does the model beat each baseline on each metric?"""
+    lines = []
+    model = next((r for r in summary if r["method"] == "model"), None)
+    if model is None:
+        return lines
+    for base in summary:
+        if base["method"] == "model":
+            continue
+        for m in ("r2_top100", "pearson_delta_top100", "energy_ratio"):
+            a, b = model.get(m), base.get(m)
+            if a is None or b is None:
+                continue
+            better = a > b if HIGHER_IS_BETTER[m] else a < b
+            word = "beats" if better else "does NOT beat"
+            lines.append(f"[{model['group']}] model {word} {base['method']} on {m} "
+                         f"({a:.3f} vs {b:.3f})")
+    return lines
+
+
+def render_markdown(config: dict, card: dict) -> str:
+    sp = config["space"]
+    tr = config.get("training", {})
+    lines = [f"# {config['name']}", ""]
+    if card.get("summary"):
+        lines += [card["summary"], ""]
+    lines += ["## What it conditions on", ""]
+    if sp.get("context_levels"):
+        lines.append("- Context: " + " > ".join(
+            f"{lv} ({', '.join(sp['context_values'][lv])})" for lv in sp["context_levels"]))
+    if sp.get("cell_types"):
+        lines.append(f"- Cell types ({len(sp['cell_types'])}): {', '.join(sp['cell_types'])}")
+    if sp.get("targets"):
+        lines.append(f"- Perturbation targets ({len(sp['targets'])}, up to "
+                     f"{sp['max_perturbations']} at once, order-free): "
+                     + ", ".join(f"{t} ({'/'.join(sp['target_types'].get(t, []))})"
+                                 for t in sp["targets"]))
+    else:
+        lines.append("- No perturbations: generates unperturbed reference populations.")
+    lines.append(f"- Dose: {'yes' if sp.get('has_dose') else 'no (no real drug/dose data was available to us; see below)'}")
+    lines.append(f"- Conditions seen in training: {len(sp.get('seen', []))}. Other combinations "
+                 "of known values are accepted and are predictions by composition.")
+    lines += ["", "## Training data", ""]
+    for k in ("data", "citation", "split", "notes"):
+        if card.get(k):
+            lines.append(f"- {k.capitalize()}: {card[k]}")
+    lines.append(f"- Cells used: {tr.get('n_cells')}; genes: {len(config['genes'])} "
+                 f"({config['preprocessing']['gene_selection']})")
+    lines += ["", "## Model", "",
+              f"- NB-VAE (latent {config['architecture']['latent_dim']}) + "
+              f"{config['architecture']['objective']} in latent space, "
+              f"{config['architecture']['backbone']} backbone; sampling "
+              f"{config['sampling']['steps']} steps, guidance {config['sampling']['guidance']}",
+              f"- Preprocessing: {config['preprocessing']['encoder_input']}; decoder "
+              f"{config['preprocessing']['decoder']}",
+              f"- Training: {tr.get('seconds')} s on {tr.get('hardware')} "
+              f"({tr.get('threads')} threads, {tr.get('device')}), seed {tr.get('seed')}, "
+              f"torch {tr.get('torch')}"]
+    if card.get("metrics"):
+        lines += ["", "## Held-out metrics", "",
+                  "Scores in log1p(normalize_total 1e4) space; r2 = squared Pearson of mean "
+                  "expression; pearson_delta = correlation of predicted vs real change from "
+                  "control; energy_ratio = energy distance to real cells / control's (lower is "
+                  "better, control = 1). Baselines: control (no change), mean_shift (average "
+                  "effect in other cell types/contexts), additive (sum of singles).", "",
+                  "| group | method | n | " + " | ".join(METRICS) + " |",
+                  "|---|---|---|" + "---|" * len(METRICS)]
+        for r in card["metrics"]:
+            lines.append(f"| {r['group']} | {r['method']} | {r['n']} | " + " | ".join(
+                "n/a" if r.get(m) is None else f"{r[m]:.3f}" for m in METRICS) + " |")
+        if card.get("verdicts"):
+            lines += ["", "### Against the baselines", ""]
+            lines += [f"- {v}" for v in card["verdicts"]]
+    if card.get("limitations"):
+        lines += ["", "## Limitations", ""] + [f"- {x}" for x in card["limitations"]]
+    lines += ["", f"Genes: {len(config['genes'])} (full list in card.json).", ""]
+    return "\n".join(lines)
