@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 import traceback
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -35,7 +36,10 @@ class _Runner:
     def check(self, name: str, fn: Callable[[], str]) -> bool:
         t = time.perf_counter()
         try:
-            detail = fn()
+            with warnings.catch_warnings():
+                if not self.verbose:  # library chatter is not a result; -v shows it
+                    warnings.simplefilter("ignore")
+                detail = fn()
             ok = True
         except Exception as exc:  # noqa: BLE001 - every failure becomes one FAIL line
             ok = False
@@ -191,7 +195,7 @@ def run(argv: list[str] | None = None) -> int:
             opt.zero_grad()
             loss.backward()
             opt.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         if not losses[-1] < losses[0]:
             raise RuntimeError(f"loss did not decrease: {losses}")
         return f"loss {losses[0]:.3f} -> {losses[-1]:.3f}"
@@ -201,6 +205,8 @@ def run(argv: list[str] | None = None) -> int:
     def umap_check() -> str:
         # scanpy + umap-learn + pynndescent: package metadata read at import, numba JIT with an
         # on-disk cache (NUMBA_CACHE_DIR must be writable).
+        from importlib.metadata import version
+
         import anndata
         import numpy as np
         import scanpy as sc
@@ -213,11 +219,11 @@ def run(argv: list[str] | None = None) -> int:
         sc.pp.normalize_total(a, target_sum=1e4)
         sc.pp.log1p(a)
         sc.pp.pca(a, n_comps=8)
-        coords = umap.UMAP(n_neighbors=10, random_state=0, n_epochs=50).fit_transform(
+        coords = umap.UMAP(n_neighbors=10, random_state=0, n_epochs=50, n_jobs=1).fit_transform(
             a.obsm["X_pca"])
         if coords.shape != (120, 2) or not np.isfinite(coords).all():
             raise RuntimeError(f"bad UMAP output {coords.shape}")
-        return (f"scanpy {sc.__version__}, umap {umap.__version__}, numba cache "
+        return (f"scanpy {version('scanpy')}, umap-learn {version('umap-learn')}, numba cache "
                 f"{os.environ.get('NUMBA_CACHE_DIR', '(default)')}")
 
     r.check("scanpy PCA + UMAP (numba)", umap_check)

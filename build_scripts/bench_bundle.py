@@ -63,6 +63,8 @@ def components(bundle: Path, top: int = 12) -> list[tuple[str, int]]:
     internal = bundle / "_internal"
     sizes = {}
     for p in internal.iterdir():
+        if p.is_symlink():  # PyInstaller links top-level .so names into the package folders
+            continue
         sizes[p.name] = dir_size(p) if p.is_dir() else p.stat().st_size
     return sorted(sizes.items(), key=lambda kv: -kv[1])[:top]
 
@@ -121,8 +123,11 @@ def main() -> int:
     env = env_for(home)
     cold = drop_caches()
     res["cold_is_real"] = cold
-    cli = [time_cmd([str(exe), "--help"], env) for _ in range(args.runs)]
-    res["cli_help_s"] = {"first": cli[0], "median_warm": statistics.median(cli[1:] or cli)}
+    try:
+        cli = [time_cmd([str(exe), "--help"], env) for _ in range(args.runs)]
+        res["cli_help_s"] = {"first": cli[0], "median_warm": statistics.median(cli[1:] or cli)}
+    except subprocess.CalledProcessError as exc:
+        print(f"`perturb-studio --help` failed (rc={exc.returncode}); no CLI timing")
 
     if not args.no_gui:
         server = None
@@ -164,9 +169,10 @@ def main() -> int:
             print(f"{key:<13} {mib(res[key]['bytes'])}  {res[key]['file']}")
     if "glibc_scan" in res:
         print(f"glibc needed  >= {res['glibc_scan']} (objdump -T: {res['glibc_objdump']})")
-    c = res["cli_help_s"]
-    print(f"cli --help    first {c['first']:.2f} s, warm median {c['median_warm']:.2f} s"
-          f"{'' if cold else ' (page cache not dropped: first run is warm too)'}")
+    if "cli_help_s" in res:
+        c = res["cli_help_s"]
+        print(f"cli --help    first {c['first']:.2f} s, warm median {c['median_warm']:.2f} s"
+              f"{'' if cold else ' (page cache not dropped: first run is warm too)'}")
     if "gui_start_s" in res:
         g = res["gui_start_s"]
         print(f"gui start     first {g['first']:.2f} s, warm median {g['median_warm']:.2f} s "

@@ -52,11 +52,12 @@ APP_NAME = "PerturbStudio"  # folder / .app name
 PKG_NAME = "perturb-studio"  # executable, Debian package, command on PATH
 INSTALL_PREFIX = "/opt/perturb-studio"  # where the .deb puts the bundle
 
-# What the bundle needs from a Linux system besides glibc (found with ldd over the bundle: Qt's xcb
-# platform plugin and OpenGL / font / D-Bus libraries are deliberately not bundled, they must
-# match the local display stack). A desktop install has all of these already.
+# What the bundle needs from a Linux system besides glibc: the C++ runtime (left out of the bundle,
+# see _SYSTEM_LIBS in the spec), OpenGL/EGL (never bundled: they must match the local driver) and
+# the X11/xcb, font and D-Bus libraries that Qt's platform plugins use (bundled copies exist, but
+# the system's are preferred where present). A desktop install has all of these already.
 DEB_DEPENDS = [
-    "libgl1", "libegl1", "libfontconfig1", "libfreetype6", "libxkbcommon0", "libxkbcommon-x11-0",
+    "libstdc++6 (>= 11)", "libgcc-s1", "libexpat1", "libgl1", "libegl1", "libfontconfig1", "libfreetype6", "libxkbcommon0", "libxkbcommon-x11-0",
     "libdbus-1-3", "libglib2.0-0t64 | libglib2.0-0", "libx11-6", "libx11-xcb1", "libxcb1",
     "libxcb-cursor0", "libxcb-icccm4", "libxcb-image0", "libxcb-keysyms1", "libxcb-randr0",
     "libxcb-render-util0", "libxcb-shape0", "libxcb-xfixes0", "libxcb-xkb1",
