@@ -64,7 +64,9 @@ def run_gui(argv: list[str]) -> int:
         from PySide6.QtCore import QTimer
 
         QTimer.singleShot(0, app.quit)
-    return int(app.exec())
+    code = int(app.exec())
+    win.jobs.shutdown()  # never let Python tear down a QThread that is still running
+    return code
 
 
 if __name__ == "__main__":

@@ -89,6 +89,7 @@ class RunBar(QWidget):
 
     def start(self, text: str) -> None:
         self.label.setText(text)
+        self.bar.setFormat("%p%")
         self.bar.setValue(0)
         self.bar.setRange(0, 0)  # busy until the first progress record
         self.rate.setText("starting…")
@@ -113,6 +114,7 @@ class RunBar(QWidget):
         self.label.setText(text)
         self.bar.setRange(0, 1000)
         self.bar.setValue(0)
+        self.bar.setFormat("")
         self.rate.setText("")
         self.cancel.setEnabled(False)
 
@@ -532,6 +534,7 @@ class MainWindow(QMainWindow):
             import engine
 
             model = engine.PerturbModel.load(info.path)
+            _warm_imports()
             try:
                 dev = engine.device_info(model.device)
             except Exception:  # noqa: BLE001 - the model still works on its own device
@@ -598,8 +601,10 @@ class MainWindow(QMainWindow):
             check_cancel(cancel)
             return _autosave(engine, adata, out)
 
-        n_total = req["n"] * len(req["conditions"])
-        self._start_fg("run", f"Generating {n_total:,}+ cells…", fn,
+        conds = req["conditions"]
+        n_ctrl = len({c.control() for c in conds} - set(conds))
+        n_total = req["n"] * (len(conds) + n_ctrl)
+        self._start_fg("run", f"Generating {n_total:,} cells…", fn,
                        on_finished=lambda r: self._show_experiment(
                            Experiment.from_generated(r[0], model_name=model.name,
                                                      saved_to=r[1]), save_error=r[2]),
@@ -979,6 +984,20 @@ class MainWindow(QMainWindow):
 
     def open_log(self) -> None:
         QDesktopServices.openUrl(QUrl.fromLocalFile(str(cfg.log_path())))
+
+
+def _warm_imports() -> None:
+    """Import now, while a model loads, what generation and its analysis will need: a first
+    import inside the generation worker holds the GIL long enough to freeze the window."""
+    import importlib
+
+    for name in ("anndata", "pandas", "scipy.sparse", "scipy.stats", "h5py", "engine.export",
+                 "engine.analysis", "engine.data.io", "sklearn.decomposition",
+                 "sklearn.neighbors"):
+        try:
+            importlib.import_module(name)
+        except ImportError:  # pragma: no cover - reported when actually used
+            pass
 
 
 def plain_uns(adata):

@@ -166,33 +166,51 @@ def card_html(info) -> str:
     rows.append(("Trained conditions", f"{len(space.seen):,}"))
     out += [f"<tr><td><b>{k}</b></td><td>{v}</td></tr>" for k, v in rows]
     out.append("</table>")
-    data = card.get("training_data") or card.get("data") or card.get("dataset")
-    if data:
+    desc_done = bool(card.get("description"))
+    if card.get("summary") and not desc_done:
+        out.insert(1, f"<p>{_e(card['summary'])}</p>")
+    data_rows = [(label, card.get(key)) for key, label in
+                 (("data", "Data"), ("citation", "Cite"), ("split", "Held-out split"),
+                  ("notes", "Notes"), ("license", "Licence"), ("licence", "Licence"))
+                 if card.get(key)]
+    if data_rows:
         out.append("<h3>Training data</h3>")
-        if isinstance(data, dict):
-            out.append("<table cellpadding='3'>" + "".join(
-                f"<tr><td><b>{_e(k)}</b></td><td>{_e(v)}</td></tr>" for k, v in data.items()
-                if not isinstance(v, dict | list)) + "</table>")
-            for k, v in data.items():
-                if isinstance(v, list) and v and not isinstance(v[0], dict | list):
-                    out.append(f"<p><b>{_e(k)}</b>: {_list(v)}</p>")
-        else:
-            out.append(f"<p>{_e(data)}</p>")
+        out += [f"<p><b>{k}:</b> {_e(v if not isinstance(v, list) else '; '.join(map(str, v)))}"
+                "</p>" for k, v in data_rows]
     metrics = card.get("metrics") or card.get("held_out_metrics") or card.get("evaluation")
     if metrics:
         out.append("<h3>Held-out metrics</h3>")
+        out.append("<p style='color:#555'>On cells set aside before training. r2: how well mean "
+                   "expression is reproduced (higher is better); pearson_delta: agreement of "
+                   "the predicted change from control with the real change (higher is better); "
+                   "energy_ratio: distance to real cells relative to the control's (lower is "
+                   "better). Baselines: control = no change; mean_shift = average effect seen "
+                   "elsewhere; additive = sum of single effects.</p>")
         out.append(_metrics_html(metrics))
-    for key, label in (("split", "Held-out split"), ("training", "Training"),
-                       ("citation", "Cite"), ("citations", "Cite"), ("license", "Licence"),
-                       ("licence", "Licence"), ("limitations", "Limitations"),
-                       ("intended_use", "Intended use")):
-        v = card.get(key)
-        if v:
-            if isinstance(v, dict):
-                v = "; ".join(f"{k}: {x}" for k, x in v.items() if not isinstance(x, dict | list))
-            elif isinstance(v, list):
-                v = "; ".join(map(str, v))
-            out.append(f"<p><b>{label}:</b> {_e(v)}</p>")
+    if card.get("verdicts"):
+        out.append("<h3>Against the baselines</h3><ul>")
+        for v in card["verdicts"]:
+            colour = "#a15c00" if "NOT" in str(v) else "#1b5e20"
+            out.append(f"<li style='color:{colour}'>{_e(v)}</li>")
+        out.append("</ul>")
+    tr = card.get("training")
+    if isinstance(tr, dict):
+        names = {"data_file": "Data file", "n_cells": "Cells", "n_genes": "Genes",
+                 "n_conditions": "Conditions", "seed": "Seed", "device": "Trained on",
+                 "seconds": "Training time (s)", "flow_steps": "Flow steps",
+                 "ae_epochs": "Autoencoder epochs"}
+        rows = [(lab, tr[k]) for k, lab in names.items() if tr.get(k) not in (None, "")]
+        if rows:
+            out.append("<h3>Training</h3><table cellpadding='3'>" + "".join(
+                f"<tr><td><b>{_e(k)}</b></td><td>"
+                f"{f'{v:,}' if isinstance(v, int) else f'{v:.1f}' if isinstance(v, float) else _e(v)}"
+                "</td></tr>" for k, v in rows) + "</table>")
+    lim = card.get("limitations")
+    if lim:
+        out.append("<h3>Limitations</h3><ul>" + "".join(
+            f"<li>{_e(x)}</li>" for x in (lim if isinstance(lim, list) else [lim])) + "</ul>")
+    if card.get("intended_use"):
+        out.append(f"<p><b>Intended use:</b> {_e(card['intended_use'])}</p>")
     out.append(f"<p style='color:#666'>Folder: {_e(info.path)}</p>")
     return "\n".join(out)
 

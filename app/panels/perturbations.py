@@ -218,7 +218,8 @@ class PerturbationEditor(QWidget):
         else:
             kinds = ", ".join(space.perturbation_types) or "perturbation"
             dose = " Doses are simulated (no real drug data)." if space.simulated_dose else ""
-            self.note.setText(f"{len(space.targets)} targets ({kinds}); up to "
+            n = len(space.targets)
+            self.note.setText(f"{n} target{'s' if n != 1 else ''} ({kinds}); up to "
                               f"{space.max_perturbations} combined.{dose} Leave empty for "
                               "control cells.")
             self.add_row()

@@ -200,6 +200,8 @@ class ResultsPanel(QWidget):
         split.addWidget(self.volcano)
         split.setStretchFactor(0, 2)
         split.setStretchFactor(1, 3)
+        split.setSizes([560, 800])
+        self.table.verticalHeader().setDefaultSectionSize(22)
         de = QWidget()
         dl = QVBoxLayout(de)
         dl.addLayout(dr)

@@ -71,10 +71,12 @@ class EmbeddingPlot(QWidget):
         cats = order or sorted(set(values.tolist()))
         grey = grey or set()
         brushes, lut = [], {}
-        k = 0
+        k = g = 0
+        greys = [GREY, (140, 140, 140), (95, 95, 95), (220, 220, 220)]
         for c in cats:
             if c in grey:
-                col = GREY
+                col = greys[g % len(greys)]
+                g += 1
             else:
                 col = category_color(k)
                 k += 1

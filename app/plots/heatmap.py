@@ -44,8 +44,11 @@ class HeatmapPlot(QWidget):
             ax = self.plot.getAxis(name)
             ax.setPen(pg.mkPen("k"))
             ax.setTextPen(pg.mkPen("k"))
-        self.plot.getAxis("bottom").setStyle(tickLength=0)
-        self.plot.getAxis("left").setStyle(tickLength=0)
+        font = pg.QtGui.QFont()
+        font.setPointSize(8)
+        for name in ("bottom", "left"):
+            self.plot.getAxis(name).setStyle(tickLength=0, tickFont=font, autoExpandTextSpace=True,
+                                             hideOverlappingLabels=False)
         self.readout = QLabel("Hover over a cell of the heatmap to see its value.")
         self.readout.setStyleSheet("color: #444;")
         lay = QVBoxLayout(self)
@@ -106,13 +109,15 @@ class HeatmapPlot(QWidget):
 
 def _style_colorbar(bar) -> None:
     """Black axis text and label on a ColorBarItem (pyqtgraph draws them grey by default)."""
-    ax = getattr(bar, "axis", None)
-    if ax is not None:
+    for name in ("left", "right", "top", "bottom"):
+        try:
+            ax = bar.getAxis(name)
+        except Exception:  # noqa: BLE001 - not every ColorBarItem has every axis
+            continue
         ax.setPen(pg.mkPen("k"))
         ax.setTextPen(pg.mkPen("k"))
-        ax.setWidth(70)
         if ax.labelText:
-            ax.setLabel(ax.labelText, color="k")
+            ax.setLabel(ax.labelText, color="#222")
 
 
 def _short(label: str, limit: int = 28) -> str:
