@@ -25,9 +25,9 @@ from .errors import DataError
 from .progress import CancelToken, ProgressFn, Reporter, check_cancel
 
 DEFAULTS = dict(max_genes=5000, latent_dim=32, ae_hidden=128, ae_epochs=None, ae_max_steps=600,
-                ae_lr=1e-3, kl_weight=0.5, batch_size=256, cond_dim=128, flow_steps=1500,
+                ae_lr=1e-3, kl_weight=0.5, batch_size=256, cond_dim=128, flow_steps=3000,
                 flow_batch=256, flow_lr=1e-3, p_uncond=0.1, p_coarse=0.1, ema=0.998,
-                objective="rectified_flow", steps=20, guidance=1.0, width=256, depth=3)
+                objective="rectified_flow", steps=10, guidance=1.0, width=128, depth=4)
 
 
 def apply_excludes(adata, exclude: Sequence[Mapping[str, str]]):

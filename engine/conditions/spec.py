@@ -174,6 +174,10 @@ class ConditionSpace:
             if value not in self.context_values.get(level, []):
                 raise ConditionError(f"{level} {value!r} is not in this model's training data; "
                                      f"known values are: {_ls(self.context_values.get(level, []))}")
+            within = self._context_of(cond.cell_type).get(level)
+            if cond.cell_type is not None and within and value not in within:
+                raise ConditionError(f"cell type {cond.cell_type!r} was only seen in {level} "
+                                     f"{_ls(sorted(within))}, not in {value!r}")
         if len(cond.perturbations) > max(self.max_perturbations, 0) and self.targets:
             raise ConditionError(f"{len(cond.perturbations)} perturbations at once; this model was "
                                  f"trained with at most {self.max_perturbations}")
@@ -197,8 +201,18 @@ class ConditionSpace:
                 if not math.isfinite(p.dose) or p.dose < 0:
                     raise ConditionError(f"dose must be >= 0, got {p.dose}")
 
+    def _context_of(self, cell_type: str | None) -> dict[str, set[str]]:
+        """Context values each level took for this cell type in training."""
+        out: dict[str, set[str]] = {}
+        for d in self.seen:
+            if d.get("cell_type") == cell_type:
+                for k, v in (d.get("context") or {}).items():
+                    out.setdefault(k, set()).add(v)
+        return out
+
     def complete(self, cond: Condition) -> Condition:
-        """Fill defaults the user may leave out: the only type a target was seen with, dose 1."""
+        """Fill what the user may leave out: context levels implied by the cell type (or with a
+        single value), the only type a target was seen with, dose 1."""
         perts = []
         for p in cond.perturbations:
             ty = p.type
@@ -206,7 +220,15 @@ class ConditionSpace:
                 ty = self.target_types[p.target][0]
             dose = p.dose if p.dose is not None or not self.has_dose else 1.0
             perts.append(Perturbation(p.target, ty, dose))
-        return Condition.make(cond.cell_type, perts, cond.context_dict())
+        ctx = cond.context_dict()
+        implied = self._context_of(cond.cell_type)
+        for level in self.context_levels:
+            if level not in ctx:
+                values = implied.get(level) or set(self.context_values.get(level, []))
+                if len(values) == 1:
+                    ctx[level] = next(iter(values))
+        return Condition.make(cond.cell_type, perts, {lv: ctx[lv] for lv in self.context_levels
+                                                      if lv in ctx})
 
     def is_seen(self, cond: Condition) -> bool:
         """True when exactly this condition was in the training data (not an extrapolation)."""

@@ -8,6 +8,8 @@ the latent space where the flow model generates.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -74,48 +76,73 @@ def nb_log_prob_sparse(x: torch.Tensor, log_mu: torch.Tensor,
 
 
 def sample_nb(log_mu: torch.Tensor, log_theta: torch.Tensor, generator: torch.Generator,
-              max_iter: int = 40) -> tuple[torch.Tensor, torch.Tensor]:
+              max_iter: int = 24, big_mu: float = 12.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw NB counts; return them sparse as (flat indices, values) in row-major order.
 
     Inverse-CDF sampling that only ever touches the non-zero draws: one uniform per entry decides
     "zero or not" against P(0) = (theta / (theta + mu))^theta; the survivors walk up the CDF with
-    the recurrence p(k+1) = p(k) (k + theta) / (k + 1) * mu / (theta + mu). Entries still
-    unresolved after ``max_iter`` (very large means) fall back to the gamma-Poisson mixture.
-    Single-cell matrices are mostly zeros, so this is several times faster than gamma-Poisson on
-    every entry, and exact (no truncation).
+    the recurrence p(k+1) = p(k) (k + theta) / (k + 1) * mu / (theta + mu). Entries with a large
+    mean (> ``big_mu``, a small minority) are drawn directly from the gamma-Poisson mixture, and
+    walks still unresolved after ``max_iter`` steps are completed by rejection (NB draws
+    conditioned on exceeding ``max_iter``), so every value is an exact NB draw. Single-cell
+    matrices are mostly zeros, so this is several times faster than gamma-Poisson everywhere.
     """
     shape = log_mu.shape
+    dev = log_mu.device
     log_theta = log_theta.expand(shape)
+    flat_mu = log_mu.reshape(-1)
+    big = flat_mu > math.log(big_mu)
     # log P(0) = -theta * log(1 + mu / theta) = -theta * softplus(log mu - log theta)
-    log_p0 = -log_theta.exp() * F.softplus(log_mu - log_theta)
-    u = torch.rand(shape, generator=generator, device=log_mu.device)
-    p0 = log_p0.exp()
-    idx = torch.nonzero((u > p0).view(-1)).squeeze(1)              # candidates for k >= 1
-    uf = u.view(-1)[idx]
-    cdf = p0.view(-1)[idx]
+    p0 = torch.exp(-log_theta.exp() * F.softplus(log_mu - log_theta)).view(-1)
+    u = torch.rand(shape, generator=generator, device=dev).view(-1)
+    walk_idx = torch.nonzero((u > p0) & ~big).squeeze(1)           # small means, k >= 1
+    values = torch.zeros(walk_idx.numel(), dtype=torch.int32, device=dev)
+    lm, lt = flat_mu[walk_idx], log_theta.reshape(-1)[walk_idx]
+    walk = torch.arange(walk_idx.numel(), device=dev)
+    uf, cdf = u[walk_idx], p0[walk_idx]
     pk = cdf.clone()
-    lm, lt = log_mu.reshape(-1)[idx], log_theta.reshape(-1)[idx]
     th = lt.exp()
     q = torch.sigmoid(lm - lt)                                      # mu / (theta + mu)
-    values = torch.zeros(idx.numel(), dtype=torch.int32, device=log_mu.device)
-    pos = torch.arange(idx.numel(), device=log_mu.device)
-    k = 0
-    while pos.numel() and k < max_iter:
+    pos = walk
+    for k in range(max_iter):
         pk = pk * (k + th) / (k + 1) * q
         cdf = cdf + pk
-        k += 1
         done = uf <= cdf
-        values[pos[done]] = k
-        keep = ~done
-        pos, uf, pk, cdf, th, q, lm = pos[keep], uf[keep], pk[keep], cdf[keep], th[keep], \
-            q[keep], lm[keep]
-    for _ in range(100):                                           # rare: very large means
-        if not pos.numel():
+        values[pos[done]] = k + 1
+        if k % 3 == 0 or k == max_iter - 1:                         # compact now and then
+            keep = ~done & torch.isfinite(uf)
+            pos, uf, pk, cdf, th, q, lm, lt = (a[keep] for a in (pos, uf, pk, cdf, th, q, lm, lt))
+            if not pos.numel():
+                break
+        else:
+            uf = torch.where(done, torch.inf, uf)                  # finished: never "done" again
+    if pos.numel():
+        values[pos] = _gamma_poisson_above(lm, lt, max_iter, generator)
+    big_idx = torch.nonzero(big).squeeze(1)                         # large means: few entries
+    if big_idx.numel():
+        th = log_theta.reshape(-1)[big_idx].exp()
+        lam = torch._standard_gamma(th, generator=generator) * (flat_mu[big_idx].exp() / th)
+        bv = torch.poisson(lam, generator=generator).to(torch.int32)
+        nz = bv > 0
+        idx = torch.cat([walk_idx, big_idx[nz]])
+        values = torch.cat([values, bv[nz]])
+        idx, order = torch.sort(idx)
+        return idx, values[order]
+    return walk_idx, values
+
+
+def _gamma_poisson_above(log_mu, log_theta, floor: int, generator, rounds: int = 50):
+    """NB draws conditioned on being > ``floor`` (rejection; floor 0 = any positive value)."""
+    th = log_theta.exp()
+    out = torch.full(log_mu.shape, floor + 1, dtype=torch.int32, device=log_mu.device)
+    pending = torch.arange(log_mu.numel(), device=log_mu.device)
+    for _ in range(rounds):
+        if not pending.numel():
             break
-        lam = torch._standard_gamma(th, generator=generator) * (lm.exp() / th)
+        t = th[pending]
+        lam = torch._standard_gamma(t, generator=generator) * (log_mu[pending].exp() / t)
         draw = torch.poisson(lam, generator=generator).to(torch.int32)
-        ok = draw > max_iter
-        values[pos[ok]] = draw[ok]
-        pos, th, lm = pos[~ok], th[~ok], lm[~ok]
-    values[pos] = max_iter + 1
-    return idx, values
+        ok = draw > floor
+        out[pending[ok]] = draw[ok]
+        pending = pending[~ok]
+    return out
