@@ -17,6 +17,9 @@ CLI_COMMANDS = {"train", "generate", "evaluate", "models", "bench"}
 
 
 def main(argv: list[str] | None = None) -> int:
+    import multiprocessing
+
+    multiprocessing.freeze_support()  # the UMAP helper process in a frozen (PyInstaller) build
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and (argv[0] in CLI_COMMANDS or argv[0] in ("-h", "--help", "--version")):
         from engine.cli import main as cli_main

@@ -535,6 +535,10 @@ class MainWindow(QMainWindow):
 
             model = engine.PerturbModel.load(info.path)
             _warm_imports()
+            if os.environ.get("PERTURB_STUDIO_UMAP_IN_THREAD") != "1":
+                from .embed_process import server
+
+                server().warm()  # start the UMAP helper process and compile UMAP there now
             try:
                 dev = engine.device_info(model.device)
             except Exception:  # noqa: BLE001 - the model still works on its own device
@@ -735,7 +739,12 @@ class MainWindow(QMainWindow):
                     "condition": np.asarray(["real: " + str(c) for c in cond], dtype=object),
                     "cell type": obs[ck].astype(str).to_numpy() if ck and ck in obs else "",
                 }))
-            coords, labels = engine.embed_umap(parts, progress=progress, cancel=cancel)
+            if os.environ.get("PERTURB_STUDIO_UMAP_IN_THREAD") == "1":
+                coords, labels = engine.embed_umap(parts, progress=progress, cancel=cancel)
+            else:
+                from .embed_process import server
+
+                coords, labels = server().embed(parts, progress=progress, cancel=cancel)
             meta = pd.concat(meta, ignore_index=True)
             return {"coords": coords, "meta": meta, "parts": parts}
 

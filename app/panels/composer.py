@@ -49,10 +49,6 @@ class ComposerPanel(QWidget):
                                   "was trained on")
         self.cond_form.addRow("Cell type", self.cell_type)
         self.context_combos: dict[str, QComboBox] = {}
-        self.context_box = QWidget()
-        self.context_form = QFormLayout(self.context_box)
-        self.context_form.setContentsMargins(0, 0, 0, 0)
-        self.cond_form.addRow(self.context_box)
         self.perts = PerturbationEditor()
         self.cond_form.addRow("Perturbations", self.perts)
         self.check = QLabel()
@@ -160,9 +156,7 @@ class ComposerPanel(QWidget):
         """``model``: a loaded PerturbModel (or anything with name, space, default_steps, ...)."""
         self.queue.clear()
         for w in self.context_combos.values():
-            w.deleteLater()
-        while self.context_form.rowCount():
-            self.context_form.removeRow(0)
+            self.cond_form.removeRow(w)  # deletes the combo and its label
         self.context_combos = {}
         self.cell_type.clear()
         if model is None:
@@ -192,7 +186,7 @@ class ComposerPanel(QWidget):
             combo.setToolTip(f"{level.capitalize()} of the cells (context level)")
             combo.currentIndexChanged.connect(self._validate)
             self.context_combos[level] = combo
-            self.context_form.addRow(level.capitalize(), combo)
+            self.cond_form.insertRow(len(self.context_combos), level.capitalize(), combo)
             vals = space.context_values.get(level, [])
             if len(vals) == 1:
                 combo.setCurrentIndex(1)

@@ -302,3 +302,59 @@ def test_every_control_has_a_tooltip(qtbot, window):
                 missing.append(f"{type(c).__name__} {getattr(c, 'text', lambda: '')()} in "
                                f"{type(c.parent()).__name__}")
     assert not missing, missing
+
+
+def test_import_model_folder(qtbot, window, kang_model_dir, tmp_path):
+    import shutil
+
+    w = window
+    src = tmp_path / "downloads" / "imported-kang"
+    shutil.copytree(kang_model_dir, src)
+    with qtbot.waitSignal(w.models_listed, timeout=60_000):
+        w.import_model(str(src))
+    paths = [i.path.name for i in w.models_page.infos if i.source == "user"]
+    assert "imported-kang" in paths
+    # a folder that is not a model: plain-language error, nothing added
+    bad = tmp_path / "not-a-model"
+    bad.mkdir()
+    (bad / "config.json").write_text("{broken")
+    with qtbot.waitSignal(w.error_shown, timeout=30_000):
+        w.import_model(str(bad))
+    assert "not-a-model" not in [i.path.name for i in w.models_page.infos]
+
+
+def test_heatmap_widget_standalone(qtbot, tmp_path):
+    from app.plots.heatmap import HeatmapPlot
+
+    h = HeatmapPlot()
+    qtbot.addWidget(h)
+    m = np.random.default_rng(0).normal(size=(12, 3)).astype(np.float32)
+    h.set_data(m, [f"GENE{i}" for i in range(12)], ["A", "B", "C"])
+    for suffix in ("png", "svg"):
+        p = h.export(tmp_path / f"heat.{suffix}")
+        assert p.stat().st_size > 1000
+    assert (tmp_path / "heat.svg").read_text().lstrip().startswith("<?xml")
+    with pytest.raises(ValueError):
+        h.set_data(m, ["x"], ["A", "B", "C"])
+
+
+def test_embed_server_cancel_is_prompt():
+    import threading
+
+    import anndata as ad
+    import scipy.sparse as sp
+
+    from app.embed_process import server
+    from engine.errors import Cancelled
+
+    rng = np.random.default_rng(0)
+    a = ad.AnnData(sp.csr_matrix(rng.poisson(2.0, size=(3000, 200)).astype(np.float32)))
+    a.var_names = [f"G{i}" for i in range(200)]
+    ev = threading.Event()
+    threading.Timer(0.5, ev.set).start()
+    t0 = time.perf_counter()
+    with pytest.raises(Cancelled):
+        server().embed({"a": a}, cancel=ev)
+    assert time.perf_counter() - t0 < 0.5 + 1.5
+    coords, labels = server().embed({"a": a[:300]})  # the helper comes back for the next job
+    assert coords.shape == (300, 2) and set(labels) == {"a"}
