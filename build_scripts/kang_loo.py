@@ -34,6 +34,7 @@ def main(argv=None) -> int:
     p.add_argument("--cell-types", nargs="*", default=CELL_TYPES)
     p.add_argument("--json", type=Path)
     p.add_argument("--backbone", default="mlp")
+    p.add_argument("--guidance", type=float, nargs="*", default=[1.0, 2.0])
     args = p.parse_args(argv)
     torch.set_num_threads(2)
     adata, schema, _ = kang()
@@ -44,28 +45,29 @@ def main(argv=None) -> int:
                             exclude=[{"cell_type": ct, "perturbation": "IFN-beta"}])
         train_s = time.perf_counter() - t0
         cond = Condition.parse(ct, "IFN-beta", context="organism=human,tissue=blood")
-        for mode in ("denovo", "perturb"):
-            r = evaluate(model, adata, schema, cond, mode=mode, seed=0)
+        for mode, g in ((m, g) for m in ("denovo", "perturb") for g in args.guidance):
+            r = evaluate(model, adata, schema, cond, mode=mode, seed=0, guidance=g)
             for row in r.rows:
-                rows.append({"cell_type": ct, "mode": mode, "train_s": round(train_s, 1),
-                             **row})
+                rows.append({"cell_type": ct, "mode": mode, "guidance": g,
+                             "train_s": round(train_s, 1), **row})
             m, b = r.row("model"), r.row("mean_shift")
-            print(f"{ct:<12} {mode:<8} train {train_s:5.0f}s  "
+            print(f"{ct:<12} {mode:<8} g={g:<4} train {train_s:5.0f}s  "
                   f"R2top100 model {m['r2_top100']:.3f} vs mean-shift {b['r2_top100']:.3f}  "
                   f"Pearson-delta top100 model {m['pearson_delta_top100']:.3f} vs "
                   f"{b['pearson_delta_top100']:.3f}  energy ratio {m['energy_ratio']:.3f} vs "
                   f"{b['energy_ratio']:.3f}", flush=True)
     print("\nmean over cell types:")
-    print(f"{'mode':<8} {'method':<11} {'r2_top100':>10} {'r2_all':>8} {'pd_top100':>10} "
-          f"{'pd_all':>8} {'energy':>8}")
-    for mode in ("denovo", "perturb"):
-        for method in ("model", "mean_shift", "control"):
-            sel = [r for r in rows if r["mode"] == mode and r["method"] == method]
+    print(f"{'mode':<8} {'guid.':<6} {'method':<11} {'r2_top100':>10} {'r2_all':>8} "
+          f"{'pd_top100':>10} {'pd_all':>8} {'energy':>8}")
+    for mode, g, method in ((m, g, k) for m in ("denovo", "perturb") for g in args.guidance
+                            for k in ("model", "mean_shift", "control")):
+            sel = [r for r in rows if r["mode"] == mode and r["method"] == method
+                   and r["guidance"] == g]
 
             def avg(k, sel=sel):
                 v = [r[k] for r in sel if r[k] is not None]
                 return float(np.mean(v)) if v else float("nan")
-            print(f"{mode:<8} {method:<11} {avg('r2_top100'):>10.3f} {avg('r2_all'):>8.3f} "
+            print(f"{mode:<8} {g:<6} {method:<11} {avg('r2_top100'):>10.3f} {avg('r2_all'):>8.3f} "
                   f"{avg('pearson_delta_top100'):>10.3f} {avg('pearson_delta_all'):>8.3f} "
                   f"{avg('energy_ratio'):>8.3f}")
     if args.json:

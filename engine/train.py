@@ -234,8 +234,8 @@ def train_model(adata, schema, out_dir: str | os.PathLike | None = None, *,
             for pe, pn in zip(ema.parameters(), net.parameters()):
                 pe.lerp_(pn, 1 - decay)
         if step % 20 == 0 or step == fsteps:
-            history["flow"].append((step, float(loss)))
-            report(step, loss=float(loss))
+            history["flow"].append((step, float(loss.detach())))
+            report(step, loss=float(loss.detach()))
     check_cancel(cancel)
 
     seconds = time.perf_counter() - t_start
