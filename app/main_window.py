@@ -320,6 +320,7 @@ class MainWindow(QMainWindow):
         for a in (self.act_save_h5ad, self.act_save_csv, self.act_save_plot, self.act_save_de):
             a.setEnabled(has)
         self.act_cancel.setEnabled(self._fg_slot is not None)
+        self.act_generate.setEnabled(self._fg_slot is None)
 
     # -- settings ---------------------------------------------------------------------------------
     def _restore_settings(self) -> None:
@@ -403,6 +404,7 @@ class MainWindow(QMainWindow):
         self._fg_slot = slot
         self._fg_t0 = time.perf_counter()
         self.run_bar.start(text)
+        self._set_busy(True)
         self._update_actions()
 
         def progress(p):
@@ -431,7 +433,21 @@ class MainWindow(QMainWindow):
     def _fg_end(self, text: str) -> None:
         self._fg_slot = None
         self.run_bar.idle(text)
+        self._set_busy(False)
         self._update_actions()
+
+    def _set_busy(self, busy: bool) -> None:
+        """While a job runs, the buttons that would start another one are disabled."""
+        for page in (self.compose_page, self.perturb_page, self.train_page):
+            page.busy = busy
+        if busy:
+            for b in (self.compose_page.generate_btn, self.perturb_page.run_btn,
+                      self.train_page.train_btn):
+                b.setEnabled(False)
+        else:
+            self.compose_page._validate()
+            self.perturb_page._validate()
+            self.train_page._validate()
 
     def cancel_running(self) -> None:
         if self._fg_slot is not None:

@@ -36,6 +36,7 @@ class ComposerPanel(QWidget):
         super().__init__(parent)
         self.space = None
         self.model_name = ""
+        self.busy = False
         self.title = QLabel("<h2>Compose an experiment</h2>")
         self.subtitle = QLabel("Choose a model on the Models page first.")
         self.subtitle.setWordWrap(True)
@@ -245,7 +246,7 @@ class ComposerPanel(QWidget):
                                "learned (an extrapolation).</span>")
         ok = problem is None
         self.add_btn.setEnabled(ok)
-        self.generate_btn.setEnabled(ok or self.queue.count() > 0)
+        self.generate_btn.setEnabled((ok or self.queue.count() > 0) and not self.busy)
         self._update_summary()
         return ok
 
@@ -261,7 +262,7 @@ class ComposerPanel(QWidget):
             item.setToolTip("Never measured in training data (extrapolation)")
             item.setText(cond.label + "   (extrapolation)")
         self.queue.addItem(item)
-        self.generate_btn.setEnabled(True)
+        self.generate_btn.setEnabled(not self.busy)
         return True
 
     def add_current(self) -> None:

@@ -25,6 +25,7 @@ class PerturbPanel(QWidget):
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.adata = self.schema = self.model = None
+        self.busy = False
         self.status = QLabel()
         self.status.setWordWrap(True)
         self.mapping = QLabel()
@@ -193,7 +194,7 @@ class PerturbPanel(QWidget):
         self.check.setText(f"<span style='color:#b00020'>✖ {problem}</span>" if problem else
                            f"<span style='color:#1b5e20'>✔ {int(min(self._selected_mask().sum(), self.n_cells.value())):,} "
                            f"cells will be perturbed with {cond.label}.</span>")
-        self.run_btn.setEnabled(problem is None)
+        self.run_btn.setEnabled(problem is None and not self.busy)
         return problem is None
 
     def _selected_mask(self):

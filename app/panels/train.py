@@ -34,6 +34,7 @@ class TrainPanel(QWidget):
         super().__init__(parent)
         self.adata = self.schema = None
         self.schema_ok = False
+        self.busy = False
         self.status = QLabel()
         self.status.setWordWrap(True)
         self.name = QLineEdit()
@@ -116,7 +117,7 @@ class TrainPanel(QWidget):
         self.name_msg.setText(msg)
         self.name_msg.setVisible(bool(msg))
         ok = self.adata is not None and self.schema_ok and bool(name) and not msg
-        self.train_btn.setEnabled(ok)
+        self.train_btn.setEnabled(ok and not self.busy)
         return ok
 
     def request(self) -> dict | None:
