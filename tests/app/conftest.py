@@ -26,14 +26,21 @@ def _shipped_kang() -> Path | None:
 
 
 @pytest.fixture(scope="session")
-def kang_model_dir(tmp_path_factory, data_dir) -> Path:
-    """The shipped Kang model, or (until it lands) a tiny one trained here in ~a minute."""
+def kang_model_dir(request, data_dir) -> Path:
+    """The shipped Kang model, or (until it is installed) a tiny one trained here once and kept
+    in pytest's cache folder (retrained if the engine can no longer load it)."""
     shipped = _shipped_kang()
     if shipped is not None:
         return shipped
     import engine
 
-    out = tmp_path_factory.mktemp("trained") / "kang-tiny"
+    out = Path(request.config.cache.mkdir("perturb-studio-tiny-kang")) / "kang-tiny"
+    if (out / "config.json").exists():
+        try:
+            engine.PerturbModel.load(out, device="cpu")
+            return out
+        except Exception:  # noqa: BLE001 - stale format: train again
+            shutil.rmtree(out, ignore_errors=True)
     adata = engine.read_dataset(data_dir / "kang2018_ifnb_pbmc_train.h5ad")
     engine.train_model(adata, engine.guess_schema(adata), out, name="kang-tiny",
                        ae_max_steps=60, flow_steps=80, max_genes=300, width=64, depth=2,

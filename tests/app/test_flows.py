@@ -358,3 +358,27 @@ def test_embed_server_cancel_is_prompt():
     assert time.perf_counter() - t0 < 0.5 + 1.5
     coords, labels = server().embed({"a": a[:300]})  # the helper comes back for the next job
     assert coords.shape == (300, 2) and set(labels) == {"a"}
+
+
+def test_cancel_training_leaves_no_model(qtbot, window, kang_file, tmp_path):
+    w = window
+    _load(qtbot, w, kang_file)
+    w.train_page.name.setText("never-finished")
+    req = w.train_page.request()
+    req["overrides"] = dict(ae_max_steps=5000, flow_steps=5000, max_genes=200)
+    finished = []
+    w.training_finished.connect(lambda: finished.append(1))
+    with qtbot.waitSignal(w.jobs.job_started, timeout=10_000):
+        w.train(req)
+    with qtbot.waitSignal(w.jobs.jobs["run"].progress, timeout=60_000):
+        pass
+    assert not w.train_page.train_btn.isEnabled()  # no second job while one runs
+    t0 = time.perf_counter()
+    with qtbot.waitSignal(w.jobs.jobs["run"].cancelled, timeout=10_000):
+        w.cancel_running()
+    assert time.perf_counter() - t0 < 1.5
+    qtbot.wait(100)
+    assert not finished
+    assert not (tmp_path / "user-models" / "never-finished").exists()
+    assert not [p for p in (tmp_path / "user-models").glob("*never-finished*")]
+    assert w.train_page.train_btn.isEnabled()
