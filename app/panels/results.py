@@ -297,9 +297,14 @@ class ResultsPanel(QWidget):
         self._gene_model.setStringList(sorted(map(str, exp.adata.var_names)))
 
     def set_heatmap(self, genes, matrix, labels, *, note: str = "") -> None:
-        # genes as rows (readable labels), conditions as columns
-        self.heatmap.set_data(np.asarray(matrix).T, genes, labels,
-                              title="Change vs matching control")
+        # few conditions: genes as rows, conditions as columns (every label readable);
+        # many conditions (e.g. all single knockouts): conditions as rows, genes as columns
+        if len(labels) <= 8:
+            self.heatmap.set_data(np.asarray(matrix).T, genes, labels,
+                                  title="Change vs matching control")
+        else:
+            self.heatmap.set_data(np.asarray(matrix), labels, genes,
+                                  title="Change vs matching control (hover for gene names)")
         self.heat_note.setText(note or (f"The {len(genes)} genes that change most across "
                                         f"{len(labels)} condition(s). Colour: mean log "
                                         "expression minus the control's (red up, blue down)."))

@@ -47,6 +47,7 @@ class HeatmapPlot(QWidget):
         font = pg.QtGui.QFont()
         font.setPointSize(8)
         for name in ("bottom", "left"):
+            # labels are thinned in _update_ticks() when they would overlap
             self.plot.getAxis(name).setStyle(tickLength=0, tickFont=font, autoExpandTextSpace=True,
                                              hideOverlappingLabels=False)
         self.readout = QLabel("Hover over a cell of the heatmap to see its value.")
@@ -74,8 +75,7 @@ class HeatmapPlot(QWidget):
         self.image.setImage(m, autoLevels=False, levels=(-vmax, vmax))
         self.colorbar.setLevels((-vmax, vmax))
         self.image.setRect(0, 0, max(len(cols), 1), max(len(rows), 1))
-        self.plot.getAxis("left").setTicks([[(i + 0.5, r) for i, r in enumerate(rows)]])
-        self.plot.getAxis("bottom").setTicks([[(j + 0.5, _short(c)) for j, c in enumerate(cols)]])
+        self._update_ticks()
         self.plot.setRange(xRange=(0, max(len(cols), 1)), yRange=(0, max(len(rows), 1)),
                            padding=0)
         if title is not None:
@@ -83,6 +83,25 @@ class HeatmapPlot(QWidget):
         # give long gene names room
         longest = max((len(r) for r in rows), default=4)
         self.plot.getAxis("left").setWidth(int(12 + 7 * min(longest, 24)))
+
+    def _update_ticks(self) -> None:
+        """Show every row / column label that fits; thin them out evenly when they would
+        overlap (hover shows the name of any cell)."""
+        rows, cols = self.row_labels, self.col_labels
+        h = self.plot.vb.height() or self.height() * 0.8 or 600
+        w = self.plot.vb.width() or self.width() * 0.7 or 800
+        step_r = max(1, int(np.ceil(len(rows) * 13 / max(h, 1))))
+        longest = max((len(_short(c)) for c in cols), default=1)
+        step_c = max(1, int(np.ceil(len(cols) * (6.5 * longest + 10) / max(w, 1))))
+        self.plot.getAxis("left").setTicks(
+            [[(i + 0.5, r) for i, r in enumerate(rows) if i % step_r == 0]])
+        self.plot.getAxis("bottom").setTicks(
+            [[(j + 0.5, _short(c)) for j, c in enumerate(cols) if j % step_c == 0]])
+
+    def resizeEvent(self, event) -> None:  # noqa: N802
+        super().resizeEvent(event)
+        if self.matrix.size:
+            self._update_ticks()
 
     def clear(self) -> None:
         self.matrix = np.zeros((0, 0), dtype=np.float32)
