@@ -422,7 +422,7 @@ class MainWindow(QMainWindow):
                 on_cancelled()
 
         def failed(msg, details):
-            self._fg_end("Failed.")
+            self._fg_end(f"{text.rstrip('…')}: failed (see the message).")
             if on_failed is not None:
                 on_failed(msg)
             self.show_error(msg, details)

@@ -50,6 +50,7 @@ class DataFrameModel(QAbstractTableModel):
         self.text: list[list[str]] = []
         self.rows = np.zeros(0, dtype=np.int64)  # visible row -> frame row
         self.sort_col, self.sort_order, self.pattern = -1, Qt.SortOrder.AscendingOrder, ""
+        self.headers: dict[str, str] = {}
 
     def set_frame(self, df) -> None:
         self.beginResetModel()
@@ -122,7 +123,7 @@ class DataFrameModel(QAbstractTableModel):
 
     def headerData(self, section, orientation, role=Qt.ItemDataRole.DisplayRole):  # noqa: N802
         if role == Qt.ItemDataRole.DisplayRole and orientation == Qt.Orientation.Horizontal:
-            return DE_COLUMNS[section][1]
+            return self.headers.get(self.cols[section], DE_COLUMNS[section][1])
         if role == Qt.ItemDataRole.ToolTipRole and orientation == Qt.Orientation.Horizontal:
             return {"log2fc": "log2 ratio of geometric means of (1 + normalised expression); "
                               "positive = higher in generated cells",
@@ -313,6 +314,9 @@ class ResultsPanel(QWidget):
         self.de_frame = df
         self.de_label = label
         self.de_model.sort_col = -1
+        perturb = self.exp is not None and self.exp.mode == "perturb"
+        self.de_model.headers = {"mean_a": "mean (perturbed)", "mean_b": "mean (your cells)"} \
+            if perturb else {}
         self.de_model.set_frame(df)
         self.table.horizontalHeader().setSortIndicator(-1, Qt.SortOrder.AscendingOrder)
         self.volcano.set_table(df["gene"], df["log2fc"], df["padj"], title=label)
