@@ -133,8 +133,11 @@ class TrainPanel(QWidget):
             self.train_requested.emit(req)
 
     def on_progress(self, p) -> None:
+        if p.phase == "autoencoder":
+            self._ae_total = p.total
         if p.loss is not None:
-            step = p.done + (0 if p.phase == "autoencoder" else 0)
+            # one continuous x axis: the flow phase starts where the autoencoder stopped
+            step = p.done + (0 if p.phase == "autoencoder" else getattr(self, "_ae_total", 0))
             self.loss.add_point(p.phase, step, p.loss)
         eta = f", about {int(p.eta_s)} s left" if p.eta_s else ""
         loss = f", loss {p.loss:.4g}" if p.loss is not None else ""
