@@ -310,7 +310,7 @@ class PerturbModel:
         report = Reporter(progress, n, "perturbing cells")
         _, g_dev = self._generators(seed)
         pieces, labels, done = [], [], 0
-        for start, b in zip(np.cumsum([0] + self._batches(n)[:-1]), self._batches(n)):
+        for start, b in zip(np.cumsum([0] + self._batches(n)[:-1]), self._batches(n), strict=False):
             x = torch.as_tensor(x0[start:start + b], device=self.device)
 
             def on_step(k, _b=b, _done=done):
@@ -369,8 +369,8 @@ class PerturbModel:
         for i, g in enumerate(self.genes):
             j = exact.get(g, upper.get(g.upper(), -1))
             index[i] = j
-        found = [g for g, j in zip(self.genes, index) if j >= 0]
-        missing = [g for g, j in zip(self.genes, index) if j < 0]
+        found = [g for g, j in zip(self.genes, index, strict=False) if j >= 0]
+        missing = [g for g, j in zip(self.genes, index, strict=False) if j < 0]
         used = set(index[index >= 0].tolist())
         return GeneMapping(len(self.genes), found, missing, len(names) - len(used), index)
 
@@ -440,7 +440,7 @@ class PerturbModel:
                 "objective": self.objective.name,
                 "backbone": self.config["architecture"]["backbone"],
                 "conditions_json": json.dumps([c.to_dict() for c in conds]),
-                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+                "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}
 
 
 def _check_sampling(steps: int, guidance: float) -> None:

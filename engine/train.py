@@ -231,7 +231,7 @@ def train_model(adata, schema, out_dir: str | os.PathLike | None = None, *,
         sched.step()
         with torch.no_grad():
             decay = min(hp["ema"], (1 + step) / (10 + step))
-            for pe, pn in zip(ema.parameters(), net.parameters()):
+            for pe, pn in zip(ema.parameters(), net.parameters(), strict=False):
                 pe.lerp_(pn, 1 - decay)
         if step % 20 == 0 or step == fsteps:
             history["flow"].append((step, float(loss.detach())))

@@ -40,7 +40,7 @@ class HierarchicalEmbedder(nn.Module):
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:       # idx: (B, L)
         h = self.root.expand(idx.shape[0], -1)                     # (B, D)
-        for j, (emb, mix) in enumerate(zip(self.levels, self.mix)):
+        for j, (emb, mix) in enumerate(zip(self.levels, self.mix, strict=False)):
             e = emb(idx[:, j])                                     # (B, D)
             present = (idx[:, j] > 0).unsqueeze(-1).to(h.dtype)    # (B, 1)
             h = h + present * mix(torch.cat([h, e], dim=-1))       # (B, D)

@@ -76,7 +76,7 @@ class Condition:
             if not math.isfinite(x) or x < 0:
                 raise ConditionError(f"dose must be a finite number >= 0, got {d!r}")
             doses.append(x)
-        perts = [Perturbation(t, ty, do) for t, ty, do in zip(targets, types, doses)]
+        perts = [Perturbation(t, ty, do) for t, ty, do in zip(targets, types, doses, strict=False)]
         if isinstance(context, str):
             context = parse_context(context)
         return cls.make(cell_type, perts, context)

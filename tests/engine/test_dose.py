@@ -3,7 +3,6 @@ available to us): the effect must grow with dose, and an unseen dose must land i
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from engine import Condition, Perturbation, Schema, train_model

@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 
 from engine import Condition, Perturbation
-from engine.conditions.embedders import (ConditionEncoder, HierarchicalEmbedder,
-                                         SetEmbedder)
+from engine.conditions.embedders import ConditionEncoder, HierarchicalEmbedder, SetEmbedder
 from engine.conditions.vocab import Vocab
 
 

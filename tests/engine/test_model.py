@@ -10,8 +10,15 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from engine import (Cancelled, Condition, ConditionError, ModelError, PerturbModel,
-                    Perturbation, ResourceError)
+from engine import (
+    Cancelled,
+    Condition,
+    ConditionError,
+    ModelError,
+    Perturbation,
+    PerturbModel,
+    ResourceError,
+)
 
 
 def cond(ct="T", pert="A"):
