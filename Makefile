@@ -22,7 +22,7 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/perturb-studio models
 	$(BIN)/perturb-studio generate --model kang-ifnb-pbmc --cell-type CD14+Mono \
-	    --perturbation IFN-beta -n 2000 --seed 0 -o out/cd14_mono_ifnb.h5ad
+	    --perturbation stimulated -n 2000 --seed 0 -o out/cd14_mono_ifnb.h5ad
 	@echo "wrote out/cd14_mono_ifnb.h5ad"
 
 app: $(STAMP)

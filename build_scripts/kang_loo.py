@@ -42,9 +42,9 @@ def main(argv=None) -> int:
     for ct in args.cell_types:
         t0 = time.perf_counter()
         model = train_model(adata, schema, None, seed=0, device="cpu", backbone=args.backbone,
-                            exclude=[{"cell_type": ct, "perturbation": "IFN-beta"}])
+                            exclude=[{"cell_type": ct, "condition": "stimulated"}])
         train_s = time.perf_counter() - t0
-        cond = Condition.parse(ct, "IFN-beta", context="organism=human,tissue=blood")
+        cond = Condition.parse(ct, "stimulated", context="organism=human,tissue=blood")
         for mode, g in ((m, g) for m in ("denovo", "perturb") for g in args.guidance):
             r = evaluate(model, adata, schema, cond, mode=mode, seed=0, guidance=g)
             for row in r.rows:

@@ -48,9 +48,7 @@ def kang():
     a = ad.read_h5ad(DATA / "kang2018_ifnb_pbmc_train.h5ad")
     a.obs["organism"] = "human"
     a.obs["tissue"] = "blood"
-    a.obs["perturbation"] = a.obs["condition"].map({"control": "control",
-                                                   "stimulated": "IFN-beta"}).astype("category")
-    s = Schema(cell_type_key="cell_type", perturbation_key="perturbation",
+    s = Schema(cell_type_key="cell_type", perturbation_key="condition",
                context_keys=("organism", "tissue"), control_label="control")
     card = {"summary": "PBMCs from lupus patients, control vs interferon-beta stimulation "
                        "(6 h), 7 cell types. Generates control or IFN-beta-stimulated cells of "
@@ -59,8 +57,8 @@ def kang():
                     "(Kang et al. 2018, GEO GSE96583), cell-type labels mapped to the 7 scGen "
                     "names",
             "citation": "Kang et al., Nat Biotechnol 36, 89-94 (2018)",
-            "limitations": ["Perturbation is a single stimulus (IFN-beta); the perturbation "
-                            "value 'IFN-beta' stands for the file's 'stimulated' cells.",
+            "limitations": ["One perturbation, named as in the data: 'stimulated' = 6 h of "
+                            "interferon-beta (IFN-beta); 'control' = unstimulated.",
                             "Dendritic cells are few (42 in the file): their scores are noisy.",
                             NO_DOSE]}
     return a, s, card
