@@ -3,6 +3,7 @@
     python build_scripts/build.py                 # bundle + the installers for this platform
     python build_scripts/build.py --no-installers # just dist/PerturbStudio/
     python build_scripts/build.py --clean         # throw away PyInstaller's cache first
+    python build_scripts/build.py --installers-only  # repackage the existing dist/PerturbStudio
 
 What comes out, in dist/:
 
@@ -38,6 +39,7 @@ import stat
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 import tomllib
 from pathlib import Path
@@ -248,7 +250,8 @@ def deb_arch() -> str:
     return {"x86_64": "amd64", "aarch64": "arm64"}.get(machine(), machine())
 
 
-def make_deb(bundle: Path, ver: str, compression: str) -> Path | None:
+def stage_deb(bundle: Path, ver: str) -> Path | None:
+    """The package's file tree under build/deb/ (hard links into the bundle) with DEBIAN/control."""
     if not shutil.which("dpkg-deb"):
         log("dpkg-deb not found: skipping the .deb (apt-get install dpkg)")
         return None
@@ -305,8 +308,12 @@ def make_deb(bundle: Path, ver: str, compression: str) -> Path | None:
         LINUX_DIR / "control.in", PACKAGE=PKG_NAME, VERSION=ver, ARCH=arch,
         INSTALLED_SIZE=str(installed_kib),
         DEPENDS=", ".join([f"libc6 (>= {glibc})", *DEB_DEPENDS])))
+    log(f"deb staged: needs glibc >= {glibc}, {installed_kib / 1024:,.0f} MiB installed")
+    return root
 
-    out = DIST / f"{PKG_NAME}_{ver}_{arch}.deb"
+
+def build_deb(root: Path, compression: str) -> Path:
+    out = DIST / f"{root.name}.deb"
     out.unlink(missing_ok=True)
     cmd = ["dpkg-deb", "--root-owner-group", f"-Z{compression}"]
     if compression in ("gzip", "xz"):
@@ -314,8 +321,7 @@ def make_deb(bundle: Path, ver: str, compression: str) -> Path | None:
     cmd += ["--build", str(root), str(out)]
     t = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-    log(f"deb: {out.name} ({mib(out.stat().st_size)}, needs glibc >= {glibc}, "
-        f"{time.perf_counter() - t:.0f} s)")
+    log(f"deb: {out.name} ({mib(out.stat().st_size)}, {time.perf_counter() - t:.0f} s)")
     shutil.rmtree(root)  # only hard links; the bundle itself stays
     return out
 
@@ -392,6 +398,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-installers", action="store_true",
                     help="stop after the dist/PerturbStudio folder")
     ap.add_argument("--clean", action="store_true", help="empty PyInstaller's cache first")
+    ap.add_argument("--installers-only", action="store_true",
+                    help="reuse the existing dist/PerturbStudio (iterate on the installers)")
     ap.add_argument("--allow-cuda", action="store_true", help="bundle a CUDA torch anyway")
     ap.add_argument("--deb-compression", default="gzip", choices=["gzip", "xz", "zstd", "none"],
                     help="dpkg-deb compressor (gzip: fast and readable by every dpkg; "
@@ -402,16 +410,28 @@ def main(argv: list[str] | None = None) -> int:
     ver = version()
     log(f"Perturb Studio {ver} on {platform.system()} {machine()}")
     check_environment(args.allow_cuda)
-    bundle = run_pyinstaller(args.clean)
+    if args.installers_only:
+        bundle = DIST / APP_NAME
+        if not bundle.is_dir():
+            sys.exit(f"[build] --installers-only: {bundle} does not exist")
+    else:
+        bundle = run_pyinstaller(args.clean)
 
     artefacts: list[Path] = [bundle]
     if not args.no_installers:
         if IS_LINUX:
-            deb = make_deb(bundle, ver, args.deb_compression)
+            # tar+gzip and dpkg-deb are each single-threaded: run them side by side, once the
+            # .deb tree is staged (staging may chmod files that tar would be reading).
+            root = stage_deb(bundle, ver)
             add_user_install_script(bundle)
-            artefacts.append(make_tarball(bundle, ver))
-            if deb:
-                artefacts.append(deb)
+            tarball: list[Path] = []
+            tar_thread = threading.Thread(target=lambda: tarball.append(make_tarball(bundle, ver)))
+            tar_thread.start()
+            deb = build_deb(root, args.deb_compression) if root else None
+            tar_thread.join()
+            if not tarball:
+                sys.exit("[build] the tarball was not made (see the error above)")
+            artefacts += tarball + ([deb] if deb else [])
         elif IS_WIN:
             artefacts += make_windows(bundle, ver)
         elif IS_MAC:
