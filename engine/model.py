@@ -435,7 +435,7 @@ class PerturbModel:
 
         return {"model": self.name, "model_path": str(self.path or ""),
                 "weights_sha256": self._weights_sha, "engine_version": __version__,
-                "torch_version": torch.__version__, "device": str(self.device), "mode": mode,
+                "torch_version": str(torch.__version__), "device": str(self.device), "mode": mode,
                 "seed": int(seed), "steps": int(steps), "guidance": float(guidance),
                 "objective": self.objective.name,
                 "backbone": self.config["architecture"]["backbone"],

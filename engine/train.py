@@ -243,7 +243,7 @@ def train_model(adata, schema, out_dir: str | os.PathLike | None = None, *,
         "data_file": data_file or "", "n_cells": int(n_cells), "n_genes": len(genes),
         "n_conditions": len(uniq), "exclude": [dict(r) for r in exclude], "seed": int(seed),
         "device": dev, "seconds": round(seconds, 1), "ae_epochs": int(epochs),
-        "flow_steps": int(fsteps), "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "flow_steps": int(fsteps), "torch": str(torch.__version__), "threads": torch.get_num_threads(),
         "hardware": f"{platform.machine()} {platform.processor() or ''}".strip(),
         "hyperparameters": {k: v for k, v in hp.items()}}
     card = {"name": config["name"], "training": config["training"],
