@@ -246,7 +246,9 @@ class ResultsPanel(QWidget):
         split.addWidget(self.volcano)
         split.setStretchFactor(0, 2)
         split.setStretchFactor(1, 3)
-        split.setSizes([560, 800])
+        split.setSizes([640, 760])
+        for col, width in enumerate((100, 120, 135, 125, 90, 90)):
+            self.table.setColumnWidth(col, width)
         self.table.verticalHeader().setDefaultSectionSize(22)
         de = QWidget()
         dl = QVBoxLayout(de)

@@ -36,12 +36,19 @@ class EmbeddingPlot(QWidget):
         self.plot.addItem(self.scatter)
         self.marker = pg.ScatterPlotItem(size=12, pen=pg.mkPen("k", width=2), brush=None)
         self.plot.addItem(self.marker)
-        self.legend = pg.LegendItem(offset=(-10, 10), labelTextColor="k",
-                                    brush=pg.mkBrush(255, 255, 255, 220), pen=pg.mkPen(180, 180, 180))
-        self.legend.setParentItem(self.plot.vb)
+        # the legend sits in its own column, right of the plot, so it never hides cells
+        self.legend = pg.LegendItem(labelTextColor="k", brush=pg.mkBrush(255, 255, 255),
+                                    pen=pg.mkPen(200, 200, 200))
+        side = self.view.addLayout(row=0, col=2)
+        side.addItem(self.legend, row=0, col=0)
+        side.addLabel("", row=1, col=0)
+        side.layout.setRowStretchFactor(0, 0)
+        side.layout.setRowStretchFactor(1, 10)
+        side.setMaximumWidth(270)
+        self.view.ci.layout.setColumnStretchFactor(0, 10)
         self.cmap = sequential_cmap()
         self.colorbar = pg.ColorBarItem(values=(0, 1), colorMap=self.cmap, interactive=False,
-                                        width=12, label="log expression")
+                                        width=12)
         self.view.addItem(self.colorbar, row=0, col=1)
         _style_colorbar(self.colorbar)
         self.colorbar.hide()

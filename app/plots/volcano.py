@@ -54,25 +54,48 @@ class VolcanoPlot(QWidget):
 
     def set_table(self, genes, log2fc, padj, *, title: str = "") -> None:
         x = np.nan_to_num(np.asarray(log2fc, dtype=np.float64))
-        p = np.clip(np.nan_to_num(np.asarray(padj, dtype=np.float64), nan=1.0), 1e-300, 1.0)
-        y = -np.log10(p)
+        p = np.clip(np.nan_to_num(np.asarray(padj, dtype=np.float64), nan=1.0), 0.0, 1.0)
+        with np.errstate(divide="ignore"):
+            y = -np.log10(p)
+        # p-values that underflow to 0 would sit at infinity: draw them as triangles just above
+        # the highest finite point instead
+        finite = np.isfinite(y)
+        top_y = float(y[finite].max()) if finite.any() else 1.0
+        cap = max(top_y * 1.08, top_y + 1.0)
+        capped = ~finite
+        y = np.where(capped, cap, y)
         genes = [str(g) for g in genes]
         sig = p < self.padj_cut
         cls = np.where(sig & (x >= self.lfc_cut), "up",
                        np.where(sig & (x <= -self.lfc_cut), "down", "ns"))
         brushes = [self._brushes[c] for c in cls]
+        symbols = np.where(capped, "t1", "o").tolist()
         self._x, self._y, self._genes = x, y, genes
-        self.scatter.setData(x=x, y=y, brush=brushes, data=genes)
-        score = np.abs(x) * np.minimum(y, 300)
-        top = np.argsort(-score)[:N_LABELS]
-        for t, i in zip(self.labels, (list(top) + [None] * N_LABELS)[:N_LABELS], strict=True):
-            if i is None:
-                t.setText("")
+        self.scatter.setData(x=x, y=y, brush=brushes, symbol=symbols, data=genes)
+        # label the strongest genes, skipping any label that would overlap one already placed
+        score = np.abs(x) * np.minimum(y, cap)
+        xr = float(np.ptp(x)) or 1.0
+        yr = float(np.ptp(y)) or 1.0
+        placed: list[tuple[float, float]] = []
+        chosen = []
+        for i in np.argsort(-score):
+            if len(chosen) == N_LABELS or score[i] <= 0:
+                break
+            px, py = x[i] / xr, y[i] / yr
+            if any(abs(px - qx) < 0.09 and abs(py - qy) < 0.035 for qx, qy in placed):
                 continue
-            t.setText(genes[i])
-            t.setPos(x[i], y[i])
+            placed.append((px, py))
+            chosen.append(i)
+        for k, t in enumerate(self.labels):
+            if k < len(chosen):
+                i = chosen[k]
+                t.setText(genes[i])
+                t.setPos(x[i], y[i])
+            else:
+                t.setText("")
         self.highlight.setData([], [])
-        self.plot.setTitle(title, color="k", size="11pt")
+        self.plot.setTitle(title + ("  (▲ p below 1e-300)" if capped.any() else ""),
+                           color="k", size="11pt")
         self.plot.enableAutoRange()
 
     def highlight_gene(self, gene: str) -> None:
