@@ -172,10 +172,9 @@ def evaluate_model(model, test, schema) -> tuple[list[dict], list[dict]]:
 def _evaluate_population(model, test, schema, cond):
     """Atlas model: generated population vs held-out real cells of that type (no baseline
     other than 'all other cells', reported as control)."""
-    from sklearn.decomposition import PCA
 
     from engine.data.io import get_counts
-    from engine.evaluate import EvalResult, lognorm, score
+    from engine.evaluate import EvalResult, fit_pca, lognorm, score
 
     test = schema.filter(test)
     codes, uniq = schema.condition_codes(test)
