@@ -322,7 +322,6 @@ def build_deb(root: Path, compression: str) -> Path:
     t = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     log(f"deb: {out.name} ({mib(out.stat().st_size)}, {time.perf_counter() - t:.0f} s)")
-    shutil.rmtree(root)  # only hard links; the bundle itself stays
     return out
 
 
@@ -429,6 +428,10 @@ def main(argv: list[str] | None = None) -> int:
             tar_thread.start()
             deb = build_deb(root, args.deb_compression) if root else None
             tar_thread.join()
+            if root:
+                # Only hard links into the bundle. Not removed earlier: unlinking changes the
+                # files' link counts (ctime) and tar, still reading them, would fail.
+                shutil.rmtree(root)
             if not tarball:
                 sys.exit("[build] the tarball was not made (see the error above)")
             artefacts += tarball + ([deb] if deb else [])
