@@ -142,8 +142,39 @@ MODELS = {"kang-ifnb-pbmc": kang, "crispr-k562-glioblastoma": crispr,
           "papalexi-thp1-ko": papalexi, "pbmc68k-celltypes": pbmc68k}
 
 
-def evaluate_model(model, test, schema) -> tuple[list[dict], list[dict]]:
-    """Per-condition results on held-out cells, and group summaries (all / singles / doubles)."""
+def clear_effects(train, schema) -> dict:
+    """Number of differentially expressed genes of each perturbation, judged on the TRAINING
+    cells: genes with a Benjamini-Hochberg adjusted p < 0.05 (Welch t-test on log-normalised
+    values) between the perturbed cells and the control cells of their group. A perturbation
+    with at least 3 such genes counts as having a clear effect in the cards."""
+    from scipy.stats import false_discovery_control, ttest_ind
+
+    from engine.data.io import get_counts
+    from engine.evaluate import _group_key, lognorm
+
+    train = schema.filter(train)
+    codes, uniq = schema.condition_codes(train)
+    counts = get_counts(train)[0].tocsr()
+    out = {}
+    for i, c in enumerate(uniq):
+        if c.is_control:
+            continue
+        ctrl = [j for j, d in enumerate(uniq) if _group_key(d) == _group_key(c.control())]
+        a, b = codes == i, np.isin(codes, ctrl)
+        if a.sum() < 5 or b.sum() < 5:
+            continue
+        xa, xb = lognorm(counts[a]), lognorm(counts[b])
+        keep = (xa.var(0) + xb.var(0)) > 0
+        p = ttest_ind(xa[:, keep], xb[:, keep], equal_var=False).pvalue
+        n_de = int((false_discovery_control(np.nan_to_num(p, nan=1.0)) < 0.05).sum())
+        out[_group_key(c)] = n_de
+    return {k: v for k, v in out.items()}
+
+
+def evaluate_model(model, test, schema, n_de: dict | None = None,
+                   min_de: int = 3) -> tuple[list[dict], list[dict]]:
+    """Per-condition results on held-out cells, and group summaries (all / singles / doubles /
+    perturbations with a clear effect)."""
     from engine.cards import summarise
     from engine.errors import DataError
     from engine.evaluate import evaluate
@@ -159,8 +190,18 @@ def evaluate_model(model, test, schema) -> tuple[list[dict], list[dict]]:
         except DataError as e:                     # too few held-out cells for this group
             print(f"  skip {c.label}: {e}")
             continue
-        results.append(r.to_dict())
+        d = r.to_dict()
+        if n_de is not None and not c.is_control:
+            from engine.evaluate import _group_key
+
+            d["n_de_genes_train"] = n_de.get(_group_key(model.space.complete(c)))
+        results.append(d)
     summary = summarise(results, group="all conditions")
+    if n_de is not None:
+        clear = [r for r in results if (r.get("n_de_genes_train") or 0) >= min_de]
+        if clear and len(clear) < len(results):
+            summary += summarise(clear, group=f"clear effect (>= {min_de} DE genes in training "
+                                              "cells)")
     singles = [r for r in results if len(r["condition"]["perturbations"]) == 1]
     doubles = [r for r in results if len(r["condition"]["perturbations"]) > 1]
     if singles and doubles:
@@ -210,7 +251,7 @@ def build(name: str, out_root: Path, *, evaluate_only: bool = False) -> dict:
     else:
         model = train_model(train, schema, out_root / name, seed=0, device="cpu", name=name,
                             data_file=card["data"].split(":")[0])
-    results, summary = evaluate_model(model, test, schema)
+    results, summary = evaluate_model(model, test, schema, clear_effects(train, schema))
     card.update({
         "name": name, "split": f"stratified hold-out: 20% of the cells of every condition group "
                                f"(seed 0); trained on {train.n_obs} cells, evaluated on "

@@ -33,6 +33,14 @@ def summarise(results: list[dict], *, group: str = "all") -> list[dict]:
 def verdicts(summary: list[dict]) -> list[str]:
     """Plain sentences: does the model beat each baseline on each metric?"""
     lines = []
+    for group in dict.fromkeys(r["group"] for r in summary):
+        rows = [r for r in summary if r["group"] == group]
+        lines += _verdicts_one(rows)
+    return lines
+
+
+def _verdicts_one(summary: list[dict]) -> list[str]:
+    lines = []
     model = next((r for r in summary if r["method"] == "model"), None)
     if model is None:
         return lines
