@@ -233,8 +233,8 @@ def test_train_a_model_appears_with_card(qtbot, window, kang_file, monkeypatch):
     t.name.setText("my-kang")
     assert t.train_btn.isEnabled()
     req = t.request()
-    req["overrides"] = dict(ae_max_steps=30, flow_steps=40, max_genes=200, width=32, depth=1,
-                            ae_hidden=32)
+    # all 4,805 genes (no highly-variable-gene selection, so scanpy is not imported), tiny net
+    req["overrides"] = dict(ae_max_steps=30, flow_steps=40, width=32, depth=1, ae_hidden=32)
     losses = []
     w.jobs.job_started.connect(lambda s: s == "run" and w.jobs.jobs["run"].progress.connect(
         lambda p: losses.append(p.loss)))
@@ -365,7 +365,7 @@ def test_cancel_training_leaves_no_model(qtbot, window, kang_file, tmp_path):
     _load(qtbot, w, kang_file)
     w.train_page.name.setText("never-finished")
     req = w.train_page.request()
-    req["overrides"] = dict(ae_max_steps=5000, flow_steps=5000, max_genes=200)
+    req["overrides"] = dict(ae_max_steps=5000, flow_steps=5000)
     finished = []
     w.training_finished.connect(lambda: finished.append(1))
     with qtbot.waitSignal(w.jobs.job_started, timeout=10_000):
