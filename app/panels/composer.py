@@ -94,8 +94,8 @@ class ComposerPanel(QWidget):
         self.add_btn.setToolTip("Queue the condition above (Ctrl+D)")
         self.add_btn.setShortcut(QKeySequence("Ctrl+D"))
         self.singles_btn = QPushButton("All single perturbations")
-        self.singles_btn.setToolTip("Queue every target this model knows, one at a time, in "
-                                    "the chosen cell type")
+        self.singles_btn.setToolTip("Queue every single perturbation measured in the chosen "
+                                    "cell type (all targets if none was measured there)")
         self.dose_btn = QPushButton("Dose series")
         self.dose_btn.setToolTip("Queue the condition above at 6 doses spread over the "
                                  "trained range")
@@ -275,12 +275,16 @@ class ComposerPanel(QWidget):
         if self.space is None:
             return
         base = self.current_condition()
+        singles = []
         for t in self.space.targets:
             types = self.space.target_types.get(t) or [None]
             for ty in types:
-                cond = self.space.complete(Condition.make(base.cell_type, [Perturbation(t, ty)],
-                                                          base.context_dict()))
-                self.add_condition(cond)
+                singles.append(self.space.complete(Condition.make(
+                    base.cell_type, [Perturbation(t, ty)], base.context_dict())))
+        # the singles measured in this cell type; all of them if none was measured here
+        seen = [c for c in singles if self.space.is_seen(c)]
+        for cond in seen or singles:
+            self.add_condition(cond)
 
     def add_dose_series(self) -> None:
         from engine.conditions.spec import Condition, Perturbation
