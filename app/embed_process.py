@@ -117,22 +117,17 @@ class EmbedServer:
 
     def embed(self, adatas: dict[str, Any], *, progress=None, cancel=None, **kw):
         """Like :func:`engine.analysis.embed_umap` (same return value and errors)."""
-        from engine.analysis import _columns, _shared_genes, embed_umap, log_normalized
+        from engine.analysis import embed_umap, shared_log_normalized
         from engine.errors import Cancelled, DataError, PerturbStudioError
         from engine.progress import Progress, check_cancel
 
-        names = [k for k, v in adatas.items() if v is not None and v.n_obs > 0]
         with self._lock:
             if not self._ensure():
                 return embed_umap(adatas, progress=progress, cancel=cancel, **kw)
-            if not names:
-                raise DataError("no cells to embed")
-            genes = _shared_genes([adatas[k] for k in names])
-            parts = {}
-            for k in names:
-                check_cancel(cancel)
-                a = adatas[k]
-                parts[k] = (log_normalized(a)[:, _columns(a, genes)], list(genes))
+            check_cancel(cancel)
+            mats, genes = shared_log_normalized(adatas)
+            check_cancel(cancel)
+            parts = {k: (m, list(genes)) for k, m in mats.items()}
             try:
                 self._cancel.clear()
                 self._conn.send(("embed", (parts, kw)))

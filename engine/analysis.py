@@ -31,7 +31,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from anndata import AnnData
 
 __all__ = ["differential_expression", "top_changed_genes", "embed_umap", "log_normalized",
-           "gene_values"]
+           "gene_values", "shared_log_normalized"]
 
 _TARGET_SUM = 1e4
 
@@ -101,6 +101,19 @@ def _shared_genes(adatas: list[AnnData]) -> list[str]:
         keep = set(a.var_names)
         genes = [g for g in genes if g in keep]
     return genes
+
+
+def shared_log_normalized(adatas: Mapping[str, AnnData]) -> tuple[dict, list[str]]:
+    """Log1p-normalised matrices of several groups over the genes they all share.
+
+    Returns ``({name: CSR float32 cells x genes}, genes)``, skipping empty groups; what
+    :func:`embed_umap` starts from (useful to ship the work to another process).
+    """
+    names = [k for k, v in adatas.items() if v is not None and v.n_obs > 0]
+    if not names:
+        raise DataError("no cells to embed")
+    genes = _shared_genes([adatas[k] for k in names])
+    return {k: log_normalized(adatas[k])[:, _columns(adatas[k], genes)] for k in names}, genes
 
 
 def _columns(adata: AnnData, genes: list[str]) -> np.ndarray:
