@@ -112,6 +112,14 @@ def _pick_condition() -> tuple[str, list[str]]:
         args += ["--cell-type", cond.cell_type]
     if cond.perturbations:
         args += ["--perturbation", cond.perturbation_label]
+        types = [p.type for p in cond.perturbations]
+        if all(types):
+            args += ["--perturbation-type", "+".join(types)]
+        doses = [p.dose for p in cond.perturbations]
+        if all(d is not None for d in doses):
+            args += ["--dose", "+".join(f"{d:g}" for d in doses)]
+    if cond.context:
+        args += ["--context", ",".join(f"{k}={v}" for k, v in cond.context)]
     return info.name, args
 
 
