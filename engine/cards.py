@@ -73,7 +73,8 @@ def render_markdown(config: dict, card: dict) -> str:
     if sp.get("targets"):
         lines.append(f"- Perturbation targets ({len(sp['targets'])}, up to "
                      f"{sp['max_perturbations']} at once, order-free): "
-                     + ", ".join(f"{t} ({'/'.join(sp['target_types'].get(t, []))})"
+                     + ", ".join(t + (f" ({'/'.join(sp['target_types'][t])})"
+                                      if sp["target_types"].get(t) else "")
                                  for t in sp["targets"]))
     else:
         lines.append("- No perturbations: generates unperturbed reference populations.")
@@ -108,6 +109,9 @@ def render_markdown(config: dict, card: dict) -> str:
         for r in card["metrics"]:
             lines.append(f"| {r['group']} | {r['method']} | {r['n']} | " + " | ".join(
                 "n/a" if r.get(m) is None else f"{r[m]:.3f}" for m in METRICS) + " |")
+        if card.get("skipped"):
+            lines += ["", "Not scored (fewer than 5 held-out cells in the group or its control): "
+                      + "; ".join(card["skipped"]) + "."]
         if card.get("verdicts"):
             lines += ["", "### Against the baselines", ""]
             lines += [f"- {v}" for v in card["verdicts"]]
