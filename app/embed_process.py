@@ -26,7 +26,15 @@ _TERMINATE_AFTER_S = 0.8  # a cancel the child has not honoured by then kills it
 
 
 def _serve(conn, cancel) -> None:  # runs in the child process
+    import os
+
     import numpy as np
+
+    if hasattr(os, "nice"):
+        try:
+            os.nice(8)  # background work: never starve the window of CPU
+        except OSError:
+            pass
 
     from engine.errors import Cancelled
 

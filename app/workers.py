@@ -9,6 +9,7 @@ sets the cancel event and reacts to signals.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 import traceback
@@ -20,6 +21,20 @@ from PySide6.QtCore import QObject, QThread, Signal, Slot
 log = logging.getLogger(__name__)
 
 JobFn = Callable[[Callable[[Any], None], threading.Event], Any]
+
+
+def _lower_thread_priority(nice: int = 4) -> None:
+    """Let the GUI thread win the CPU over background work (Linux: per-thread nice value;
+    threads the job starts, such as torch's pool, inherit it). Best effort elsewhere."""
+    import os
+
+    if hasattr(os, "setpriority") and sys.platform.startswith("linux"):
+        try:
+            tid = threading.get_native_id()
+            current = os.getpriority(os.PRIO_PROCESS, tid)
+            os.setpriority(os.PRIO_PROCESS, tid, min(current + nice, 19))
+        except OSError:
+            pass
 
 
 class Worker(QObject):
@@ -48,6 +63,8 @@ class Worker(QObject):
     @Slot()
     def run(self) -> None:
         from engine.errors import Cancelled, PerturbStudioError
+
+        _lower_thread_priority()
 
         t0 = time.perf_counter()
         try:
