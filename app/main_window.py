@@ -719,8 +719,8 @@ class MainWindow(QMainWindow):
         if exp is None:
             return
         real, schema = self.adata, self.schema
-        if exp.mode == "perturb":
-            real = exp.source
+        if exp.mode == "perturb" and real is None:
+            real = exp.source  # the whole dataset is shown when open: where should cells go?
         max_real = 20_000
 
         def fn(progress, cancel):

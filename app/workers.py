@@ -167,6 +167,7 @@ class JobRunner(QObject):
         super().__init__(parent)
         self.jobs: dict[str, Job] = {}
         self._retired: set[Job] = set()
+        self.closed = False
 
     def start(self, slot: str, fn: JobFn, *, name: str | None = None,
               on_progress: Callable | None = None, on_finished: Callable | None = None,
@@ -180,12 +181,19 @@ class JobRunner(QObject):
         for sig, cb in ((job.progress, on_progress), (job.finished, on_finished),
                         (job.failed, on_failed), (job.cancelled, on_cancelled)):
             if cb is not None:
-                sig.connect(cb)
+                sig.connect(self._guard(cb))
         job.ended.connect(self._ended)
         self.jobs[slot] = job
         job.start()
         self.job_started.emit(slot)
         return job
+
+    def _guard(self, cb: Callable) -> Callable:
+        """Drop results that arrive after the window has closed (its widgets are gone)."""
+        def call(*args):
+            if not self.closed:
+                cb(*args)
+        return call
 
     @Slot(object)
     def _ended(self, job: Job) -> None:
@@ -212,6 +220,7 @@ class JobRunner(QObject):
 
     def shutdown(self, timeout_ms: int = 5000) -> None:
         """On close: cancel everything, ask threads to quit, then wait (bounded)."""
+        self.closed = True
         for job in list(self.jobs.values()):
             job.cancel()
         for job in list(self.jobs.values()):

@@ -91,6 +91,7 @@ def window(qtbot, model_name):
     for slot in list(w.jobs.jobs):
         w.jobs.cancel(slot)
     qtbot.waitUntil(lambda: not w.jobs.busy(), timeout=30_000)
+    w.close()  # saves settings, marks the job runner closed: late signals are dropped
 
 
 @pytest.fixture
