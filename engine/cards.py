@@ -15,46 +15,50 @@ HIGHER_IS_BETTER = {"r2_top100": True, "r2_all": True, "pearson_delta_top100": T
 
 
 def summarise(results: list[dict], *, group: str = "all") -> list[dict]:
-    """Average each method's metrics over evaluation results (``EvalResult.to_dict()``)."""
-    by_method: dict[str, dict[str, list[float]]] = {}
-    for r in results:
-        for row in r["rows"]:
-            for m in METRICS:
-                v = row.get(m)
-                if v is not None:
-                    by_method.setdefault(row["method"], {}).setdefault(m, []).append(v)
+    """Average each method's metrics over evaluation results (``EvalResult.to_dict()``).
+
+    A baseline that exists only for some conditions (additive: combinations only; mean shift:
+    perturbations seen in another cell type) is averaged over those conditions, and its row
+    carries the model's average over the same conditions (``paired_model``), so that every
+    comparison is like for like."""
     out = []
-    for method, vals in by_method.items():
-        out.append({"group": group, "method": method, "n": len(results),
-                    **{m: round(float(np.mean(v)), 3) for m, v in vals.items()}})
+    methods = list(dict.fromkeys(row["method"] for r in results for row in r["rows"]))
+    for method in methods:
+        subset = [r for r in results if any(x["method"] == method for x in r["rows"])]
+        row = {"group": group, "method": method, "n": len(subset),
+               **_means(subset, method)}
+        if method not in ("model",):
+            row["paired_model"] = _means(subset, "model")
+        out.append(row)
     return out
 
 
+def _means(results: list[dict], method: str) -> dict:
+    vals: dict[str, list[float]] = {}
+    for r in results:
+        for row in r["rows"]:
+            if row["method"] == method:
+                for m in METRICS:
+                    if row.get(m) is not None:
+                        vals.setdefault(m, []).append(row[m])
+    return {m: round(float(np.mean(v)), 3) for m, v in vals.items()}
+
+
 def verdicts(summary: list[dict]) -> list[str]:
-    """Plain sentences: does the model beat each baseline on each metric?"""
+    """Plain sentences: does the model beat each baseline (on the same conditions)?"""
     lines = []
-    for group in dict.fromkeys(r["group"] for r in summary):
-        rows = [r for r in summary if r["group"] == group]
-        lines += _verdicts_one(rows)
-    return lines
-
-
-def _verdicts_one(summary: list[dict]) -> list[str]:
-    lines = []
-    model = next((r for r in summary if r["method"] == "model"), None)
-    if model is None:
-        return lines
     for base in summary:
-        if base["method"] == "model":
+        paired = base.get("paired_model")
+        if base["method"] == "model" or not paired:
             continue
         for m in ("r2_top100", "pearson_delta_top100", "energy_ratio"):
-            a, b = model.get(m), base.get(m)
+            a, b = paired.get(m), base.get(m)
             if a is None or b is None:
                 continue
             better = a > b if HIGHER_IS_BETTER[m] else a < b
             word = "beats" if better else "does NOT beat"
-            lines.append(f"[{model['group']}] model {word} {base['method']} on {m} "
-                         f"({a:.3f} vs {b:.3f})")
+            lines.append(f"[{base['group']}] model {word} {base['method']} on {m} "
+                         f"({a:.3f} vs {b:.3f}, {base['n']} conditions)")
     return lines
 
 
