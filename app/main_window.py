@@ -686,9 +686,13 @@ class MainWindow(QMainWindow):
                 return
             genes, mat, first, de = r
             note = ""
-            if exp.only_controls:
-                note = ("Only control cells were generated: there is nothing to compare, so the "
-                        "heatmap is empty. Add a perturbation on the Compose page.")
+            if exp.only_controls and len(exp.labels) > 1:
+                note = ("No perturbation was generated, so each population is compared with all "
+                        "the other generated cells: these are its marker genes.")
+            elif exp.only_controls:
+                note = ("Only one unperturbed population was generated: there is nothing to "
+                        "compare it with. Add a perturbation or another cell type on the "
+                        "Compose page.")
             self.results_page.set_heatmap(genes, mat, exp.labels, note=note)
             self.heatmap_updated.emit()
             self.results_page.set_de(first, de)

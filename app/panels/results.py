@@ -302,12 +302,13 @@ class ResultsPanel(QWidget):
     def set_heatmap(self, genes, matrix, labels, *, note: str = "") -> None:
         # few conditions: genes as rows, conditions as columns (every label readable);
         # many conditions (e.g. all single knockouts): conditions as rows, genes as columns
+        title = "Markers: each population vs all other generated cells" \
+            if self.exp is not None and self.exp.only_controls else "Change vs matching control"
         if len(labels) <= 8:
-            self.heatmap.set_data(np.asarray(matrix).T, genes, labels,
-                                  title="Change vs matching control")
+            self.heatmap.set_data(np.asarray(matrix).T, genes, labels, title=title)
         else:
             self.heatmap.set_data(np.asarray(matrix), labels, genes,
-                                  title="Change vs matching control (hover for gene names)")
+                                  title=title + " (hover for gene names)")
         self.heat_note.setText(note or (f"The {len(genes)} genes that change most across "
                                         f"{len(labels)} condition(s). Colour: mean log "
                                         "expression minus the control's (red up, blue down)."))
@@ -324,6 +325,7 @@ class ResultsPanel(QWidget):
         self.volcano.set_table(df["gene"], df["log2fc"], df["padj"], title=label)
         n_sig = int(((df["padj"] < 0.05) & (df["log2fc"].abs() >= 1)).sum())
         ctrl = "your original cells" if self.exp is not None and self.exp.mode == "perturb" \
+            else "all other generated cells" if self.exp is not None and self.exp.only_controls \
             else "the generated control"
         self.de_note.setText(f"{label} vs {ctrl}: {len(df):,} genes, {n_sig:,} with |log2 fold "
                              "change| ≥ 1 and adjusted p < 0.05 (Welch t-test, BH). Sorted by "
