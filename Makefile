@@ -8,7 +8,7 @@ STAMP   := $(VENV)/.installed
 DATA    ?= $(or $(PERTURB_STUDIO_DATA),../shared/data)
 export PERTURB_STUDIO_DATA := $(DATA)
 
-.PHONY: setup demo app test lint bench models bundle clean
+.PHONY: setup demo app test lint bench models bundle bundle-test clean
 
 $(STAMP): pyproject.toml constraints.txt
 	bash build_scripts/install_system_deps.sh
@@ -43,6 +43,9 @@ models: $(STAMP)
 
 bundle: $(STAMP)
 	$(BIN)/python build_scripts/build.py
+
+bundle-test: $(STAMP)
+	PERTURB_STUDIO_TEST_BUNDLE=1 QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -q tests/build
 
 clean:
 	rm -rf build dist out

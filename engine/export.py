@@ -101,6 +101,8 @@ def sanitize_uns(value: Any) -> Any:
         return _JSON_PREFIX + json.dumps(_jsonable(items))
     if value is None:
         return ""
+    if isinstance(value, str) and type(value) is not str:     # e.g. torch.__version__
+        return str(value)
     if isinstance(value, str | bool | int | float | np.generic | np.ndarray | pd.DataFrame):
         return value
     if sp.issparse(value):

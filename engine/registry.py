@@ -68,7 +68,7 @@ def list_models(*, include_broken: bool = False) -> list[ModelInfo]:
                              p.name.startswith(".")):
             try:
                 out.append(_info(folder, source))
-            except ModelError:
+            except (ModelError, OSError):         # unreadable or broken folder: skip it
                 if include_broken:
                     raise
     return out
