@@ -136,17 +136,28 @@ class EmbedServer:
             mats, genes = shared_log_normalized(adatas)
             check_cancel(cancel)
             parts = {k: (m, list(genes)) for k, m in mats.items()}
-            try:
-                self._cancel.clear()
-                self._conn.send(("embed", (parts, kw)))
-            except (OSError, ValueError):
-                self._kill()
-                return embed_umap(adatas, progress=progress, cancel=cancel, **kw)
+            self._cancel.clear()
+            # send from a helper thread: a large message blocks until the child reads it (e.g.
+            # while it is still compiling UMAP), and this loop must keep watching for Cancel
+            conn, sent = self._conn, {}
+
+            def send() -> None:
+                try:
+                    conn.send(("embed", (parts, kw)))
+                except Exception as e:  # noqa: BLE001 - the child was killed or died
+                    sent["error"] = e
+
+            threading.Thread(target=send, name="umap-send", daemon=True).start()
             cancelled_at = None
             while True:
                 if cancel is not None and cancel.is_set() and cancelled_at is None:
                     self._cancel.set()
                     cancelled_at = time.perf_counter()
+                if "error" in sent and cancelled_at is None:
+                    log.warning("could not hand the cells to the UMAP helper (%s); embedding "
+                                "in this process", sent["error"])
+                    self._kill()
+                    return embed_umap(adatas, progress=progress, cancel=cancel, **kw)
                 if cancelled_at is not None and \
                         time.perf_counter() - cancelled_at > _TERMINATE_AFTER_S:
                     self._kill()
