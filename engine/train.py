@@ -71,6 +71,16 @@ def select_genes(adata, counts, max_genes: int, keep: Sequence[str] = ()) -> np.
     return np.array(sorted(chosen))
 
 
+def _schedule(opt, lr: float, steps: int, warmup: float):
+    """One-cycle learning rate (warm-up, then cosine decay); constant for very short runs."""
+    import torch
+
+    if steps < 20:
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps,
+                                               pct_start=warmup)
+
+
 def train_model(adata, schema, out_dir: str | os.PathLike | None = None, *,
                 backbone: str = "mlp", seed: int = 0, device: str = "auto",
                 name: str | None = None, exclude: Sequence[Mapping[str, str]] = (),
@@ -92,6 +102,8 @@ def train_model(adata, schema, out_dir: str | os.PathLike | None = None, *,
     if unknown:
         raise TypeError(f"unknown training options: {sorted(unknown)}")
     hp.update(overrides)
+    if int(hp["flow_steps"]) < 1 or int(hp["ae_max_steps"]) < 1:
+        raise ValueError("ae_max_steps and flow_steps must be at least 1")
     if backbone not in ("mlp", "transformer"):
         raise ValueError(f"backbone must be 'mlp' or 'transformer', got {backbone!r}")
     t_start = time.perf_counter()
@@ -149,8 +161,7 @@ def train_model(adata, schema, out_dir: str | os.PathLike | None = None, *,
     ae_steps = epochs * per_epoch
     report = Reporter(progress, ae_steps, "autoencoder", start=0.0, span=0.5)
     opt = torch.optim.AdamW(ae.parameters(), lr=hp["ae_lr"], weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=hp["ae_lr"], total_steps=ae_steps,
-                                                pct_start=0.1)
+    sched = _schedule(opt, hp["ae_lr"], ae_steps, warmup=0.1)
     ae.train()
     step, history = 0, {"autoencoder": [], "flow": []}
     for _epoch in range(epochs):
@@ -195,8 +206,7 @@ def train_model(adata, schema, out_dir: str | os.PathLike | None = None, *,
     for p in ema.parameters():
         p.requires_grad_(False)
     opt = torch.optim.AdamW(net.parameters(), lr=hp["flow_lr"], weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=hp["flow_lr"], total_steps=fsteps,
-                                                pct_start=0.05)
+    sched = _schedule(opt, hp["flow_lr"], fsteps, warmup=0.05)
     lv_t = torch.as_tensor(conds_arr.levels)
     tg_t = torch.as_tensor(conds_arr.targets)
     ty_t = torch.as_tensor(conds_arr.types)
