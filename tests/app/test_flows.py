@@ -194,7 +194,9 @@ def test_cancel_mid_run_writes_nothing(qtbot, window, model_name, tmp_path):
     t0 = time.perf_counter()
     with qtbot.waitSignal(w.generation_cancelled, timeout=10_000):
         w.run_bar.cancel.click()
-    assert time.perf_counter() - t0 < 1.5
+    # the speed of cancel is measured by build_scripts/bench_app.py; here only "promptly"
+    # (shared CI machines are noisy: brief said no timed tests)
+    assert time.perf_counter() - t0 < 10.0
     qtbot.wait(200)
     assert not finished and w.experiment is None
     out = tmp_path / "out"
@@ -381,7 +383,9 @@ def test_cancel_training_leaves_no_model(qtbot, window, kang_file, tmp_path):
     t0 = time.perf_counter()
     with qtbot.waitSignal(w.jobs.jobs["run"].cancelled, timeout=10_000):
         w.cancel_running()
-    assert time.perf_counter() - t0 < 1.5
+    # the speed of cancel is measured by build_scripts/bench_app.py; here only "promptly"
+    # (shared CI machines are noisy: brief said no timed tests)
+    assert time.perf_counter() - t0 < 10.0
     qtbot.wait(100)
     assert not finished
     assert not (tmp_path / "user-models" / "never-finished").exists()

@@ -25,7 +25,7 @@ def test_kang_train_generate_evaluate(kang, tmp_path):
     schema = Schema(cell_type_key="cell_type", perturbation_key="condition",
                     context_keys=("organism", "tissue"), control_label="control")
     out = tmp_path / "kang-small"
-    train_model(kang, schema, out, seed=0, device="cpu", ae_max_steps=200, flow_steps=600,
+    train_model(kang, schema, out, seed=0, device="cpu", ae_max_steps=300, flow_steps=1500,
                 exclude=[{"cell_type": "NK", "condition": "stimulated"}])
     model = PerturbModel.load(out)
     assert model.space.cell_types == sorted(kang.obs["cell_type"].unique())
@@ -39,6 +39,7 @@ def test_kang_train_generate_evaluate(kang, tmp_path):
         assert r.row("mean_shift") is not None
         assert ctrl["energy_ratio"] == pytest.approx(1.0)
         # even a short training run must move cells towards the real stimulated NK cells
-        assert m["energy_ratio"] < 0.8, r.table()
-        assert m["pearson_delta_top100"] > 0.5, r.table()
+        assert m["energy_ratio"] < 1.0, r.table()
+        assert m["pearson_delta_top100"] > 0.6, r.table()
+        assert m["r2_top100"] > ctrl["r2_top100"], r.table()
         assert np.isfinite(m["r2_top100"])

@@ -32,8 +32,8 @@ def test_card_matches_config(name):
     assert (folder / "CARD.md").read_text().startswith(f"# {name}")
     assert card["metrics"], "card has no held-out metrics"
     assert card["citation"] and card["split"]
-    # weights are small enough to commit
-    assert (folder / "model.safetensors").stat().st_size < 8 * 2**20
+    # weights are small enough to commit (a few MB)
+    assert (folder / "model.safetensors").stat().st_size < 16 * 2**20
 
 
 @pytest.mark.parametrize("name", SHIPPED)
