@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .conditions.spec import Condition
-from .errors import DataError
+from .errors import ConditionError, DataError
 
 METRICS = ("r2_top100", "r2_all", "pearson_delta_top100", "pearson_delta_all", "energy_ratio")
 
@@ -131,7 +131,7 @@ def _knows(model, c: Condition) -> bool:
     try:
         model.space.validate(c)
         return True
-    except Exception:
+    except ConditionError:
         return False
 
 
