@@ -177,8 +177,8 @@ def clear_effects(train, schema) -> dict:
     return {k: v for k, v in out.items()}
 
 
-def evaluate_model(model, test, schema, n_de: dict | None = None,
-                   min_de: int = 3) -> tuple[list[dict], list[dict]]:
+def evaluate_model(model, test, schema, n_de: dict | None = None, min_de: int = 3,
+                   reference=None) -> tuple[list[dict], list[dict], list[str]]:
     """Per-condition results on held-out cells, and group summaries (all / singles / doubles /
     perturbations with a clear effect)."""
     from engine.cards import summarise
@@ -191,8 +191,9 @@ def evaluate_model(model, test, schema, n_de: dict | None = None,
             [c for c in uniq]                      # atlas model: score each population
     for c in conds:
         try:
-            r = evaluate(model, test, schema, c, mode="denovo", seed=0) if not c.is_control \
-                else _evaluate_population(model, test, schema, c)
+            r = evaluate(model, test, schema, c, mode="denovo", seed=0,
+                         reference=reference) if not c.is_control \
+                else _evaluate_population(model, test, schema, c, reference)
         except DataError as e:                     # too few held-out cells for this group
             print(f"  skip {c.label}: {e}")
             skipped.append(c.label)
@@ -217,12 +218,12 @@ def evaluate_model(model, test, schema, n_de: dict | None = None,
     return results, summary, skipped
 
 
-def _evaluate_population(model, test, schema, cond):
+def _evaluate_population(model, test, schema, cond, reference=None):
     """Atlas model: generated population vs held-out real cells of that type (no baseline
     other than 'all other cells', reported as control)."""
 
     from engine.data.io import get_counts
-    from engine.evaluate import EvalResult, fit_pca, lognorm, score
+    from engine.evaluate import EvalResult, _group_key, _reference_cells, fit_pca, lognorm, score
 
     test = schema.filter(test)
     codes, uniq = schema.condition_codes(test)
@@ -230,11 +231,15 @@ def _evaluate_population(model, test, schema, cond):
     counts = get_counts(test)[0].tocsr()[:, mapping.index]
     tmask = codes == uniq.index(cond)
     X_t, X_o = lognorm(counts[tmask]), lognorm(counts[~tmask])
-    gen = lognorm(model.generate(cond, max(200, int(tmask.sum())), seed=0).layers["counts"])
+    gen = lognorm(model.generate(cond, max(2000, int(tmask.sum())), seed=0).layers["counts"])
     degs = np.argsort(-np.abs(X_t.mean(0) - X_o.mean(0)))[:100]
     pca = fit_pca(counts)
     rows = [{"method": "model", **score(gen, X_t, X_o, degs, pca)},
             {"method": "control", **score(X_o, X_t, X_o, degs, pca)}]
+    ref = None if reference is None else _reference_cells(model, reference, schema,
+                                                          _group_key(cond))
+    if ref is not None:
+        rows.append({"method": "real_train", **score(ref, X_t, X_o, degs, pca)})
     return EvalResult(cond.to_dict(), "denovo", int(tmask.sum()), int((~tmask).sum()), rows,
                       [model.genes[i] for i in degs])
 
@@ -261,7 +266,8 @@ def build(name: str, out_root: Path, *, evaluate_only: bool = False) -> dict:
     if model.default_guidance != GUIDANCE[name]:
         model.config["sampling"]["guidance"] = GUIDANCE[name]
         model.save(model.path)
-    results, summary, skipped = evaluate_model(model, test, schema, clear_effects(train, schema))
+    results, summary, skipped = evaluate_model(model, test, schema, clear_effects(train, schema),
+                                               reference=train)
     card.update({
         "name": name, "split": f"stratified hold-out: 20% of the cells of every condition group "
                                f"(seed 0); trained on {train.n_obs} cells, evaluated on "
