@@ -81,7 +81,8 @@ class PerturbModel:
         from .models.flow import LatentFlowNet
 
         arch, vocab = config["architecture"], Vocab.from_dict(config["vocab"])
-        ae = NBAutoencoder(len(config["genes"]), arch["latent_dim"], arch["ae_hidden"])
+        ae = NBAutoencoder(len(config["genes"]), arch["latent_dim"], arch["ae_hidden"],
+                           dispersion=arch.get("dispersion", "gene"))
         net = LatentFlowNet(arch["latent_dim"] + 1,
                             [len(vocab.level_values[lv]) for lv in vocab.levels],
                             len(vocab.targets), len(vocab.types), backbone=arch["backbone"],
@@ -194,8 +195,7 @@ class PerturbModel:
         with torch.no_grad():
             s = state * self._std + self._mean
             z, log_lib = s[:, : self.latent_dim], s[:, self.latent_dim:]
-            log_mu = self.autoencoder.log_mean(z, log_lib)
-            idx, values = sample_nb(log_mu, self.autoencoder.log_theta, generator)
+            idx, values = sample_nb(*self.autoencoder.nb_params(z, log_lib), generator)
         return idx.cpu().numpy(), values.cpu().numpy(), state.shape[0]
 
     def _batches(self, n: int) -> list[int]:

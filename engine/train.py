@@ -24,10 +24,16 @@ from .conditions.vocab import Vocab, build_space
 from .errors import DataError
 from .progress import CancelToken, ProgressFn, Reporter, check_cancel
 
-DEFAULTS = dict(max_genes=5000, latent_dim=32, ae_hidden=128, ae_epochs=None, ae_max_steps=600,
+# ae_max_steps / ae_max_epochs: at 600 steps the autoencoder was the main source of infidelity
+# (on Papalexi, encoded-then-decoded training cells were 2.0x as far from held-out real cells as
+# the training cells themselves, by energy distance); 10,000 steps cut that to 1.2x for ~40 s
+# of CPU on 11k cells, and raised the CRISPR model's Pearson delta (clear effects) 0.73 -> 0.82.
+DEFAULTS = dict(max_genes=5000, latent_dim=32, ae_hidden=128, ae_epochs=None, ae_max_steps=10000,
+                ae_max_epochs=600,
                 ae_lr=1e-3, kl_weight=0.5, batch_size=256, cond_dim=128, flow_steps=3000,
                 flow_batch=256, flow_lr=1e-3, p_uncond=0.1, p_coarse=0.1, ema=0.998,
-                objective="rectified_flow", steps=10, guidance=1.0, width=128, depth=4)
+                objective="rectified_flow", steps=10, guidance=1.0, width=128, depth=4,
+                dispersion="gene", latent_sampling=True)
 
 
 def apply_excludes(adata, exclude: Sequence[Mapping[str, str]]):
@@ -133,6 +139,7 @@ def train_model(adata, schema, out_dir: str | os.PathLike | None = None, *,
     space = build_space(uniq, vocab, control_label=schema.control_label,
                         has_dose=schema.dose_key is not None)
     arch = {"latent_dim": hp["latent_dim"], "ae_hidden": hp["ae_hidden"], "backbone": backbone,
+            "dispersion": hp["dispersion"],
             "cond_dim": hp["cond_dim"], "objective": hp["objective"],
             "backbone_kw": ({"width": hp["width"], "depth": hp["depth"]} if backbone == "mlp"
                             else {"width": 64, "depth": 3, "tokens": 8, "heads": 4})}
@@ -147,7 +154,8 @@ def train_model(adata, schema, out_dir: str | os.PathLike | None = None, *,
                                      " + perturbed genes"),
                   "encoder_input": "log1p(counts / library * 1e4)",
                   "decoder": "negative binomial, mean = softmax(decoder(z)) * library, "
-                             "per-gene dispersion"},
+                             + ("per-gene dispersion" if hp["dispersion"] == "gene" else
+                                "dispersion per gene and cell (per-gene value + offset from z)")},
               "sampling": {"steps": hp["steps"], "guidance": hp["guidance"], "batch_size": 2048},
               "density": float(counts.nnz / max(counts.shape[0] * counts.shape[1], 1))}
     ae, net = PerturbModel.build_modules({**config, "latent_stats": {}})
@@ -157,7 +165,8 @@ def train_model(adata, schema, out_dir: str | os.PathLike | None = None, *,
     gen = torch.Generator().manual_seed(seed)
     bs = min(hp["batch_size"], n_cells)
     per_epoch = max(n_cells // bs, 1)
-    epochs = hp["ae_epochs"] or max(5, min(200, math.ceil(hp["ae_max_steps"] / per_epoch)))
+    epochs = hp["ae_epochs"] or max(5, min(int(hp["ae_max_epochs"]),
+                                            math.ceil(hp["ae_max_steps"] / per_epoch)))
     ae_steps = epochs * per_epoch
     report = Reporter(progress, ae_steps, "autoencoder", start=0.0, span=0.5)
     opt = torch.optim.AdamW(ae.parameters(), lr=hp["ae_lr"], weight_decay=1e-4)
@@ -185,15 +194,28 @@ def train_model(adata, schema, out_dir: str | os.PathLike | None = None, *,
     ae.eval()
 
     # ---- latent states -----------------------------------------------------------------------
+    # With latent_sampling, the flow learns the aggregate posterior: every time a cell is drawn,
+    # its latent is a fresh sample of q(z | x), the distribution the decoder was trained to
+    # decode. Decoding posterior means instead loses, by Jensen's inequality, the expression of
+    # genes that are nearly off (K562 cells in the CRISPR data: 12 detected genes per cell
+    # instead of the real 15, because 421 rarely-expressed genes came out at half their mean).
     with torch.no_grad():
-        states = []
+        mus, sds, libs = [], [], []
         for s in range(0, n_cells, 2048):
             x = torch.as_tensor(counts[s:s + 2048].toarray(), device=dev)
-            mu, _ = ae.encode(x)
-            states.append(torch.cat([mu, torch.log(x.sum(1, keepdim=True).clamp_min(1))], 1))
-        states = torch.cat(states)
-    mean, std = states.mean(0), states.std(0).clamp_min(1e-3)
-    states = ((states - mean) / std).float()
+            mu, logvar = ae.encode(x)
+            mus.append(mu)
+            sds.append(torch.exp(0.5 * logvar) if hp["latent_sampling"] else torch.zeros_like(mu))
+            libs.append(torch.log(x.sum(1, keepdim=True).clamp_min(1)))
+        mus, sds, libs = torch.cat(mus), torch.cat(sds), torch.cat(libs)
+        spread = torch.cat([mus + sds * torch.randn(mus.shape, generator=gen).to(dev), libs], 1)
+    mean, std = spread.mean(0), spread.std(0).clamp_min(1e-3)
+
+    def latent_batch(idx):
+        i = idx.to(dev)
+        z = mus[i] + sds[i] * torch.randn(mus[i].shape, generator=gen).to(dev)
+        return ((torch.cat([z, libs[i]], 1) - mean) / std).float()
+
     config["latent_stats"] = {"mean": mean.cpu().tolist(), "std": std.cpu().tolist()}
 
     # ---- phase 2: latent generative model ------------------------------------------------------
@@ -227,7 +249,7 @@ def train_model(adata, schema, out_dir: str | os.PathLike | None = None, *,
             cut = torch.randint(0, n_levels, (fbs,), generator=gen)
             mask = torch.arange(n_levels)[None, :] >= cut[:, None]
             levels[coarse[:, None] & mask] = 0
-        x0 = states[idx.to(states.device)]
+        x0 = latent_batch(idx)
         noise = torch.randn(x0.shape, generator=gen).to(dev)
         t = objective.sample_t(fbs, gen).to(dev)
         xt, target = objective.corrupt(x0, noise, t)

@@ -21,9 +21,9 @@ from PySide6.QtWidgets import (
 from ..plots.loss import LossPlot
 
 PRESETS = {
-    "Quick look (a few minutes on a laptop)": dict(ae_max_steps=400, flow_steps=600),
+    "Quick look (a few minutes on a laptop)": dict(ae_max_steps=1000, flow_steps=600),
     "Standard": {},
-    "Thorough (slower, usually a little better)": dict(ae_max_steps=6000, flow_steps=8000),
+    "Thorough (slower, usually a little better)": dict(ae_max_steps=20000, flow_steps=10000),
 }
 
 
