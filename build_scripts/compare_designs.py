@@ -21,13 +21,15 @@ VARIANTS = {
     "mlp + rectified flow (default)": dict(backbone="mlp"),
     "transformer + rectified flow": dict(backbone="transformer"),
     "mlp + DDPM (cosine, DDIM sampling)": dict(backbone="mlp", objective="ddpm"),
+    "mlp + rectified flow on posterior means (before 0.2)": dict(backbone="mlp",
+                                                                  latent_sampling=False),
 }
 
 
 def main(argv=None) -> int:
     import torch
 
-    from build_scripts.train_models import kang
+    from build_scripts.train_models import TRAIN, kang
     from engine import Condition, train_model
     from engine.evaluate import evaluate
 
@@ -44,7 +46,7 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         model = train_model(adata, schema, None, seed=0, device="cpu", backbone=backbone,
                             exclude=[{"cell_type": args.cell_type, "condition": "stimulated"}],
-                            **kw)
+                            **{**TRAIN["kang-ifnb-pbmc"], **kw})
         train_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         model.generate(cond, 5000, seed=0)

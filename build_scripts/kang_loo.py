@@ -26,7 +26,7 @@ def main(argv=None) -> int:
     import numpy as np
     import torch
 
-    from build_scripts.train_models import kang
+    from build_scripts.train_models import TRAIN, kang
     from engine import Condition, train_model
     from engine.evaluate import evaluate
 
@@ -42,7 +42,8 @@ def main(argv=None) -> int:
     for ct in args.cell_types:
         t0 = time.perf_counter()
         model = train_model(adata, schema, None, seed=0, device="cpu", backbone=args.backbone,
-                            exclude=[{"cell_type": ct, "condition": "stimulated"}])
+                            exclude=[{"cell_type": ct, "condition": "stimulated"}],
+                            **TRAIN["kang-ifnb-pbmc"])        # as the shipped Kang model
         train_s = time.perf_counter() - t0
         cond = Condition.parse(ct, "stimulated", context="organism=human,tissue=blood")
         for mode, g in ((m, g) for m in ("denovo", "perturb") for g in args.guidance):

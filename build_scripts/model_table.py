@@ -16,8 +16,8 @@ def main() -> int:
 
     print("| model | conditions on | genes | held-out group | model R2 top100 | "
           "model Pearson delta top100 | model energy ratio | best baseline (R2 / Pearson "
-          "delta / energy) | real training cells, the noise ceiling (R2 / Pearson delta / energy) | "
-          "train s |")
+          "delta / energy) | real training cells, a yardstick for held-out noise "
+          "(R2 / Pearson delta / energy) | train s |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for folder in sorted(p for p in shipped_models_dir().iterdir() if p.is_dir()):
         card = json.loads((folder / "card.json").read_text())

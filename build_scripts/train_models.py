@@ -204,6 +204,13 @@ def evaluate_model(model, test, schema, n_de: dict | None = None, min_de: int = 
             skipped.append(c.label)
             continue
         d = r.to_dict()
+        if len(c.perturbations) > 1 and reference is not None:
+            # the additive baseline as the engine's evaluate builds it without a reference: from
+            # the singles' held-out cells, which share the held-out control cells with the
+            # double (their noise then correlates with the real change)
+            alt = evaluate(model, test, schema, c, mode="denovo", seed=0).row("additive")
+            if alt is not None:
+                d["rows"].append({**alt, "method": "additive_heldout"})
         if n_de is not None and not c.is_control:
             from engine.evaluate import _group_key
 

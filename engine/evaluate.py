@@ -24,8 +24,9 @@ sparse cells the sampling noise of the predicted mean alone lowers the correlati
 With ``reference`` (e.g. the training cells), the baselines' effects are measured in the
 reference cells, i.e. from the same data the model learnt from (each effect against the
 reference's own control cells), and a ``real_train`` row scores the real reference
-cells of the same condition as if they were a prediction: the ceiling that the noise of the
-held-out cells allows. When even real cells of the condition do not beat ``control`` on the
+cells of the same condition as if they were a prediction: a yardstick for the noise of small
+held-out groups (not a hard ceiling: a model's mean over 2,000 generated cells, informed by
+every condition, can be closer to the truth than a few dozen real cells). When even real cells of the condition do not beat ``control`` on the
 energy ratio, the perturbation has no effect this metric can detect.
 
 DEGs are the genes ranked by |mean(real perturbed) - mean(real control)|.

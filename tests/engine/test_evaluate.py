@@ -64,3 +64,16 @@ def test_cards_call_the_reference_a_ceiling_not_a_baseline(tiny_model, synthetic
     ref = [v for v in lines if "real_train" in v or "real training cells" in v]
     assert len(ref) == 1 and "not a baseline" in ref[0]
     assert not any("beats real_train" in v for v in lines)
+
+
+def test_cards_count_conditions_whose_energy_ratio_is_above_one():
+    from engine.cards import _energy_lines
+
+    def res(model, ref):
+        return {"rows": [{"method": "model", "energy_ratio": model},
+                         {"method": "control", "energy_ratio": 1.0},
+                         {"method": "real_train", "energy_ratio": ref}]}
+    lines = _energy_lines([res(1.3, 1.2), res(1.1, 0.5), res(0.4, 0.3), res(0.9, 1.4)])
+    assert "for 2 of 4 conditions" in lines[-1]
+    assert "above 1 for 2 (1 of them the same conditions)" in lines[-1]
+    assert _energy_lines([res(0.5, 0.4)]) == []
