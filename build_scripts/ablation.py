@@ -39,6 +39,7 @@ def main(argv=None) -> int:
     p.add_argument("model", choices=sorted(MODELS))
     p.add_argument("--variants", nargs="*", choices=sorted(VARIANTS), default=list(VARIANTS))
     p.add_argument("--json", type=Path)
+    p.add_argument("--save", type=Path, help="also write each variant's model to SAVE/<variant>")
     args = p.parse_args(argv)
     torch.set_num_threads(2)
     adata, schema, _ = MODELS[args.model]()
@@ -48,8 +49,8 @@ def main(argv=None) -> int:
     for name in args.variants:
         backbone, kw = VARIANTS[name]
         t0 = time.perf_counter()
-        model = train_model(train, schema, None, seed=0, device="cpu", backbone=backbone,
-                            **{**TRAIN.get(args.model, {}), **kw})
+        model = train_model(train, schema, args.save / name if args.save else None, seed=0,
+                            device="cpu", backbone=backbone, **{**TRAIN.get(args.model, {}), **kw})
         train_s = time.perf_counter() - t0
         results, summary, _ = evaluate_model(model, test, schema, n_de, reference=train)
         out[name] = {"train_s": round(train_s, 1), "summary": summary, "results": results}

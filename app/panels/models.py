@@ -185,12 +185,16 @@ def card_html(info) -> str:
                    "the predicted change from control with the real change (higher is better); "
                    "energy_ratio: distance to real cells relative to the control's (lower is "
                    "better). Baselines: control = no change; mean_shift = average effect seen "
-                   "elsewhere; additive = sum of single effects.</p>")
+                   "elsewhere; additive = sum of single effects (additive_heldout: the singles "
+                   "measured in the held-out cells). real_train is not a baseline: the real "
+                   "training cells of the same condition, scored the same way, show how noisy "
+                   "the small held-out groups are.</p>")
         out.append(_metrics_html(metrics))
     if card.get("verdicts"):
         out.append("<h3>Against the baselines</h3><ul>")
         for v in card["verdicts"]:
-            colour = "#a15c00" if "NOT" in str(v) else "#1b5e20"
+            colour = ("#a15c00" if "NOT" in str(v) else
+                      "#555" if "not a baseline" in str(v) else "#1b5e20")
             out.append(f"<li style='color:{colour}'>{_e(v)}</li>")
         out.append("</ul>")
     tr = card.get("training")
@@ -221,7 +225,8 @@ def _metrics_html(metrics) -> str:
         return f"{v:.3f}" if isinstance(v, float) else _e(v)
 
     if isinstance(metrics, list) and metrics and isinstance(metrics[0], dict):
-        cols = list(dict.fromkeys(k for r in metrics for k in r))
+        cols = list(dict.fromkeys(k for r in metrics for k, v in r.items()
+                                  if not isinstance(v, dict | list)))
         head = "".join(f"<th>{_e(c)}</th>" for c in cols)
         body = "".join("<tr>" + "".join(f"<td>{fmt(r.get(c, ''))}</td>" for c in cols) + "</tr>"
                        for r in metrics[:30])
