@@ -197,8 +197,8 @@ def train_model(adata, schema, out_dir: str | os.PathLike | None = None, *,
     # With latent_sampling, the flow learns the aggregate posterior: every time a cell is drawn,
     # its latent is a fresh sample of q(z | x), the distribution the decoder was trained to
     # decode. Decoding posterior means instead loses, by Jensen's inequality, the expression of
-    # genes that are nearly off (K562 cells in the CRISPR data: 12 detected genes per cell
-    # instead of the real 15, because 421 rarely-expressed genes came out at half their mean).
+    # genes that are nearly off (K562 cells in the CRISPR data: 11 detected genes per cell
+    # instead of the real 15.5; build_scripts/detected_genes.py).
     with torch.no_grad():
         mus, sds, libs = [], [], []
         for s in range(0, n_cells, 2048):
