@@ -24,10 +24,10 @@ from .conditions.vocab import Vocab, build_space
 from .errors import DataError
 from .progress import CancelToken, ProgressFn, Reporter, check_cancel
 
-# ae_max_steps / ae_max_epochs: at 600 steps the autoencoder was the main source of infidelity
-# (on Papalexi, encoded-then-decoded training cells were 2.0x as far from held-out real cells as
-# the training cells themselves, by energy distance); 10,000 steps cut that to 1.2x for ~40 s
-# of CPU on 11k cells, and raised the CRISPR model's Pearson delta (clear effects) 0.73 -> 0.82.
+# ae_max_steps / ae_max_epochs: at 600 steps the autoencoder was the main source of infidelity;
+# 10,000 steps (~40 s of CPU on 11k cells) raised the CRISPR model's held-out Pearson delta over
+# clear effects from 0.752 to 0.834 and cut its energy ratio from 0.954 to 0.894
+# (build_scripts/ablation.py, docs/results/ablation_crispr.txt).
 DEFAULTS = dict(max_genes=5000, latent_dim=32, ae_hidden=128, ae_epochs=None, ae_max_steps=10000,
                 ae_max_epochs=600,
                 ae_lr=1e-3, kl_weight=0.5, batch_size=256, cond_dim=128, flow_steps=3000,
