@@ -179,7 +179,7 @@ def clear_effects(train, schema) -> dict:
         p = ttest_ind(xa[:, keep], xb[:, keep], equal_var=False).pvalue
         n_de = int((false_discovery_control(np.nan_to_num(p, nan=1.0)) < 0.05).sum())
         out[_group_key(c)] = n_de
-    return {k: v for k, v in out.items()}
+    return out
 
 
 def evaluate_model(model, test, schema, n_de: dict | None = None, min_de: int = 3,
@@ -204,13 +204,6 @@ def evaluate_model(model, test, schema, n_de: dict | None = None, min_de: int = 
             skipped.append(c.label)
             continue
         d = r.to_dict()
-        if len(c.perturbations) > 1 and reference is not None:
-            # the additive baseline as the engine's evaluate builds it without a reference: from
-            # the singles' held-out cells, which share the held-out control cells with the
-            # double (their noise then correlates with the real change)
-            alt = evaluate(model, test, schema, c, mode="denovo", seed=0).row("additive")
-            if alt is not None:
-                d["rows"].append({**alt, "method": "additive_heldout"})
         if n_de is not None and not c.is_control:
             from engine.evaluate import _group_key
 
@@ -235,7 +228,7 @@ def _evaluate_population(model, test, schema, cond, reference=None):
     other than 'all other cells', reported as control)."""
 
     from engine.data.io import get_counts
-    from engine.evaluate import EvalResult, _group_key, _reference_cells, fit_pca, lognorm, score
+    from engine.evaluate import EvalResult, fit_pca, lognorm, reference_cells, score
 
     test = schema.filter(test)
     codes, uniq = schema.condition_codes(test)
@@ -248,8 +241,7 @@ def _evaluate_population(model, test, schema, cond, reference=None):
     pca = fit_pca(counts)
     rows = [{"method": "model", **score(gen, X_t, X_o, degs, pca)},
             {"method": "control", **score(X_o, X_t, X_o, degs, pca)}]
-    ref = None if reference is None else _reference_cells(model, reference, schema,
-                                                          _group_key(cond))
+    ref = None if reference is None else reference_cells(model, reference, schema, cond)
     if ref is not None:
         rows.append({"method": "real_train", **score(ref, X_t, X_o, degs, pca)})
     return EvalResult(cond.to_dict(), "denovo", int(tmask.sum()), int((~tmask).sum()), rows,
@@ -271,7 +263,7 @@ def build(name: str, out_root: Path, *, evaluate_only: bool = False) -> dict:
         model = PerturbModel.load(out_root / name, device="cpu")
         previous = json.loads((out_root / name / "card.json").read_text())
         model.card = {"loss_history": previous.get("loss_history", {})}
-        t0 -= previous.get("build_seconds", 0.0)
+        t0 -= model.config["training"]["seconds"]      # build = training + this evaluation
     else:
         model = train_model(train, schema, out_root / name, seed=0, device="cpu", name=name,
                             data_file=card["data"].split(":")[0], **TRAIN.get(name, {}))

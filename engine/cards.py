@@ -10,7 +10,7 @@ import numpy as np
 
 from .evaluate import METRICS
 
-REFERENCE = "real_train"     # real cells of the same condition: a ceiling, not a baseline
+REFERENCE = "real_train"     # real cells of the same condition: a yardstick, not a baseline
 HIGHER_IS_BETTER = {"r2_top100": True, "r2_all": True, "pearson_delta_top100": True,
                     "pearson_delta_all": True, "energy_ratio": False}
 

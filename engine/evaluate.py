@@ -23,7 +23,9 @@ sparse cells the sampling noise of the predicted mean alone lowers the correlati
 
 With ``reference`` (e.g. the training cells), the baselines' effects are measured in the
 reference cells, i.e. from the same data the model learnt from (each effect against the
-reference's own control cells), and a ``real_train`` row scores the real reference
+reference's own control cells); for combinations an ``additive_heldout`` row keeps the sum of
+singles measured in ``real`` (it shares ``real``'s control cells with the truth, whose noise then
+correlates prediction and truth); and a ``real_train`` row scores the real reference
 cells of the same condition as if they were a prediction: a yardstick for the noise of small
 held-out groups (not a hard ceiling: a model's mean over 2,000 generated cells, informed by
 every condition, can be closer to the truth than a few dozen real cells). When even real cells of the condition do not beat ``control`` on the
@@ -204,11 +206,10 @@ def evaluate(model, real, schema, condition: Condition, *, mode: str = "denovo",
     preds["control"] = X_c
     b_counts, b_codes, b_uniq = counts, codes, uniq
     if reference is not None:
-        ref = _reference_cells(model, reference, schema, key)
+        b_counts, b_codes, b_uniq = _model_counts(model, reference, schema)
+        ref = _group_cells(b_counts, b_codes, b_uniq, key)
         if ref is not None:
             preds["real_train"] = ref
-        b_ref, b_codes, b_uniq = _group_masks(reference, schema, model)
-        b_counts = get_counts(b_ref)[0].tocsr()[:, model.gene_mapping(b_ref).index]
     shift = _mean_effect(b_counts, b_codes, b_uniq, cond, exclude_key=key)
     if shift is not None:
         preds["mean_shift"] = np.maximum(X_c + shift, 0.0)
@@ -216,21 +217,33 @@ def evaluate(model, real, schema, condition: Condition, *, mode: str = "denovo",
         add = _additive_effect(b_counts, b_codes, b_uniq, cond)
         if add is not None:
             preds["additive"] = np.maximum(X_c + add, 0.0)
+        if reference is not None:          # also the convention without a reference
+            add = _additive_effect(counts, codes, uniq, cond)
+            if add is not None:
+                preds["additive_heldout"] = np.maximum(X_c + add, 0.0)
     rows = [{"method": m, **score(p, X_t, X_c, degs, pca)} for m, p in preds.items()]
     return EvalResult(cond.to_dict(), mode, int(tmask.sum()), int(cmask.sum()), rows,
                       [model.genes[i] for i in degs])
 
 
-def _reference_cells(model, reference, schema, key) -> np.ndarray | None:
-    """Log-normalised cells of the group ``key`` in ``reference`` (None if fewer than 5)."""
+def _model_counts(model, adata, schema):
+    """(counts as CSR in the model's gene order, condition codes, completed conditions)."""
     from .data.io import get_counts
 
-    ref, codes, uniq = _group_masks(reference, schema, model)
+    adata, codes, uniq = _group_masks(adata, schema, model)
+    return get_counts(adata)[0].tocsr()[:, model.gene_mapping(adata).index], codes, uniq
+
+
+def _group_cells(counts, codes, uniq, key) -> np.ndarray | None:
+    """Log-normalised cells of the group ``key`` (None if fewer than 5)."""
     rows = np.isin(codes, [i for i, c in enumerate(uniq) if _group_key(c) == key])
-    if rows.sum() < 5:
-        return None
-    counts, _ = get_counts(ref[rows])
-    return lognorm(counts.tocsr()[:, model.gene_mapping(ref).index])
+    return lognorm(counts[rows]) if rows.sum() >= 5 else None
+
+
+def reference_cells(model, reference, schema, condition: Condition) -> np.ndarray | None:
+    """Log-normalised real cells of ``condition`` in ``reference`` (None if fewer than 5)."""
+    return _group_cells(*_model_counts(model, reference, schema),
+                        _group_key(model.space.complete(condition)))
 
 
 def _group_key(c: Condition):
