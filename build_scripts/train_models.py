@@ -266,10 +266,10 @@ def build(name: str, out_root: Path, *, evaluate_only: bool = False) -> dict:
         t0 -= model.config["training"]["seconds"]      # build = training + this evaluation
     else:
         model = train_model(train, schema, out_root / name, seed=0, device="cpu", name=name,
-                            data_file=card["data"].split(":")[0], **TRAIN.get(name, {}))
+                            overwrite=True, data_file=card["data"].split(":")[0], **TRAIN.get(name, {}))
     if model.default_guidance != GUIDANCE[name]:
         model.config["sampling"]["guidance"] = GUIDANCE[name]
-        model.save(model.path)
+        model.save(model.path, overwrite=True)
     results, summary, skipped = evaluate_model(model, test, schema, clear_effects(train, schema),
                                                reference=train)
     card.update({

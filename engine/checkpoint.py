@@ -6,6 +6,7 @@ with a :class:`ModelError` that names the folder and the problem. Nothing is eve
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -13,11 +14,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .errors import ModelError
+from .errors import ModelError, ResourceError
 
 FORMAT = "perturb-studio-model"
 FORMAT_VERSION = 1
 CONFIG, WEIGHTS, CARD, CARD_MD = "config.json", "model.safetensors", "card.json", "CARD.md"
+MAX_CONFIG_BYTES = 64 << 20        # a config.json larger than this is refused
 REQUIRED_KEYS = ("format", "format_version", "genes", "architecture", "vocab", "space",
                  "latent_stats")
 
@@ -91,32 +93,145 @@ def sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def is_model_folder(folder: str | os.PathLike) -> bool:
+    """True when ``folder`` is a real (not symlinked) folder whose ``config.json`` says it is a
+    Perturb Studio model. Only such a folder may ever be replaced by :func:`save_folder`."""
+    folder = Path(folder)
+    if folder.is_symlink() or not folder.is_dir():
+        return False
+    path = folder / CONFIG
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = json.loads(f.read(MAX_CONFIG_BYTES + 1))
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(config, dict) and config.get("format") == FORMAT
+
+
+def check_destination(folder: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Check, before any work, that a model may be written to ``folder``; return it absolute.
+
+    A model folder is created where nothing exists yet (its parent folders too), or replaces an
+    empty folder. An existing Perturb Studio model folder is replaced only with ``overwrite``.
+    Anything else (a file, a link, a folder holding other files, the current folder or one of
+    its parents) is refused: nothing that is not a model is ever deleted or moved.
+
+    Raises
+    ------
+    ModelError
+        The destination is not safe to write, naming it and what is there.
+    """
+    raw = Path(folder).expanduser()
+    if str(raw).strip() in ("", "."):
+        raise ModelError("the model folder must be a new folder name, not the current folder")
+    dest = Path(os.path.abspath(raw))
+    cwd = Path(os.path.abspath(os.getcwd()))
+    if dest == cwd or dest in cwd.parents or dest.parent == dest:
+        raise ModelError(f"{folder}: refusing to write a model over the current folder or one "
+                         "of its parents; give a new folder name, e.g. models/my-model")
+    if raw.is_symlink() or dest.is_symlink():
+        raise ModelError(f"{folder} is a link; give a new folder name (links are never replaced)")
+    if dest.exists():
+        if not dest.is_dir():
+            raise ModelError(f"{folder} exists and is not a folder; it was left untouched. Give "
+                             "a new folder name for the model")
+        if is_model_folder(dest):
+            if not overwrite:
+                raise ModelError(f"{folder} already holds a Perturb Studio model; pass "
+                                 "--overwrite to replace it, or give a new folder name")
+        else:
+            try:
+                entries = sorted(p.name for p in dest.iterdir())
+            except OSError as e:
+                raise ModelError(f"{folder}: cannot read this folder ({e.strerror or e})") \
+                    from None
+            if entries:
+                shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+                raise ModelError(f"{folder} already exists and holds files that are not a "
+                                 f"Perturb Studio model ({len(entries)} entries: {shown}); they "
+                                 "were left untouched. Give a new folder name for the model")
+    parent = dest.parent
+    for p in (parent, *parent.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise ModelError(f"{folder}: {p} is a file, so no folder can be made inside it")
+            if not os.access(p, os.W_OK | os.X_OK):
+                raise ModelError(f"{folder}: no permission to write in {p}")
+            break
+    return dest
+
+
+def _state_bytes(state: dict) -> int:
+    return int(sum(v.numel() * v.element_size() for v in state.values()))
+
+
 def save_folder(folder: str | os.PathLike, config: dict, state: dict, card: dict,
-                card_md: str | None = None) -> Path:
-    """Write the whole folder atomically: build it next to the target, then rename into place."""
+                card_md: str | None = None, *, overwrite: bool = False) -> Path:
+    """Write the whole folder atomically: build it next to the target, then rename into place.
+
+    The destination is checked first with :func:`check_destination`: only a missing or empty
+    folder, or (with ``overwrite``) an existing Perturb Studio model folder, is ever replaced.
+    Free disk space is checked before writing; a failed write (disk full, permissions) raises one
+    :class:`ResourceError` / :class:`ModelError` and leaves nothing behind.
+    """
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    folder = check_destination(folder, overwrite=overwrite)
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ModelError(f"{folder}: cannot create the folder {folder.parent} "
+                         f"({e.strerror or e})") from None
+    texts = {CONFIG: json.dumps(config, indent=1), CARD: json.dumps(card, indent=1)}
+    if card_md:
+        texts[CARD_MD] = card_md
+    need = _state_bytes(state) + sum(len(t.encode("utf-8")) for t in texts.values()) + (1 << 20)
+    try:
+        free = shutil.disk_usage(folder.parent).free
+    except OSError:
+        free = None
+    if free is not None and need > free:
+        raise ResourceError(f"{folder}: the model needs {need / 2**20:.1f} MiB but only "
+                            f"{free / 2**20:.1f} MiB is free on that disk; nothing was written")
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    except OSError as e:
+        raise ModelError(f"{folder}: cannot write in {folder.parent} ({e.strerror or e})") \
+            from None
+    old = None
     try:
         save_file({k: v.detach().cpu().contiguous() for k, v in state.items()},
                   str(tmp / WEIGHTS), metadata={"format": FORMAT})
-        (tmp / CONFIG).write_text(json.dumps(config, indent=1), encoding="utf-8")
-        (tmp / CARD).write_text(json.dumps(card, indent=1), encoding="utf-8")
-        if card_md:
-            (tmp / CARD_MD).write_text(card_md, encoding="utf-8")
+        for name, text in texts.items():
+            (tmp / name).write_text(text, encoding="utf-8")
+        folder = check_destination(folder, overwrite=overwrite)   # nothing changed meanwhile
         if folder.exists():
-            old = folder.with_name(f".{folder.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            folder.rename(old)
-            tmp.rename(folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(folder)
-    except BaseException:
+            if is_model_folder(folder):
+                old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".old",
+                                            dir=folder.parent))
+                os.rmdir(old)
+                folder.rename(old)
+            else:                                   # an empty folder (checked above)
+                folder.rmdir()
+        tmp.rename(folder)
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and not folder.exists():
+            old.rename(folder)                      # put the previous model back
+            old = None
+        if isinstance(e, SafetensorError | OSError):
+            if isinstance(e, OSError) and e.errno == errno.ENOSPC or "No space" in str(e):
+                raise ResourceError(f"{folder}: the disk is full; the model was not saved "
+                                    "and nothing was left behind") from None
+            raise ModelError(f"{folder}: cannot write the model ({e}); nothing was left "
+                             "behind") from None
         raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     return folder
 
 

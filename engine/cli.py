@@ -75,16 +75,18 @@ def _schema_from_args(args, adata):
 
 
 def cmd_train(args) -> int:
+    from .checkpoint import check_destination
     from .data.io import read_dataset
     from .train import train_model
 
+    check_destination(args.out, overwrite=args.overwrite)   # before reading or training
     adata = read_dataset(args.data)
     schema = _schema_from_args(args, adata)
     bar = _Bar(args.quiet)
     try:
         model = train_model(adata, schema, args.out, backbone=args.backbone, seed=args.seed,
                             device=args.device, name=args.name, exclude=args.exclude or [],
-                            progress=bar, data_file=str(args.data),
+                            progress=bar, data_file=str(args.data), overwrite=args.overwrite,
                             **({"objective": args.objective} if args.objective else {}))
     finally:
         bar.close()
@@ -244,7 +246,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a model on a dataset")
     t.add_argument("data", help="h5ad, CSV or 10x (h5 / mtx) file with raw counts")
-    t.add_argument("--out", required=True, help="model folder to write")
+    t.add_argument("--out", required=True, help="model folder to write (a new or empty folder)")
+    t.add_argument("--overwrite", action="store_true",
+                   help="replace an existing Perturb Studio model folder at --out (never "
+                        "anything else)")
     roles(t)
     t.add_argument("--exclude", action="append", type=_kv_list, metavar="KEY=VALUE[,KEY=VALUE]",
                    help="drop the cells matching all pairs (repeatable), e.g. to hold out a group")

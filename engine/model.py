@@ -121,11 +121,14 @@ class PerturbModel:
         return out
 
     def save(self, folder: str | os.PathLike, *, card: dict | None = None,
-             card_md: str | None = None) -> Path:
+             card_md: str | None = None, overwrite: bool = False) -> Path:
+        """Write the model folder atomically; an existing model there is replaced only with
+        ``overwrite``, and a folder holding anything else is refused (ModelError)."""
         from .checkpoint import save_folder
 
         config = {k: v for k, v in self.config.items() if not k.startswith("_")}
-        self.path = save_folder(folder, config, self.state_dict(), card or self.card, card_md)
+        self.path = save_folder(folder, config, self.state_dict(), card or self.card, card_md,
+                                overwrite=overwrite)
         self.card = card or self.card
         self._weights_sha = sha256(self.path / WEIGHTS)
         return self.path

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .checkpoint import FORMAT, FORMAT_VERSION
+from .checkpoint import FORMAT, FORMAT_VERSION, check_destination
 from .conditions.vocab import Vocab, build_space
 from .errors import DataError
 from .progress import CancelToken, ProgressFn, Reporter, check_cancel
@@ -91,11 +91,14 @@ def train_model(adata, schema, out_dir: str | os.PathLike | None = None, *,
                 backbone: str = "mlp", seed: int = 0, device: str = "auto",
                 name: str | None = None, exclude: Sequence[Mapping[str, str]] = (),
                 progress: ProgressFn | None = None, cancel: CancelToken | None = None,
-                data_file: str | None = None, **overrides):
+                data_file: str | None = None, overwrite: bool = False, **overrides):
     """Train a :class:`PerturbModel` on ``adata`` with the roles in ``schema``.
 
     ``overrides`` change the hyper-parameters in :data:`DEFAULTS`. With ``out_dir`` the model
-    folder is written (atomically) when training completes.
+    folder is written (atomically) when training completes. ``out_dir`` is checked before any
+    work (:func:`engine.checkpoint.check_destination`): it must be new, empty, or (only with
+    ``overwrite``) an existing Perturb Studio model folder; anything else raises
+    :class:`ModelError` and nothing is touched.
     """
     import torch
 
@@ -103,6 +106,8 @@ def train_model(adata, schema, out_dir: str | os.PathLike | None = None, *,
     from .device import resolve_device
     from .model import PerturbModel
 
+    if out_dir is not None:
+        check_destination(out_dir, overwrite=overwrite)
     hp = dict(DEFAULTS)
     unknown = set(overrides) - set(hp)
     if unknown:
@@ -283,5 +288,5 @@ def train_model(adata, schema, out_dir: str | os.PathLike | None = None, *,
             "loss_history": history}
     model = PerturbModel(config, ae.cpu(), ema.cpu(), card=card, device=dev)
     if out_dir is not None:
-        model.save(out_dir, card=card)
+        model.save(out_dir, card=card, overwrite=overwrite)
     return model
