@@ -45,7 +45,7 @@ bundle: $(STAMP)
 	$(BIN)/python build_scripts/build.py
 
 bundle-test: $(STAMP)
-	PERTURB_STUDIO_TEST_BUNDLE=1 QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -q tests/build
+	PERTURB_STUDIO_TEST_BUNDLE=1 QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -q tests/bundle
 
 clean:
 	rm -rf build dist out

@@ -1,6 +1,6 @@
 """``perturb-studio --selftest``: prove that an installed (frozen) Perturb Studio works, offline.
 
-Run by CI on the PyInstaller bundle (tests/build/test_bundle.py) and by a user or an IT department
+Run by CI on the PyInstaller bundle (tests/bundle/test_bundle.py) and by a user or an IT department
 after installing. Each check prints one line; the exit status is 0 only when every check passed.
 
 Checks: the bundle's resources are where the engine looks; every installed model loads and
