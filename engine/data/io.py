@@ -40,9 +40,13 @@ import scipy.sparse as sp
 
 from ..errors import DataError
 from ..progress import ProgressFn, Reporter
+from .io_counts import find_counts, get_counts
 
 if TYPE_CHECKING:
     from anndata import AnnData
+
+__all__ = ["NUMERIC_METADATA", "NUMERIC_METADATA_PREFIX", "ColumnSummary", "DatasetSummary",
+           "get_counts", "read_dataset", "summarize_dataset"]
 
 #: Numeric CSV columns with these names (case-insensitive) are cell metadata, not genes.
 NUMERIC_METADATA = frozenset({
@@ -72,7 +76,6 @@ _ENSEMBL_RE = re.compile(r"^ENS[A-Z]*G\d{6,}(?:\.\d+)?$")
 _TABLE_SUFFIXES = (".csv", ".tsv", ".txt", ".csv.gz", ".tsv.gz", ".txt.gz")
 _MTX_SUFFIXES = (".mtx", ".mtx.gz")
 _CSV_CHUNK_ROWS = 2000
-_SAMPLE_ROWS = 2000
 
 
 # -- reading ----------------------------------------------------------------------------------
@@ -126,6 +129,7 @@ def read_dataset(path: str | Path, *, metadata: str | Path | None = None,
     if metadata is not None:
         _add_metadata(adata, Path(metadata))
     _finish(adata, path)
+    find_counts(adata, source=path)  # refuses NaN / Inf / negative / fractional counts anywhere
     report(100)
     return adata
 
@@ -481,113 +485,6 @@ def _short(e: BaseException, limit: int = 200) -> str:
     return s if len(s) <= limit else s[:limit] + "..."
 
 
-# -- counts -----------------------------------------------------------------------------------
-
-
-def _locations(adata: AnnData):
-    if "counts" in adata.layers:
-        yield "layers['counts']", adata.layers["counts"]
-    if adata.X is not None:
-        yield "X", adata.X
-    if adata.raw is not None:
-        yield "raw.X", adata.raw.X
-
-
-def _sample_values(m) -> np.ndarray:
-    """Values of the first and of evenly spaced rows (up to ~2x2000 rows), as a flat array."""
-    n = m.shape[0]
-    if n <= 2 * _SAMPLE_ROWS:
-        rows = np.arange(n)
-    else:
-        rows = np.unique(np.concatenate([np.arange(_SAMPLE_ROWS),
-                                         np.linspace(0, n - 1, _SAMPLE_ROWS).astype(np.int64)]))
-    if sp.issparse(m):
-        sub = m[rows] if len(rows) < n else m
-        return np.asarray(sp.csr_matrix(sub).data)
-    if hasattr(m, "to_memory"):  # backed / lazy arrays
-        m = m.to_memory()
-    return np.asarray(m[rows] if len(rows) < n else m).ravel()
-
-
-def _check_counts(where: str, m) -> str | None:
-    """None when ``m`` looks like raw counts, else a sentence saying what is wrong."""
-    dtype = getattr(m, "dtype", None)
-    if dtype is None or not (np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.bool_)):
-        return f"{where} is not numeric (dtype {dtype})"
-    if m.shape[0] == 0:
-        return f"{where} is empty"
-    vals = _sample_values(m)
-    if vals.size == 0 or np.issubdtype(vals.dtype, np.integer) or vals.dtype == np.bool_:
-        if vals.size and vals.min() < 0:
-            return f"{where} holds negative values (e.g. {vals[vals < 0][0]})"
-        return None
-    finite = np.isfinite(vals)
-    if not finite.all():
-        bad = vals[~finite][0]
-        raise DataError(f"{where} holds {'NaN' if np.isnan(bad) else 'infinite'} values; raw "
-                        "counts must be finite numbers >= 0 (fix or remove the affected cells)")
-    neg = vals < 0
-    if neg.any():
-        return (f"{where} holds negative values (e.g. {vals[neg][0]:.3g}), which looks like "
-                "scaled data")
-    frac = vals != np.round(vals)
-    if frac.any():
-        ex = float(vals[frac][0])
-        hint = "log-normalised" if float(vals.max()) < 30 else "normalised"
-        return f"{where} holds non-integer values (e.g. {ex:.3g}), which looks like {hint} data"
-    return None
-
-
-def _find_counts(adata: AnnData) -> tuple[object | None, str | None, str | None]:
-    problems = []
-    for where, m in _locations(adata):
-        problem = _check_counts(where, m)
-        if problem is None:
-            return m, where, None
-        problems.append(problem)
-    if not problems:
-        return None, None, "the dataset has no expression matrix"
-    return None, None, ("; ".join(problems) + "; a count model needs raw UMI counts in "
-                        "layers['counts'] or X")
-
-
-def get_counts(adata: AnnData) -> tuple[sp.csr_matrix, str]:
-    """Find the raw integer UMI counts of a dataset.
-
-    Looks in ``layers['counts']``, then ``X``, then ``raw.X``, and takes the first that holds
-    non-negative integers. Only a sample of rows (the first 2000 and 2000 spread over the rest)
-    is checked, so this is fast on large data.
-
-    Parameters
-    ----------
-    adata
-        The dataset.
-
-    Returns
-    -------
-    counts, source
-        A float32 CSR copy of the counts, and where they came from: ``"layers['counts']"``,
-        ``"X"`` or ``"raw.X"``.
-
-    Raises
-    ------
-    DataError
-        No location holds raw counts (the message says what each one holds instead, e.g.
-        log-normalised values), or the counts contain NaN or infinite values.
-    """
-    m, where, problem = _find_counts(adata)
-    if m is None:
-        raise DataError(problem)
-    if sp.issparse(m):
-        out = sp.csr_matrix(m, dtype=np.float32, copy=True)
-    else:
-        if hasattr(m, "to_memory"):
-            m = m.to_memory()
-        out = sp.csr_matrix(np.asarray(m, dtype=np.float32))
-    out.eliminate_zeros()
-    return out, where
-
-
 # -- summary ----------------------------------------------------------------------------------
 
 
@@ -629,7 +526,7 @@ def summarize_dataset(adata: AnnData, *, n_top: int = 10) -> DatasetSummary:
         why not. Columns are ``'numeric'`` (numbers, not booleans) or ``'categorical'``.
     """
     try:
-        _, source, problem = _find_counts(adata)
+        _, source, problem = find_counts(adata)
     except DataError as e:
         source, problem = None, str(e)
     columns = []
