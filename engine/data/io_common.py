@@ -5,8 +5,13 @@ from __future__ import annotations
 import gzip
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..errors import ResourceError
+from ..errors import DataError, ResourceError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
 
 #: deflate cannot compress better than about 1032:1; a dataset or a .gz file that claims to
 #: expand more than this (plus a little slack) is corrupt or hostile.
@@ -90,3 +95,11 @@ def check_memory(path: Path, need: float, what: str) -> None:
             f"{path}: reading {what} needs about {fmt_bytes(need)} of memory, but only "
             f"{fmt_bytes(avail)} is available; close other programs, use a machine with more "
             "memory, or subset the file")
+
+
+def check_unique_cells(names: pd.Index, path: Path) -> None:
+    """Raise :class:`DataError` when cell names repeat."""
+    if names.has_duplicates:
+        dup = names[names.duplicated()]
+        raise DataError(f"{path}: cell names must be unique, but {len(set(dup))} are repeated "
+                        f"(e.g. {dup[0]!r})")
