@@ -42,6 +42,8 @@ from .panels.models import ModelsPanel
 from .panels.perturb import PerturbPanel
 from .panels.results import ResultsPanel
 from .panels.train import TrainPanel
+from .paths import path_inside, safe_filename
+from .richtext import esc, plain
 from .workers import JobRunner
 
 log = logging.getLogger(__name__)
@@ -66,14 +68,14 @@ class RunBar(QWidget):
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.label = QLabel("Ready.")
+        self.label = plain(QLabel("Ready."))  # shows file and model names
         self.label.setMinimumWidth(260)
         self.bar = QProgressBar()
         self.bar.setRange(0, 1000)
         self.bar.setTextVisible(True)
         self.bar.setFormat("%p%")
         self.bar.setToolTip("Progress of the running job")
-        self.rate = QLabel("")
+        self.rate = plain(QLabel(""))
         self.rate.setMinimumWidth(230)
         self.rate.setToolTip("Speed and estimated time left")
         self.cancel = QPushButton("Cancel")
@@ -198,7 +200,7 @@ class MainWindow(QMainWindow):
         self.setCentralWidget(central)
         self.device_label = QLabel("Device: —")
         self.device_label.setToolTip("Where generation and training run")
-        self.model_label = QLabel("No model")
+        self.model_label = plain(QLabel("No model"))
         self.model_label.setToolTip("The model in use")
         self.statusBar().addPermanentWidget(self.model_label)
         self.statusBar().addPermanentWidget(self.device_label)
@@ -384,6 +386,7 @@ class MainWindow(QMainWindow):
         self.last_error = message
         box = QMessageBox(QMessageBox.Icon.Warning, title, message, QMessageBox.StandardButton.Ok,
                           self)
+        box.setTextFormat(Qt.TextFormat.PlainText)  # messages quote file, model and gene names
         box.setInformativeText(f"Details are in the log file: {cfg.log_path()}")
         if details:
             box.setDetailedText(details)
@@ -395,12 +398,13 @@ class MainWindow(QMainWindow):
 
     # -- foreground job + run bar ------------------------------------------------------------------
     def _start_fg(self, slot: str, text: str, fn, *, on_finished, on_cancelled=None,
-                  on_progress=None, on_failed=None) -> None:
+                  on_progress=None, on_failed=None) -> bool:
+        """Start the foreground job; False (and a message) when another one is running."""
         if self._fg_slot is not None and self.jobs.running(self._fg_slot):
             if self._fg_slot != slot or slot != "load":
                 self.show_error("Another job is still running. Wait for it or press Cancel.",
                                 title="Busy")
-                return
+                return False
         self._fg_slot = slot
         self._fg_t0 = time.perf_counter()
         self.run_bar.start(text)
@@ -429,6 +433,7 @@ class MainWindow(QMainWindow):
 
         self.jobs.start(slot, fn, name=text, on_progress=progress, on_finished=done_ok,
                         on_failed=failed, on_cancelled=cancelled)
+        return True
 
     def _fg_end(self, text: str) -> None:
         self._fg_slot = None
@@ -472,9 +477,10 @@ class MainWindow(QMainWindow):
     def load_dataset(self, path: str) -> None:
         path = str(path)
         if not Path(path).exists():
-            self.show_error(f"The file {path} does not exist (was it moved or deleted?).")
+            msg = f"The file {path} does not exist (was it moved or deleted?)."
+            self.data_page.set_load_error(path, msg)
+            self.show_error(msg)
             return
-        self.data_page.set_loading(path)
         self.nav.setCurrentRow(0)
 
         def fn(progress, cancel):
@@ -487,12 +493,12 @@ class MainWindow(QMainWindow):
             schema = engine.guess_schema(adata)
             return adata, summary, schema
 
-        self._start_fg("load", f"Loading {Path(path).name}…", fn,
-                       on_finished=lambda r: self._dataset_ready(path, r),
-                       on_failed=lambda _m: self.data_page.summary.setText(
-                           f"<span style='color:#b00020'>Could not open {html.escape(Path(path).name)}"
-                           "; see the message.</span>" if self.adata is None else
-                           self.data_page.summary.text()))
+        # a failed or cancelled load leaves the dataset loaded before in use, and says so
+        if self._start_fg("load", f"Loading {Path(path).name}…", fn,
+                          on_finished=lambda r: self._dataset_ready(path, r),
+                          on_failed=lambda m: self.data_page.set_load_error(path, m),
+                          on_cancelled=self.data_page.restore_summary):
+            self.data_page.set_loading(path)
 
     def _dataset_ready(self, path: str, result) -> None:
         adata, summary, schema = result
@@ -528,23 +534,36 @@ class MainWindow(QMainWindow):
     def refresh_models(self, select: str | None = None) -> None:
         def fn(progress, cancel):
             import engine
+            from engine import registry
 
-            return engine.list_models()
+            infos = engine.list_models()
+            broken = []
+            lister = getattr(registry, "broken_models", None)  # folders list_models skipped
+            if lister is not None:
+                try:
+                    broken = [(Path(p), str(why)) for p, why in lister()]
+                except Exception:  # noqa: BLE001 - the good models are still listed
+                    log.exception("could not list the broken model folders")
+            return infos, broken
 
-        def done(infos):
+        def done(result):
+            infos, broken = result
             last = select or (self.model_info.name if self.model_info else None) or \
                 cfg.get("last_model")
-            self.models_page.set_models(infos, select=last)
+            self.models_page.set_models(infos, select=last, broken=broken)
             self.models_listed.emit()
             if self.model is None and last and any(i.name == last for i in infos) and \
                     select is None:
                 self.use_model(next(i for i in infos if i.name == last))
 
-        self.jobs.start("models", fn, on_finished=done,
-                        on_failed=lambda m, d: self.show_error(m, d))
+        def failed(m, d):
+            self.models_page.set_message(f"Could not list the models: {m}", error=True)
+            self.show_error(m, d)
+
+        self.jobs.start("models", fn, on_finished=done, on_failed=failed)
 
     def use_model(self, info) -> None:
-        self.models_page.set_active(f"Loading <b>{html.escape(info.name)}</b>…")
+        self.models_page.set_active(f"Loading <b>{esc(info.name)}</b>…")
 
         def fn(progress, cancel):
             import engine
@@ -569,40 +588,65 @@ class MainWindow(QMainWindow):
             self.device_text = f"Device: {kind} — {dev['name']}"
             self.device_label.setText(self.device_text)
             self.models_page.set_device(self.device_text)
-            self.models_page.set_active(f"In use: <b>{html.escape(model.name)}</b> "
-                                        f"({len(model.genes):,} genes)")
-            self.model_label.setText(f"Model: {model.name}")
+            self.models_page.set_active(self._in_use_text())
+            self.model_label.setText(f"Model: {model.name}")  # plain-text label
             self.compose_page.set_model(model)
             self.perturb_page.set_context(self.adata, self.schema, model)
             self.model_loaded.emit()
 
-        self.jobs.start("model", fn, on_finished=done,
-                        on_failed=lambda m, d: (self.models_page.set_active("No model in use."),
-                                                self.show_error(m, d)))
+        def failed(m, d):
+            self.models_page.set_active(f"<span style='color:#b00020'>Could not load "
+                                        f"<b>{esc(info.name)}</b>: {esc(m)}</span><br>"
+                                        + self._in_use_text())
+            self.show_error(m, d)
+
+        self.jobs.start("model", fn, on_finished=done, on_failed=failed)
+
+    def _in_use_text(self) -> str:
+        if self.model is None:
+            return "No model in use."
+        return f"In use: <b>{esc(self.model.name)}</b> ({len(self.model.genes):,} genes)"
 
     def import_model_dialog(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Import model folder")
         if folder:
             self.import_model(folder)
 
-    def import_model(self, folder: str) -> None:
+    def import_model(self, folder: str, name: str | None = None) -> None:
+        """Copy a model folder into the user's models (the engine checks it and the name and
+        refuses links, odd files and unsafe names with a ModelError, shown here)."""
         def fn(progress, cancel):
             import engine
 
-            return engine.import_model(folder)
+            return engine.import_model(folder, name=name or None)
 
-        self.jobs.start("import", fn,
-                        on_finished=lambda info: (self.statusBar().showMessage(
-                            f"Imported model {info.name}", 8000), self.refresh_models(info.name)),
-                        on_failed=lambda m, d: self.show_error(m, d))
+        def done(info):
+            self.models_page.set_message(f"Imported {info.name} from {folder}.")
+            self.statusBar().showMessage(f"Imported model {info.name}", 8000)
+            self.refresh_models(info.name)
+
+        def failed(m, d):
+            self.models_page.set_message(f"Could not import {folder}: {m}", error=True)
+            self.show_error(m, d, title="Import failed")
+
+        self.models_page.set_message(f"Checking {folder}…")
+        self.jobs.start("import", fn, on_finished=done, on_failed=failed)
 
     # -- generation ------------------------------------------------------------------------------
     def _autosave_path(self, kind: str) -> Path | None:
+        """Where a finished experiment is saved automatically: a file in
+        ``<output folder>/perturb-studio`` whose name is built from the model's name made safe
+        (a name such as ``../x`` cannot move it elsewhere)."""
         if not self.act_autosave.isChecked():
             return None
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        name = self.model.name if self.model is not None else "model"
-        return cfg.output_dir() / "perturb-studio" / f"{stamp}_{name}_{kind}.h5ad"
+        name = safe_filename(self.model.name if self.model is not None else "model")
+        folder = cfg.output_dir() / "perturb-studio"
+        try:
+            return path_inside(folder, f"{stamp}_{name}_{safe_filename(kind)}.h5ad")
+        except ValueError as e:  # not reachable with a safe name; never write elsewhere
+            self.show_error(f"The result will not be saved automatically: {e}.")
+            return None
 
     def generate(self, req: dict) -> None:
         if self.model is None:
@@ -896,7 +940,7 @@ class MainWindow(QMainWindow):
                             title="Nothing to save")
             return None
         base = cfg.output_dir()
-        stem = f"{exp.model_name}_{exp.mode}"
+        stem = safe_filename(f"{exp.model_name}_{exp.mode}")
         if kind == "plot":
             name = self.results_page.current_plot_name()
             if path is None:
@@ -919,7 +963,7 @@ class MainWindow(QMainWindow):
                 self.show_error("The differential-expression table is not ready yet.")
                 return None
             if path is None:
-                label = "".join(c if c.isalnum() else "_" for c in self.results_page.de_label)
+                label = safe_filename(self.results_page.de_label, default="condition")
                 path, _ = QFileDialog.getSaveFileName(self, "Save DE table",
                                                       str(base / f"{stem}_DE_{label}.csv"),
                                                       "CSV table (*.csv)")

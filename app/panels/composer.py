@@ -24,6 +24,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from ..richtext import card_value, esc, plain, tip
 from .perturbations import PerturbationEditor
 
 NOT_SET = "(not specified)"
@@ -40,6 +41,7 @@ class ComposerPanel(QWidget):
         self.title = QLabel("<h2>Compose an experiment</h2>")
         self.subtitle = QLabel("Choose a model on the Models page first.")
         self.subtitle.setWordWrap(True)
+        self.subtitle.setTextFormat(Qt.TextFormat.RichText)  # the model name in it is escaped
 
         # -- the condition ------------------------------------------------------------------
         cond_box = QGroupBox("Condition")
@@ -116,7 +118,7 @@ class ComposerPanel(QWidget):
         self.generate_btn.setShortcut(QKeySequence("Ctrl+Return"))
         self.generate_btn.setMinimumHeight(36)
         self.generate_btn.setStyleSheet("QPushButton { font-weight: bold; }")
-        self.summary = QLabel()
+        self.summary = plain(QLabel())
         self.summary.setStyleSheet("color: #444;")
         gen_row = QHBoxLayout()
         gen_row.addWidget(self.summary, 1)
@@ -171,7 +173,7 @@ class ComposerPanel(QWidget):
         space = model.space
         self.space, self.model_name = space, model.name
         self._set_enabled(True)
-        self.subtitle.setText(f"Model <b>{model.name}</b>: choose what to generate. Everything "
+        self.subtitle.setText(f"Model <b>{esc(model.name)}</b>: choose what to generate. Everything "
                               "offered here was in the model's training data; anything else is "
                               "flagged before it runs.")
         if space.cell_types:
@@ -184,14 +186,15 @@ class ComposerPanel(QWidget):
             combo = QComboBox()
             combo.addItem(NOT_SET)
             combo.addItems(list(space.context_values.get(level, [])))
-            combo.setToolTip(f"{level.capitalize()} of the cells (context level)")
+            combo.setToolTip(tip(f"{level.capitalize()} of the cells (context level)"))
             combo.currentIndexChanged.connect(self._validate)
             self.context_combos[level] = combo
-            self.cond_form.insertRow(len(self.context_combos), level.capitalize(), combo)
+            self.cond_form.insertRow(len(self.context_combos), plain(QLabel(level.capitalize())),
+                                     combo)
             vals = space.context_values.get(level, [])
             if len(vals) == 1:
                 combo.setCurrentIndex(1)
-        unit = str((getattr(model, "card", {}) or {}).get("dose_unit", ""))
+        unit = str(card_value(model, "dose_unit"))
         self.perts.set_space(space, unit=unit)
         self.steps.setValue(int(getattr(model, "default_steps", 20) or 20))
         self.guidance.setValue(float(getattr(model, "default_guidance", 1.0) or 1.0))
@@ -233,15 +236,15 @@ class ComposerPanel(QWidget):
         cond = self.current_condition()
         problem = self._problem(cond) if rows_ok else "Fix the flagged perturbation first."
         if problem:
-            self.check.setText(f"<span style='color:#b00020'>✖ {problem}</span>")
+            self.check.setText(f"<span style='color:#b00020'>✖ {esc(problem)}</span>")
         elif cond.is_control:
             self.check.setText("<span style='color:#1b5e20'>✔ Control cells (no perturbation)."
                                "</span>")
         elif self.space.is_seen(cond):
-            self.check.setText(f"<span style='color:#1b5e20'>✔ {cond.label}: measured in the "
+            self.check.setText(f"<span style='color:#1b5e20'>✔ {esc(cond.label)}: measured in the "
                                "training data.</span>")
         else:
-            self.check.setText(f"<span style='color:#a15c00'>⚠ {cond.label}: never measured in "
+            self.check.setText(f"<span style='color:#a15c00'>⚠ {esc(cond.label)}: never measured in "
                                "the training data; the model predicts it by combining what it "
                                "learned (an extrapolation).</span>")
         ok = problem is None

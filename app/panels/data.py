@@ -24,6 +24,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from ..richtext import esc, plain, tip
+
 NONE = "(none)"
 
 ROLES = [
@@ -67,10 +69,19 @@ class DataPanel(QWidget):
         self.recent.itemActivated.connect(lambda it: self.open_path.emit(it.data(Qt.ItemDataRole.UserRole)))
 
         # summary
-        self.summary = QLabel("No dataset loaded.")
+        self.summary = QLabel("No dataset loaded.")  # rich text: names in it are escaped
         self.summary.setWordWrap(True)
         self.summary.setTextFormat(Qt.TextFormat.RichText)
         self.summary.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self._summary_html = "No dataset loaded."  # of the dataset in use, shown again after
+        #                                            a failed or cancelled load
+        # why the last file could not be opened (the engine's message, as plain text)
+        self.load_error = plain(QLabel())
+        self.load_error.setObjectName("load-error")
+        self.load_error.setWordWrap(True)
+        self.load_error.setStyleSheet("color: #b00020;")
+        self.load_error.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.load_error.hide()
         self.columns = QTableWidget(0, 4)
         self.columns.setHorizontalHeaderLabels(["column", "kind", "values", "most common values"])
         self.columns.horizontalHeader().setSectionResizeMode(3, QHeaderView.ResizeMode.Stretch)
@@ -86,9 +97,9 @@ class DataPanel(QWidget):
         form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
         self.role_combos: dict[str, QComboBox] = {}
         self.role_msgs: dict[str, QLabel] = {}
-        for key, label, tip in ROLES:
+        for key, label, help_text in ROLES:
             combo = QComboBox()
-            combo.setToolTip(tip)
+            combo.setToolTip(help_text)
             combo.currentIndexChanged.connect(self._changed)
             self.role_combos[key] = combo
             form.addRow(label, self._with_msg(key, combo))
@@ -111,6 +122,7 @@ class DataPanel(QWidget):
         form.addRow("Leave out", self._with_msg("drop_labels", self.drop))
         self.general = QLabel()
         self.general.setWordWrap(True)
+        self.general.setTextFormat(Qt.TextFormat.RichText)
         form.addRow(self.general)
 
         left = QWidget()
@@ -125,6 +137,7 @@ class DataPanel(QWidget):
         ll.addLayout(btns)
         ll.addWidget(QLabel("<b>Recent files</b>"))
         ll.addWidget(self.recent)
+        ll.addWidget(self.load_error)
         ll.addWidget(self.summary)
         ll.addWidget(self.columns, 1)
         split = QSplitter(Qt.Orientation.Horizontal)
@@ -149,8 +162,9 @@ class DataPanel(QWidget):
         v.setContentsMargins(0, 0, 0, 0)
         v.setSpacing(1)
         v.addWidget(widget)
-        msg = QLabel()
+        msg = QLabel()  # rich text: the messages in it are escaped
         msg.setWordWrap(True)
+        msg.setTextFormat(Qt.TextFormat.RichText)
         msg.hide()
         v.addWidget(msg)
         self.role_msgs[key] = msg
@@ -166,27 +180,43 @@ class DataPanel(QWidget):
         for f in files:
             item = QListWidgetItem(Path(f).name + "   —   " + str(Path(f).parent))
             item.setData(Qt.ItemDataRole.UserRole, f)
-            item.setToolTip(f)
+            item.setToolTip(tip(f))
             self.recent.addItem(item)
 
     # -- dataset --------------------------------------------------------------------------------
     def set_loading(self, path: str) -> None:
-        self.summary.setText(f"Loading <b>{Path(path).name}</b>…")
+        self.summary.setText(f"Loading <b>{esc(Path(path).name)}</b>…")
+
+    def restore_summary(self) -> None:
+        """Show the summary of the dataset in use again (after a cancelled load)."""
+        self.summary.setText(self._summary_html)
+
+    def set_load_error(self, path: str, message: str) -> None:
+        """A file could not be opened: say why, and what stays in use."""
+        kept = (f"\n{Path(self.path).name} (opened before) is still the dataset in use."
+                if self.adata is not None and self.path else "\nNo dataset is loaded.")
+        self.load_error.setText(f"Could not open {Path(path).name}: {message}{kept}")
+        self.load_error.show()
+        self.restore_summary()
 
     def set_dataset(self, adata, summary, schema, path: str) -> None:
         self.adata, self.path = adata, path
-        counts = (f"raw counts found in <code>{summary.counts_source}</code>"
+        self.load_error.hide()
+        self.load_error.setText("")
+        counts = (f"raw counts found in <code>{esc(summary.counts_source)}</code>"
                   if summary.counts_source else
-                  f"<span style='color:#b00020'>no raw counts: {summary.counts_problem}</span>")
-        self.summary.setText(f"<b>{Path(path).name}</b>: {summary.n_cells:,} cells × "
-                             f"{summary.n_genes:,} genes; {counts}; "
-                             f"{len(summary.columns)} annotation columns.")
+                  f"<span style='color:#b00020'>no raw counts: {esc(summary.counts_problem)}"
+                  "</span>")
+        self._summary_html = (f"<b>{esc(Path(path).name)}</b>: {summary.n_cells:,} cells × "
+                              f"{summary.n_genes:,} genes; {counts}; "
+                              f"{len(summary.columns)} annotation columns.")
+        self.summary.setText(self._summary_html)
         self.columns.setRowCount(len(summary.columns))
         for i, col in enumerate(summary.columns):
             top = ", ".join(f"{v} ({n:,})" for v, n in col.top[:6])
             for j, text in enumerate((col.name, col.kind, f"{col.n_unique:,}", top)):
                 item = QTableWidgetItem(text)
-                item.setToolTip(text)
+                item.setToolTip(tip(text))
                 self.columns.setItem(i, j, item)
         self.columns.resizeColumnsToContents()
         self.columns.horizontalHeader().setSectionResizeMode(3, QHeaderView.ResizeMode.Stretch)
@@ -208,7 +238,8 @@ class DataPanel(QWidget):
 
     def clear(self) -> None:
         self.adata, self.path = None, None
-        self.summary.setText("No dataset loaded.")
+        self._summary_html = "No dataset loaded."
+        self.summary.setText(self._summary_html)
         self.columns.setRowCount(0)
         self._set_form_enabled(False)
 
@@ -274,7 +305,7 @@ class DataPanel(QWidget):
             key = _issue_key(issue.field)
             colour = "#b00020" if issue.severity == "error" else "#a15c00"
             mark = "✖" if issue.severity == "error" else "⚠"
-            html = f"<span style='color:{colour}'>{mark} {issue.message}</span>"
+            html = f"<span style='color:{colour}'>{mark} {esc(issue.message)}</span>"
             if key in self.role_msgs:
                 lab = self.role_msgs[key]
                 lab.setText((lab.text() + "<br>" if lab.text() else "") + html)

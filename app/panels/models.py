@@ -1,10 +1,19 @@
-"""Models page: shipped and user models with their cards; import a model folder."""
+"""Models page: shipped and user models with their cards; import a model folder.
+
+Model folders that cannot be read are listed too, greyed out and not selectable, with the reason;
+they never hide the good ones. A card is model-controlled data: every value in it is escaped, and
+a card of unexpected shape shows what could be read plus the problem, never an exception.
+"""
 
 from __future__ import annotations
 
 import html
+import logging
+import os
+from pathlib import Path
 
 from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QBrush, QColor
 from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
@@ -17,6 +26,11 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from ..richtext import plain, tip
+
+log = logging.getLogger(__name__)
+BROKEN_ROLE = Qt.ItemDataRole.UserRole + 1  # (folder, reason) of a folder that cannot be read
+
 
 class ModelsPanel(QWidget):
     model_chosen = Signal(object)  # ModelInfo
@@ -26,6 +40,7 @@ class ModelsPanel(QWidget):
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.infos: list = []
+        self.broken: list[tuple[Path, str]] = []
         self.list = QListWidget()
         self.list.setToolTip("Models you can generate with. Shipped models come with the app; "
                              "your own appear after training or importing.")
@@ -49,8 +64,15 @@ class ModelsPanel(QWidget):
         self.refresh_btn.clicked.connect(self.refresh_requested)
         self.device = QLabel("Device: detected when a model is loaded")
         self.device.setToolTip("Where generation runs: a GPU (CUDA / Apple MPS) or the CPU")
-        self.active = QLabel("No model in use.")
+        self.active = QLabel("No model in use.")  # rich text: names in it are escaped
         self.active.setWordWrap(True)
+        self.active.setTextFormat(Qt.TextFormat.RichText)
+        # the outcome of the last import / listing, as plain text (it quotes folder names)
+        self.message = plain(QLabel())
+        self.message.setObjectName("models-message")
+        self.message.setWordWrap(True)
+        self.message.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.message.hide()
 
         left = QWidget()
         ll = QVBoxLayout(left)
@@ -61,6 +83,7 @@ class ModelsPanel(QWidget):
         b.addWidget(self.import_btn)
         b.addWidget(self.refresh_btn)
         ll.addLayout(b)
+        ll.addWidget(self.message)
         ll.addWidget(self.device)
         right = QWidget()
         rl = QVBoxLayout(right)
@@ -79,25 +102,61 @@ class ModelsPanel(QWidget):
         lay.setContentsMargins(6, 6, 6, 6)
         lay.addWidget(split)
 
-    def set_models(self, infos: list, *, select: str | None = None) -> None:
+    def set_models(self, infos: list, *, select: str | None = None,
+                   broken: list[tuple[Path, str]] | None = None) -> None:
+        """List the good models (rows 0 … len(infos)-1, so a row is an index into ``infos``),
+        then each unreadable folder of ``broken`` greyed out, with its reason."""
         current = select or (self.current().name if self.current() else None)
         self.infos = list(infos)
-        self.list.clear()
+        self.broken = [(Path(p), str(why)) for p, why in (broken or [])]
+        with _blocked(self.list):
+            self.list.clear()
         row_to_select = 0
         for i, info in enumerate(self.infos):
             badge = "shipped" if info.source == "shipped" else "yours"
-            item = QListWidgetItem(f"{info.name}\n   {badge} · {info.n_genes:,} genes")
-            item.setData(Qt.ItemDataRole.UserRole, info.name)
-            item.setToolTip(str(info.path))
+            try:
+                n_genes = f"{int(info.n_genes):,} genes"
+            except (TypeError, ValueError):
+                n_genes = "? genes"
+            item = QListWidgetItem(f"{info.name}\n   {badge} · {n_genes}")
+            item.setData(Qt.ItemDataRole.UserRole, str(info.name))
+            item.setToolTip(tip(info.path))
             self.list.addItem(item)
-            if info.name == current:
+            if str(info.name) == str(current):
                 row_to_select = i
+        for folder, why in self.broken:
+            # the row names the folder already: say the rest (the tooltip has it all)
+            short = why.replace(f"{folder}{os.sep}", "").replace(str(folder), "this folder")
+            short = short if len(short) <= 90 else short[:89] + "…"
+            item = QListWidgetItem(f"⚠ {folder.name}\n   cannot be used: {short}")
+            item.setData(BROKEN_ROLE, (str(folder), why))
+            # shown, readable, hoverable, but never selected or used
+            item.setFlags(Qt.ItemFlag.ItemIsEnabled)
+            item.setForeground(QBrush(QColor(128, 128, 128)))
+            item.setToolTip(tip(f"{folder}\n{why}"))
+            self.list.addItem(item)
         if self.infos:
+            before = self.list.currentRow()
             self.list.setCurrentRow(row_to_select)
+            if before == row_to_select:  # no currentRowChanged: show the card here
+                self._show_card(row_to_select)
         else:
             self.card.setHtml("<p>No models found. Import a model folder or train one on the "
-                              "<b>Train</b> page.</p>")
-        self.use_btn.setEnabled(bool(self.infos))
+                              "<b>Train</b> page.</p>" + self._broken_html())
+        self.use_btn.setEnabled(self.current() is not None)
+
+    def _broken_html(self) -> str:
+        if not self.broken:
+            return ""
+        return ("<h3>Model folders that cannot be used</h3><ul>" + "".join(
+            f"<li><b>{_e(p.name)}</b> ({_e(p)}): {_e(why)}</li>" for p, why in self.broken)
+            + "</ul><p>Fix or remove these folders, then press Refresh.</p>")
+
+    def set_message(self, text: str, *, error: bool = False) -> None:
+        """Say how the last import or listing went (plain text; empty hides it)."""
+        self.message.setText(text)
+        self.message.setStyleSheet("color: #b00020;" if error else "color: #1b5e20;")
+        self.message.setVisible(bool(text))
 
     def current(self):
         row = self.list.currentRow()
@@ -115,10 +174,19 @@ class ModelsPanel(QWidget):
         if info is not None:
             self.model_chosen.emit(info)
 
-    def _show_card(self, _row: int) -> None:
+    def _show_card(self, row: int) -> None:
         info = self.current()
+        self.use_btn.setEnabled(info is not None)
         if info is not None:
-            self.card.setHtml(card_html(info))
+            self.card.setHtml(safe_card_html(info))
+            return
+        item = self.list.item(row) if row >= 0 else None
+        bad = item.data(BROKEN_ROLE) if item is not None else None
+        if bad:
+            folder, why = bad
+            self.card.setHtml(f"<h2>{_e(Path(folder).name)}</h2><p style='color:#b00020'>"
+                              f"This model folder cannot be used: {_e(why)}</p>"
+                              f"<p style='color:#666'>Folder: {_e(folder)}</p>")
 
     def set_active(self, text: str) -> None:
         self.active.setText(text)
@@ -127,8 +195,34 @@ class ModelsPanel(QWidget):
         self.device.setText(text)
 
 
+class _blocked:
+    """Block a widget's signals for a ``with`` block."""
+
+    def __init__(self, w) -> None:
+        self.w = w
+
+    def __enter__(self):
+        self.old = self.w.blockSignals(True)
+
+    def __exit__(self, *_exc) -> None:
+        self.w.blockSignals(self.old)
+
+
 def _e(x) -> str:
     return html.escape(str(x))
+
+
+def safe_card_html(info) -> str:
+    """:func:`card_html`, or, for a card of unexpected shape, the model's name and folder with
+    the problem (a broken card never breaks the page)."""
+    try:
+        return card_html(info)
+    except Exception as e:  # noqa: BLE001 - the card is data from a model folder
+        log.warning("card of %s cannot be shown: %r", getattr(info, "path", "?"), e)
+        return (f"<h2>{_e(getattr(info, 'name', '?'))}</h2><p style='color:#b00020'>The card "
+                f"of this model (card.json) cannot be shown: {_e(type(e).__name__)}: {_e(e)}. "
+                "The model may still work.</p>"
+                f"<p style='color:#666'>Folder: {_e(getattr(info, 'path', ''))}</p>")
 
 
 def _list(values, limit: int = 12) -> str:
@@ -139,13 +233,17 @@ def _list(values, limit: int = 12) -> str:
 
 def card_html(info) -> str:
     """A model card a biologist can read: what it conditions on, data, metrics, licence."""
-    card, space = dict(info.card or {}), info.space
+    raw, space = info.card, info.space
+    card = dict(raw) if isinstance(raw, dict) else {}
     title = card.get("title") or info.name
     out = [f"<h2>{_e(title)}</h2>"]
+    if raw and not isinstance(raw, dict):
+        out.append(f"<p style='color:#b00020'>card.json holds a {_e(type(raw).__name__)}, not "
+                   "an object with the model's description: the card cannot be shown.</p>")
     if card.get("description"):
         out.append(f"<p>{_e(card['description'])}</p>")
     out.append(f"<p><i>{'Shipped with the app' if info.source == 'shipped' else 'Your model'}"
-               f"</i> · {info.n_genes:,} genes"
+               f"</i> · {_count(info.n_genes)} genes"
                + (f" · backbone {_e(info.backbone)}" if info.backbone else "") + "</p>")
     out.append("<h3>What it conditions on</h3><table cellpadding='3'>")
     rows = [("Cell types", _list(space.cell_types) if space.cell_types else "none (one cell "
@@ -192,7 +290,8 @@ def card_html(info) -> str:
         out.append(_metrics_html(metrics))
     if card.get("verdicts"):
         out.append("<h3>Against the baselines</h3><ul>")
-        for v in card["verdicts"]:
+        verdicts = card["verdicts"]
+        for v in (verdicts if isinstance(verdicts, list) else [verdicts]):
             colour = ("#a15c00" if "NOT" in str(v) else
                       "#555" if "not a baseline" in str(v) else "#1b5e20")
             out.append(f"<li style='color:{colour}'>{_e(v)}</li>")
@@ -219,12 +318,20 @@ def card_html(info) -> str:
     return "\n".join(out)
 
 
+def _count(n) -> str:
+    try:
+        return f"{int(n):,}"
+    except (TypeError, ValueError, OverflowError):
+        return _e(n)
+
+
 def _metrics_html(metrics) -> str:
     """Metrics as a table: list of row dicts, dict of dicts, or a flat dict."""
     def fmt(v):
         return f"{v:.3f}" if isinstance(v, float) else _e(v)
 
     if isinstance(metrics, list) and metrics and isinstance(metrics[0], dict):
+        metrics = [r for r in metrics if isinstance(r, dict)]
         cols = list(dict.fromkeys(k for r in metrics for k, v in r.items()
                                   if not isinstance(v, dict | list)))
         head = "".join(f"<th>{_e(c)}</th>" for c in cols)

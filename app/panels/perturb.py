@@ -16,6 +16,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from ..richtext import card_value, esc
 from .perturbations import PerturbationEditor
 
 
@@ -26,10 +27,13 @@ class PerturbPanel(QWidget):
         super().__init__(parent)
         self.adata = self.schema = self.model = None
         self.busy = False
+        # rich text: every name from the dataset or the model in these is escaped
         self.status = QLabel()
         self.status.setWordWrap(True)
+        self.status.setTextFormat(Qt.TextFormat.RichText)
         self.mapping = QLabel()
         self.mapping.setWordWrap(True)
+        self.mapping.setTextFormat(Qt.TextFormat.RichText)
         self.mapping.setToolTip("Genes are matched by symbol; model genes missing from your "
                                 "data are treated as not expressed")
         self.cell_type = QComboBox()
@@ -51,6 +55,7 @@ class PerturbPanel(QWidget):
         self.n_cells.valueChanged.connect(self._validate)
         self.check = QLabel()
         self.check.setWordWrap(True)
+        self.check.setTextFormat(Qt.TextFormat.RichText)
         self.run_btn = QPushButton("Perturb my cells")
         self.run_btn.setToolTip("Generate the perturbed counterpart of every chosen control cell")
         self.run_btn.setMinimumHeight(36)
@@ -94,7 +99,7 @@ class PerturbPanel(QWidget):
         self.adata, self.schema, self.model = adata, schema, model
         if changed_model:
             self.perts.set_space(model.space if model is not None else None,
-                                 unit=str((getattr(model, "card", {}) or {}).get("dose_unit", "")))
+                                 unit=str(card_value(model, "dose_unit")))
             if model is not None:
                 self.steps.setValue(int(getattr(model, "default_steps", 20) or 20))
         self.refresh()
@@ -148,17 +153,18 @@ class PerturbPanel(QWidget):
             gm = self.model.gene_mapping(self.adata)
             colour = "#1b5e20" if gm.fraction_found >= 0.9 else (
                 "#a15c00" if gm.fraction_found >= 0.5 else "#b00020")
-            extra = (f"<br>missing e.g. {', '.join(gm.missing[:8])}" if gm.missing else "")
+            extra = (f"<br>missing e.g. {esc(', '.join(map(str, gm.missing[:8])))}"
+                     if gm.missing else "")
             self.mapping.setText(f"<span style='color:{colour}'>{len(gm.found):,} of "
                                  f"{gm.n_model:,} model genes found; <b>{len(gm.missing):,} "
                                  f"missing</b>; {gm.n_extra:,} of your genes not used by the "
                                  f"model</span>{extra}")
         except Exception as e:  # noqa: BLE001
-            self.mapping.setText(f"<span style='color:#b00020'>{e}</span>")
+            self.mapping.setText(f"<span style='color:#b00020'>{esc(e)}</span>")
+        label = self.schema.control_label if self.schema else "control"
         self.status.setText(f"Dataset: {int(mask.sum()):,} control cells of "
-                            f"{self.adata.n_obs:,} (control label "
-                            f"'{self.schema.control_label if self.schema else 'control'}'). "
-                            f"Model: <b>{self.model.name}</b>.")
+                            f"{self.adata.n_obs:,} (control label '{esc(label)}'). "
+                            f"Model: <b>{esc(self.model.name)}</b>.")
         self._validate()
 
     def _set_enabled(self, on: bool) -> None:
@@ -191,9 +197,10 @@ class PerturbPanel(QWidget):
             problem = "Choose a perturbation to apply."
         if problem is None and self._selected_mask().sum() == 0:
             problem = "There are no control cells of this cell type in the dataset."
-        self.check.setText(f"<span style='color:#b00020'>✖ {problem}</span>" if problem else
-                           f"<span style='color:#1b5e20'>✔ {int(min(self._selected_mask().sum(), self.n_cells.value())):,} "
-                           f"cells will be perturbed with {cond.label}.</span>")
+        n = 0 if problem else int(min(self._selected_mask().sum(), self.n_cells.value()))
+        self.check.setText(f"<span style='color:#b00020'>✖ {esc(problem)}</span>" if problem else
+                           f"<span style='color:#1b5e20'>✔ {n:,} cells will be perturbed with "
+                           f"{esc(cond.label)}.</span>")
         self.run_btn.setEnabled(problem is None and not self.busy)
         return problem is None
 

@@ -21,6 +21,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from ..richtext import plain, tip
+
 TYPE_HELP = {
     "knockout": "gene knocked out (CRISPR-Cas9 cut)",
     "ko": "gene knocked out (CRISPR-Cas9 cut)",
@@ -44,7 +46,7 @@ class DoseEditor(QWidget):
         self.lo, self.hi = lo, hi
         self.slider = QSlider(Qt.Orientation.Horizontal)
         self.slider.setRange(0, _SLIDER_STEPS)
-        self.slider.setToolTip(f"Dose on a log scale from {lo:g} to {hi:g} {unit}".rstrip())
+        self.slider.setToolTip(tip(f"Dose on a log scale from {lo:g} to {hi:g} {unit}".rstrip()))
         self.spin = QDoubleSpinBox()
         self.spin.setDecimals(4)
         self.spin.setRange(0.0, hi * 100)
@@ -118,7 +120,7 @@ class PerturbationRow(QWidget):
         self.remove.setText("✕")
         self.remove.setToolTip("Remove this perturbation")
         self.remove.clicked.connect(lambda: self.remove_requested.emit(self))
-        self.status = QLabel()
+        self.status = plain(QLabel())  # quotes the target typed
         self.status.setStyleSheet("color: #b00020;")
         self.status.setWordWrap(True)
         top = QHBoxLayout()
@@ -145,7 +147,7 @@ class PerturbationRow(QWidget):
             self.type.clear()
             for t in types:
                 self.type.addItem(t)
-                self.type.setItemData(self.type.count() - 1, TYPE_HELP.get(t.lower(), t),
+                self.type.setItemData(self.type.count() - 1, tip(TYPE_HELP.get(t.lower(), t)),
                                       Qt.ItemDataRole.ToolTipRole)
             if current in types:
                 self.type.setCurrentText(current)
@@ -194,7 +196,7 @@ class PerturbationEditor(QWidget):
         self.add_button = QPushButton("＋ Add perturbation")
         self.add_button.setToolTip("Add another gene or drug to combine with the ones above")
         self.add_button.clicked.connect(lambda: self.add_row())
-        self.note = QLabel()
+        self.note = plain(QLabel())  # names the model's perturbation types
         self.note.setWordWrap(True)
         self.note.setStyleSheet("color: #555;")
         lay = QVBoxLayout(self)

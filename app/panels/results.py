@@ -30,6 +30,7 @@ from PySide6.QtWidgets import (
 from ..plots.embedding import EmbeddingPlot
 from ..plots.heatmap import HeatmapPlot
 from ..plots.volcano import VolcanoPlot
+from ..richtext import esc, plain
 
 DE_COLUMNS = [("gene", "gene"), ("log2fc", "log2 fold change"), ("mean_a", "mean (generated)"),
               ("mean_b", "mean (control)"), ("pval", "p-value"), ("padj", "adjusted p")]
@@ -141,6 +142,7 @@ class ResultsPanel(QWidget):
         super().__init__(parent)
         self.header = QLabel("No results yet. Compose an experiment and press <b>Generate</b>.")
         self.header.setWordWrap(True)
+        self.header.setTextFormat(Qt.TextFormat.RichText)  # names in it are escaped
         self.export_h5ad = QPushButton("Save cells (h5ad)…")
         self.export_h5ad.setToolTip("Save the generated cells with provenance as .h5ad (Ctrl+S)")
         self.export_csv = QPushButton("Save counts (CSV)…")
@@ -161,7 +163,7 @@ class ResultsPanel(QWidget):
         self.heatmap = HeatmapPlot()
         self.heatmap.setToolTip("Mean change of each gene against the matching control "
                                 "(red = up, blue = down)")
-        self.heat_note = QLabel()
+        self.heat_note = plain(QLabel())
         self.heat_note.setWordWrap(True)
         heat = QWidget()
         hl = QVBoxLayout(heat)
@@ -188,9 +190,10 @@ class ResultsPanel(QWidget):
         self.gene.setCompleter(comp)
         self.gene.returnPressed.connect(self._gene_entered)
         comp.activated.connect(lambda _t: self._gene_entered())
-        self.gene_msg = QLabel()
+        self.gene_msg = plain(QLabel())  # quotes the gene typed
         self.gene_msg.setStyleSheet("color:#b00020")
-        self.umap_status = QLabel("The UMAP is computed in the background after generation.")
+        self.umap_status = plain(QLabel("The UMAP is computed in the background after "
+                                        "generation."))  # quotes the data file's name
         self.umap_status.setWordWrap(True)
         ur = QHBoxLayout()
         ur.addWidget(QLabel("Colour by"))
@@ -233,7 +236,7 @@ class ResultsPanel(QWidget):
         self.volcano.setToolTip("Each dot is a gene: right = higher in generated cells, up = "
                                 "more significant. Click a dot to find it in the table.")
         self.volcano.gene_clicked.connect(self.select_gene)
-        self.de_note = QLabel()
+        self.de_note = plain(QLabel())  # quotes condition labels
         self.de_note.setWordWrap(True)
         dr = QHBoxLayout()
         dr.addWidget(QLabel("Compare"))
@@ -286,9 +289,9 @@ class ResultsPanel(QWidget):
             self.de_model.set_frame(None)
             self.compare.blockSignals(False)
             return
-        saved = f"<br><span style='color:#555'>Saved to {exp.saved_to}</span>" \
+        saved = f"<br><span style='color:#555'>Saved to {esc(exp.saved_to)}</span>" \
             if exp.saved_to else ""
-        self.header.setText(f"<b>{exp.describe()}</b>{saved}")
+        self.header.setText(f"<b>{esc(exp.describe())}</b>{saved}")
         self.compare.addItems(exp.labels)
         self.compare.blockSignals(False)
         self.heat_note.setText("Computing the genes that change most…")

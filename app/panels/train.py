@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from PySide6.QtCore import Signal
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
     QComboBox,
     QFormLayout,
@@ -19,6 +19,7 @@ from PySide6.QtWidgets import (
 )
 
 from ..plots.loss import LossPlot
+from ..richtext import esc, plain
 
 PRESETS = {
     "Quick look (a few minutes on a laptop)": dict(ae_max_steps=1000, flow_steps=600),
@@ -35,13 +36,14 @@ class TrainPanel(QWidget):
         self.adata = self.schema = None
         self.schema_ok = False
         self.busy = False
-        self.status = QLabel()
+        self.status = QLabel()  # rich text; column names in it are escaped
         self.status.setWordWrap(True)
+        self.status.setTextFormat(Qt.TextFormat.RichText)
         self.name = QLineEdit()
         self.name.setPlaceholderText("my-model")
         self.name.setToolTip("Name of the new model (letters, digits, - and _)")
         self.name.textChanged.connect(self._validate)
-        self.name_msg = QLabel()
+        self.name_msg = plain(QLabel())
         self.name_msg.setStyleSheet("color:#b00020")
         self.backbone = QComboBox()
         self.backbone.addItem("mlp", "mlp")
@@ -60,7 +62,7 @@ class TrainPanel(QWidget):
         self.train_btn.setMinimumHeight(36)
         self.train_btn.setStyleSheet("QPushButton { font-weight: bold; }")
         self.train_btn.clicked.connect(self._train)
-        self.phase = QLabel("Loss curves appear here while training runs.")
+        self.phase = plain(QLabel("Loss curves appear here while training runs."))
         self.loss = LossPlot()
         self.loss.setToolTip("Training loss (log scale): it should fall and level off")
         self.loss.setMinimumHeight(260)
@@ -103,7 +105,7 @@ class TrainPanel(QWidget):
             roles = ", ".join(f"{k.replace('_key', '').replace('_', ' ')} = {v}"
                               for k, v in schema.roles().items())
             self.status.setText(f"Training on {adata.n_obs:,} cells × {adata.n_vars:,} genes "
-                                f"with {roles or 'no condition columns'}.")
+                                f"with {esc(roles) if roles else 'no condition columns'}.")
             if not self.name.text() and path:
                 stem = re.sub(r"[^A-Za-z0-9_-]+", "-", path.rsplit("/", 1)[-1].split(".")[0])
                 self.name.setText(stem.strip("-")[:40] or "my-model")

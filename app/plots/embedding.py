@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import html
+
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import Signal
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 
 from .common import GREY, category_color, export_scene, sequential_cmap
@@ -58,6 +60,7 @@ class EmbeddingPlot(QWidget):
                              for x in np.linspace(0, 1, _N_LEVELS)]
         self.coords = np.zeros((0, 2), dtype=np.float32)
         self.info = QLabel("Hover over a cell to see what it is.")
+        self.info.setTextFormat(Qt.TextFormat.PlainText)  # condition and cell-type names
         self.info.setStyleSheet("color: #444;")
         self.info.setWordWrap(True)
         self.describe = None  # callable(index) -> str
@@ -100,11 +103,11 @@ class EmbeddingPlot(QWidget):
         for c in cats[:25]:
             item = pg.ScatterPlotItem(size=9, pen=None, brush=brushes[lut[c]])
             self._legend_items.append(item)
-            self.legend.addItem(item, _short(c))
+            self.legend.addItem(item, html.escape(_short(c)))  # legend labels are HTML
         if len(cats) > 25:
             self.legend.addItem(pg.ScatterPlotItem(size=0), f"… and {len(cats) - 25} more")
         self.legend.show()
-        self.plot.setTitle(title, color="k", size="11pt")
+        self.plot.setTitle(html.escape(title), color="k", size="11pt")
 
     def color_by_value(self, values: np.ndarray, *, title: str = "") -> None:
         v = np.nan_to_num(np.asarray(values, dtype=np.float32))
@@ -119,7 +122,7 @@ class EmbeddingPlot(QWidget):
         self.legend.hide()
         self.colorbar.setLevels((0.0, hi))
         self.colorbar.show()
-        self.plot.setTitle(title, color="k", size="11pt")
+        self.plot.setTitle(html.escape(title), color="k", size="11pt")
 
     def _draw(self, brushes, *, order=None, draw_grey_first=None, grey_idx=None) -> None:
         n = len(self.coords)

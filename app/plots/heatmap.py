@@ -9,9 +9,11 @@ Usable on its own (the self-test uses it headless)::
 
 from __future__ import annotations
 
+import html
+
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import Signal
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 
 from .common import diverging_cmap, export_scene
@@ -51,6 +53,7 @@ class HeatmapPlot(QWidget):
             self.plot.getAxis(name).setStyle(tickLength=0, tickFont=font, autoExpandTextSpace=True,
                                              hideOverlappingLabels=False)
         self.readout = QLabel("Hover over a cell of the heatmap to see its value.")
+        self.readout.setTextFormat(Qt.TextFormat.PlainText)  # gene and condition names
         self.readout.setStyleSheet("color: #444;")
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
@@ -79,7 +82,7 @@ class HeatmapPlot(QWidget):
         self.plot.setRange(xRange=(0, max(len(cols), 1)), yRange=(0, max(len(rows), 1)),
                            padding=0)
         if title is not None:
-            self.plot.setTitle(title, color="k", size="11pt")
+            self.plot.setTitle(html.escape(str(title)), color="k", size="11pt")
         # give long gene names room
         longest = max((len(r) for r in rows), default=4)
         self.plot.getAxis("left").setWidth(int(12 + 7 * min(longest, 24)))

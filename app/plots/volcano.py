@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Signal
@@ -94,7 +96,7 @@ class VolcanoPlot(QWidget):
             else:
                 t.setText("")
         self.highlight.setData([], [])
-        self.plot.setTitle(title + ("  (▲ p below 1e-300)" if capped.any() else ""),
+        self.plot.setTitle(html.escape(str(title)) + ("  (▲ p below 1e-300)" if capped.any() else ""),
                            color="k", size="11pt")
         self.plot.enableAutoRange()
 
