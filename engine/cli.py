@@ -1,13 +1,22 @@
 """``perturb-studio`` command line: train, generate, evaluate, models, bench.
 
-Errors a user can fix print one ``error: ...`` line and exit with status 2; Ctrl-C exits with
-130 and leaves no partial output (every file is written atomically).
+Errors a user can fix print one ``error: ...`` line and exit with status 2 (a malformed option:
+argparse's usage and one ``error:`` line, also status 2); Ctrl-C exits with 130 and leaves no
+partial output (every file is written atomically). Anything else is a bug: one
+``error: internal error (...)`` line and status 1 (``PERTURB_STUDIO_DEBUG=1`` shows the
+traceback). Every option is checked before a model is loaded or a file is read.
+
+Importing this module is cheap (no torch, numpy or anndata): ``app.__main__`` imports
+:data:`COMMANDS` from it.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -16,15 +25,72 @@ from . import __version__
 from .errors import PerturbStudioError
 
 COMMANDS = ("train", "generate", "evaluate", "models", "bench")
+#: Seeds go to ``np.random.seed`` (training), which takes 0 .. 2**32 - 1, and to torch generators.
+SEED_MAX = 2**32 - 1
+#: The sampling limits the model enforces (engine.model._check_sampling).
+STEPS_MAX = 1000
+GUIDANCE_MAX = 20.0
+#: Output files ``generate -o`` writes, by suffix (engine.export.write_h5ad / write_csv).
+OUTPUT_SUFFIXES = (".h5ad", ".csv", ".csv.gz", ".tsv", ".tsv.gz")
+
+
+def _int_arg(lo: int, hi: int | None = None, *, extra: str = ""):
+    """An argparse type: a whole number in lo..hi, else a message that says the range."""
+    span = f"from {lo:,} to {hi:,}" if hi is not None else f">= {lo:,}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(str(text).strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a whole number {span}{extra}, got "
+                                             f"{_short(text)}") from None
+        if value < lo or (hi is not None and value > hi):
+            raise argparse.ArgumentTypeError(f"must be {span}{extra}, got {_short(text)}")
+        return value
+
+    parse.__name__ = "whole number"
+    return parse
+
+
+def _float_arg(lo: float, hi: float):
+    def parse(text: str) -> float:
+        try:
+            value = float(str(text).strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number from {lo:g} to {hi:g}, got "
+                                             f"{_short(text)}") from None
+        if not math.isfinite(value) or not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"must be a finite number from {lo:g} to {hi:g}, "
+                                             f"got {_short(text)}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+def _short(text, limit: int = 60) -> str:
+    s = repr(str(text))
+    return s if len(s) <= limit else s[:limit] + "...'"
 
 
 def _kv_list(text: str) -> dict[str, str]:
-    out = {}
-    for item in filter(None, (s.strip() for s in text.split(","))):
+    """``KEY=VALUE[,KEY=VALUE]`` (``--from-key``, ``--exclude``) -> dict, refusing an item
+    without ``=``, an empty key or value, a key given twice, and an empty list."""
+    out: dict[str, str] = {}
+    for item in filter(None, (s.strip() for s in str(text).split(","))):
         if "=" not in item:
-            raise argparse.ArgumentTypeError(f"{item!r} must look like KEY=VALUE")
-        k, v = item.split("=", 1)
-        out[k.strip()] = v.strip()
+            raise argparse.ArgumentTypeError(f"{_short(item)} must look like KEY=VALUE (an obs "
+                                             "column, =, a value)")
+        k, v = (x.strip() for x in item.split("=", 1))
+        if not k or not v:
+            raise argparse.ArgumentTypeError(f"{_short(item)} has an empty "
+                                             f"{'column name' if not k else 'value'}; write "
+                                             "KEY=VALUE")
+        if k in out:
+            raise argparse.ArgumentTypeError(f"column {_short(k)} is given twice")
+        out[k] = v
+    if not out:
+        raise argparse.ArgumentTypeError("give at least one KEY=VALUE pair")
     return out
 
 
@@ -96,22 +162,38 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _condition_from_args(args):
+def _condition_from_args(args, model=None):
+    """The condition options as a Condition (syntax only without ``model``; with it, the
+    model's control label also means "no perturbation")."""
     from .conditions.spec import Condition
 
     return Condition.parse(args.cell_type, args.perturbation, args.perturbation_type, args.dose,
-                           args.context)
+                           args.context,
+                           control_label=None if model is None else model.space.control_label)
+
+
+def _output_path(text: str) -> Path:
+    """Check ``generate -o`` before any work: a suffix a writer supports."""
+    out = Path(text)
+    name = out.name.lower()
+    if not any(name.endswith(s) and len(name) > len(s) for s in OUTPUT_SUFFIXES):
+        hint = "; for tab-separated text use .tsv" if name.endswith((".txt", ".txt.gz")) else ""
+        raise PerturbStudioError(f"output file must end in {', '.join(OUTPUT_SUFFIXES)}, got "
+                                 f"{_short(out.name)}{hint}")
+    return out
 
 
 def cmd_generate(args) -> int:
     from .export import write_csv, write_h5ad
     from .model import PerturbModel
 
-    out = Path(args.output)
-    if out.suffix.lower() not in (".h5ad", ".csv"):
-        raise PerturbStudioError(f"output file must end in .h5ad or .csv, got {out.name!r}")
+    out = _output_path(args.output)
+    _condition_from_args(args)                   # refuse a malformed condition before loading
+    if args.from_key and not args.from_cells:
+        raise PerturbStudioError("--from-key selects cells of --from-cells; give --from-cells "
+                                 "DATA too")
     model = PerturbModel.load(args.model, device=args.device)
-    cond = _condition_from_args(args)
+    cond = _condition_from_args(args, model)
     bar = _Bar(args.quiet)
     t0 = time.perf_counter()
     try:
@@ -125,8 +207,7 @@ def cmd_generate(args) -> int:
     finally:
         bar.close()
     dt = time.perf_counter() - t0
-    out.parent.mkdir(parents=True, exist_ok=True)
-    (write_h5ad if out.suffix.lower() == ".h5ad" else write_csv)(adata, out)
+    (write_h5ad if out.name.lower().endswith(".h5ad") else write_csv)(adata, out)
     seen = "" if model.space.is_seen(cond) else \
         " (this exact condition was not in training: a prediction by composition)"
     print(f"{adata.n_obs} cells of {cond.label}{seen} in {dt:.1f} s "
@@ -139,7 +220,7 @@ def _read_cells(path, key_value):
 
     cells = read_dataset(path)
     if key_value:
-        for k, v in _kv_list(key_value).items():
+        for k, v in key_value.items():
             if k not in cells.obs:
                 raise PerturbStudioError(f"--from-key: {path} has no obs column {k!r}; columns "
                                          f"are: {', '.join(map(str, cells.obs.columns))}")
@@ -256,7 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--backbone", choices=("mlp", "transformer"), default="mlp")
     t.add_argument("--objective", choices=("rectified_flow", "ddpm"))
     t.add_argument("--name", help="model name (default: the folder name)")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=_int_arg(0, SEED_MAX), default=0,
+                   help=f"random seed, 0 to {SEED_MAX}")
     t.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=cmd_train)
@@ -268,17 +350,23 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--perturbation-type", help="e.g. CRISPRa, CRISPRi, knockout")
         sp.add_argument("--dose", help="dose (1+0.5 for a combination)")
         sp.add_argument("--context", help="level=value,... e.g. organism=human,tissue=blood")
-        sp.add_argument("--seed", type=int, default=0)
-        sp.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
-        sp.add_argument("--guidance", type=float, help="classifier-free guidance scale")
+        sp.add_argument("--seed", type=_int_arg(0, SEED_MAX), default=0,
+                        help=f"random seed, 0 to {SEED_MAX}")
+        sp.add_argument("--steps", type=_int_arg(1, STEPS_MAX),
+                        help=f"sampling steps, 1 to {STEPS_MAX} (default: the model's)")
+        sp.add_argument("--guidance", type=_float_arg(0.0, GUIDANCE_MAX),
+                        help=f"classifier-free guidance scale, 0 to {GUIDANCE_MAX:g} "
+                             "(default: the model's)")
         sp.add_argument("--device", default="auto")
 
     g = sub.add_parser("generate", help="generate cells for a condition")
     condition(g)
-    g.add_argument("-n", type=int, default=1000, help="number of cells (de novo mode)")
+    g.add_argument("-n", type=_int_arg(1), default=1000, help="number of cells (de novo mode)")
     g.add_argument("--from-cells", metavar="DATA", help="perturb these cells instead (mode 2)")
-    g.add_argument("--from-key", metavar="KEY=VALUE", help="use only these cells of --from-cells")
-    g.add_argument("-o", "--output", required=True, help="OUT.h5ad or OUT.csv")
+    g.add_argument("--from-key", metavar="KEY=VALUE[,KEY=VALUE]", type=_kv_list,
+                   help="use only the cells of --from-cells matching all pairs")
+    g.add_argument("-o", "--output", required=True,
+                   help="OUT.h5ad, OUT.csv or OUT.tsv (.csv.gz / .tsv.gz compress)")
     g.add_argument("--quiet", action="store_true")
     g.set_defaults(func=cmd_generate)
 
@@ -296,9 +384,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="generation speed (cells/s) and peak memory")
     b.add_argument("--model", default="kang-ifnb-pbmc")
-    b.add_argument("-n", type=int, default=20000, help="cells for the speed run")
-    b.add_argument("--big-n", type=int, default=100000, help="cells for the memory run (0: skip)")
-    b.add_argument("--threads", type=int, default=2)
+    b.add_argument("-n", type=_int_arg(1), default=20000, help="cells for the speed run")
+    b.add_argument("--big-n", type=_int_arg(0), default=100000,
+                   help="cells for the memory run (0: skip)")
+    b.add_argument("--threads", type=_int_arg(1, 1024), default=2, help="CPU threads, 1 to 1024")
     b.add_argument("--device", default="cpu")
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench)
@@ -306,7 +395,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one command and return its exit status; never raises (argparse's exit on a bad
+    option is returned as 2, ``--help`` and ``--version`` as 0)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:              # argparse printed usage + "error: ..." (or the help)
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
     try:
         return int(args.func(args) or 0)
     except PerturbStudioError as e:
@@ -315,6 +409,21 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; nothing was written", file=sys.stderr)
         return 130
+    except MemoryError:
+        print("error: ran out of memory; ask for fewer cells or close other programs; nothing "
+              "was written", file=sys.stderr)
+        return 2
+    except BrokenPipeError:              # the reader went away: `perturb-studio models | head -1`
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except Exception as e:               # a bug: one line, not a traceback
+        if os.environ.get("PERTURB_STUDIO_DEBUG"):
+            raise
+        msg = " ".join(str(e).split())[:300]
+        print(f"error: internal error ({type(e).__name__}: {msg}); please report this "
+              "(PERTURB_STUDIO_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

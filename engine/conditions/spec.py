@@ -56,12 +56,23 @@ class Condition:
     @classmethod
     def parse(cls, cell_type: str | None = None, perturbation: str | None = None,
               perturbation_type: str | None = None, dose: str | float | None = None,
-              context: Mapping[str, str] | str | None = None) -> Condition:
+              context: Mapping[str, str] | str | None = None, *,
+              control_label: str | None = None) -> Condition:
         """Parse CLI-style strings: ``perturbation="A+B"`` (or ``control``), ``dose="1+0.5"``,
         ``context="organism=human,tissue=blood"``. One type or dose applies to all targets unless
-        given per target with ``+``."""
-        targets = [] if perturbation is None else [t.strip() for t in str(perturbation).split("+")]
-        targets = [t for t in targets if t.lower() not in CONTROL_WORDS]
+        given per target with ``+``. ``control_label`` (the model's) also means "no
+        perturbation", like the words in :data:`CONTROL_WORDS`.
+
+        Raises :class:`ConditionError` for an empty value, an empty part (``A+``, ``+A``, ``+``),
+        a dose that is not a finite number >= 0, or a malformed context (see
+        :func:`split_combination` and :func:`parse_context`). A target named twice (``A+A``) is
+        refused by :meth:`ConditionSpace.validate`, which knows the model's limits."""
+        if cell_type is not None and not str(cell_type).strip():
+            raise ConditionError("the cell type is empty; give one of the model's cell types "
+                                 "or leave it out")
+        controls = () if control_label is None else (control_label,)
+        targets = [] if perturbation is None else \
+            list(split_combination(perturbation, control_labels=controls))
         types = _split(perturbation_type, len(targets), "perturbation type")
         doses_raw = _split(None if dose is None else str(dose), len(targets), "dose")
         doses: list[float | None] = []
@@ -115,20 +126,88 @@ class Condition:
         return cls.make(d.get("cell_type"), perts, d.get("context") or {})
 
 
+def is_control_word(value: str, control_labels: Iterable[str] = ()) -> bool:
+    """True when ``value`` (a whole perturbation value or one part of ``A+B``) means "no
+    perturbation": one of :data:`CONTROL_WORDS` or of ``control_labels``, ignoring case and
+    surrounding whitespace."""
+    v = str(value).strip().lower()
+    return v in CONTROL_WORDS or any(v == str(c).strip().lower() for c in control_labels)
+
+
+def split_parts(text: str, *, what: str = "perturbation") -> tuple[str, ...]:
+    """Split ``A+B`` (also ``A + B``) into its parts, stripped of surrounding whitespace.
+
+    The one splitter of ``+`` values: perturbations, and per-part types and doses, in the CLI,
+    the GUI, the engine API and training data (:mod:`engine.data.schema`).
+
+    Raises
+    ------
+    ConditionError
+        The value is empty or blank, or has an empty part (``A+``, ``+A``, ``A++B``, ``+``).
+    """
+    s = str(text)
+    if not s.strip():
+        raise ConditionError(f"the {what} is empty; write a value (for no perturbation: "
+                             "control)" if what == "perturbation" else f"the {what} is empty")
+    parts = tuple(p.strip() for p in s.split("+"))
+    if any(p == "" for p in parts):
+        raise ConditionError(f"{what} {s!r} has an empty part; combinations are written like "
+                             "A+B, with a name on each side of every +")
+    return parts
+
+
+def split_combination(text: str, *, control_labels: Iterable[str] = ()) -> tuple[str, ...]:
+    """The targets of a perturbation value: ``"A+B"`` -> ``("A", "B")``, ``"control"`` -> ``()``.
+
+    Parts that are control words (or one of ``control_labels``) mean "no perturbation", also
+    inside a combination: ``MEIS1+ctrl`` is ``MEIS1`` alone (the convention of Norman et al.
+    2019). Targets keep their order and case; see :func:`repeated_targets` for ``A+A``.
+
+    Raises
+    ------
+    ConditionError
+        As :func:`split_parts`: an empty value or an empty part, with the reason.
+    """
+    if str(text).strip() and is_control_word(text, control_labels):
+        return ()
+    return tuple(p for p in split_parts(text) if not is_control_word(p, control_labels))
+
+
+def repeated_targets(targets: Iterable[str]) -> list[str]:
+    """Targets named more than once, ignoring case (``A+A``, ``CBL+cbl``), in first order."""
+    seen: dict[str, str] = {}
+    out: list[str] = []
+    for t in targets:
+        key = str(t).strip().casefold()
+        if key in seen and seen[key] not in out:
+            out.append(seen[key])
+        seen.setdefault(key, str(t))
+    return out
+
+
 def parse_context(text: str) -> dict[str, str]:
+    """``"organism=human,tissue=blood"`` -> ``{"organism": "human", "tissue": "blood"}``.
+
+    Raises :class:`ConditionError` for an item without ``=``, an empty level or value, or a level
+    given twice. Empty items (a trailing comma) are ignored."""
     out: dict[str, str] = {}
-    for item in filter(None, (s.strip() for s in text.split(","))):
+    for item in filter(None, (s.strip() for s in str(text).split(","))):
         if "=" not in item:
             raise ConditionError(f"context item {item!r} must look like level=value")
-        k, v = item.split("=", 1)
-        out[k.strip()] = v.strip()
+        k, v = (x.strip() for x in item.split("=", 1))
+        if not k or not v:
+            raise ConditionError(f"context item {item!r} has an empty "
+                                 f"{'level' if not k else 'value'}; write level=value")
+        if k in out:
+            raise ConditionError(f"context level {k!r} is given twice ({out[k]!r} and {v!r})")
+        out[k] = v
     return out
 
 
 def _split(value: str | None, n: int, what: str) -> list[str | None]:
     if value is None or n == 0:
         return [None] * n
-    parts = [p.strip() for p in str(value).split("+")]
+    parts = list(split_parts(value, what=what))
     if len(parts) == 1:
         return parts * n
     if len(parts) != n:
@@ -178,9 +257,20 @@ class ConditionSpace:
             if cond.cell_type is not None and within and value not in within:
                 raise ConditionError(f"cell type {cond.cell_type!r} was only seen in {level} "
                                      f"{_ls(sorted(within))}, not in {value!r}")
+        for p in cond.perturbations:
+            if not isinstance(p.target, str) or not p.target.strip() or "+" in p.target \
+                    or p.target != p.target.strip():
+                raise ConditionError(f"perturbation target {p.target!r} is not one target name; "
+                                     "give each target of a combination on its own")
+        twice = repeated_targets(p.target for p in cond.perturbations)
+        again = f" ({', '.join(twice)} named twice)" if twice else ""
         if len(cond.perturbations) > max(self.max_perturbations, 0) and self.targets:
-            raise ConditionError(f"{len(cond.perturbations)} perturbations at once; this model was "
-                                 f"trained with at most {self.max_perturbations}")
+            raise ConditionError(f"{len(cond.perturbations)} perturbations at once{again}; this "
+                                 f"model was trained with at most {self.max_perturbations}")
+        if twice:
+            raise ConditionError(f"{', '.join(twice)} is named twice in "
+                                 f"{'+'.join(p.target for p in cond.perturbations)!r}; a "
+                                 "combination names each target once")
         if cond.perturbations and not self.targets:
             raise ConditionError("this model was trained without perturbations; it can only "
                                  "generate unperturbed cells")

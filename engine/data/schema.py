@@ -28,8 +28,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from ..conditions.spec import CONTROL_WORDS, Condition, Perturbation
-from ..errors import SchemaError
+from ..conditions.spec import (
+    Condition,
+    Perturbation,
+    is_control_word,
+    repeated_targets,
+    split_parts,
+)
+from ..errors import ConditionError, SchemaError
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -49,7 +55,6 @@ _PERT_NAMES = ("perturbation", "perturbations", "condition", "gene", "genes", "g
 _TYPE_NAMES = ("perturbation_type", "pert_type", "perturbation_kind", "crispr_type")
 _DOSE_NAMES = ("dose", "dose_val", "dose_value", "dosage", "concentration")
 _CONTEXT_NAMES = ("organism", "species", "tissue", "organ")
-_SEP = re.compile(r"\s*\+\s*")
 
 
 def _norm(name: str) -> str:
@@ -132,8 +137,7 @@ class Schema:
 
     def is_control_value(self, value: str) -> bool:
         """True when a perturbation value (or one part of ``A+B``) means no perturbation."""
-        v = str(value).strip().lower()
-        return v == self.control_label.strip().lower() or v in CONTROL_WORDS
+        return is_control_word(value, (self.control_label,))
 
     # -- checks -----------------------------------------------------------------------------
     def check(self, adata: AnnData) -> None:
@@ -231,7 +235,7 @@ class Schema:
         perts: list[Perturbation] = []
         pert = v.get("perturbation_key")
         if pert is not None and not self.is_control_value(pert):
-            parts = _SEP.split(str(pert).strip())
+            parts = split_parts(str(pert))
             types = _per_part(v.get("perturbation_type_key"), len(parts))
             doses = _per_part(v.get("dose_key"), len(parts))
             for part, ty, dose in zip(parts, types, doses, strict=True):
@@ -247,8 +251,16 @@ def _per_part(value, n: int) -> list:
         return [None] * n
     if isinstance(value, int | float | np.integer | np.floating):
         return [value] * n
-    parts = _SEP.split(str(value).strip())
+    parts = list(split_parts(str(value)))
     return parts * n if len(parts) == 1 else parts
+
+
+def _parts(value) -> tuple[str, ...] | None:
+    """The ``+`` parts of a value (:func:`split_parts`), or None when it has an empty part."""
+    try:
+        return split_parts(str(value))
+    except ConditionError:
+        return None
 
 
 # -- guessing ---------------------------------------------------------------------------------
@@ -346,7 +358,7 @@ def guess_schema(adata: AnnData) -> Schema:
 def _informative_dose(s: pd.Series) -> bool:
     seen: set[float] = set()
     for v in _str_values(s):
-        for part in _SEP.split(v.strip()):
+        for part in _parts(v) or ("",):
             try:
                 seen.add(float(part))
             except ValueError:
@@ -451,14 +463,7 @@ def validate_schema(adata: AnnData, schema: Schema) -> list[SchemaIssue]:
                                                          f"column {pert_col!r}", "warning"))
         ctrl_values = {v for v in values if schema.is_control_value(v)}
         is_ctrl = s.astype(object).isin(ctrl_values).to_numpy()
-        for v in values:
-            if v in ctrl_values:
-                continue
-            parts = _SEP.split(v.strip())
-            if any(p == "" for p in parts):
-                issues.append(SchemaIssue("perturbation_key",
-                                          f"perturbation {v!r} in column {pert_col!r} has an "
-                                          "empty part; combinations are written like A+B"))
+        issues.extend(_check_labels(s, schema, pert_col, ctrl_values))
         if is_ctrl.all() and len(sub):
             issues.append(SchemaIssue("perturbation_key", f"every cell in column {pert_col!r} "
                                       "is a control; there is no perturbation to learn",
@@ -482,14 +487,68 @@ def validate_schema(adata: AnnData, schema: Schema) -> list[SchemaIssue]:
         for (pv, tv), _n in pairs.items():
             if tv is None or schema.is_control_value(pv):
                 continue
-            n_types = len(_SEP.split(str(tv).strip()))
-            n_parts = len(_SEP.split(str(pv).strip()))
+            types, pert_parts = _parts(tv), _parts(pv)
+            if types is None:
+                issues.append(SchemaIssue("perturbation_type_key",
+                                          f"perturbation type {tv!r} in column "
+                                          f"{schema.perturbation_type_key!r} has an empty part; "
+                                          "write one type, or one per part like CRISPRa+CRISPRi"))
+                continue
+            if pert_parts is None:
+                continue                     # reported by _check_labels
+            n_types, n_parts = len(types), len(pert_parts)
             if n_types > 1 and n_types != n_parts:
                 issues.append(SchemaIssue("perturbation_type_key",
                                           f"perturbation type {tv!r} gives {n_types} types for "
                                           f"perturbation {pv!r}; give one type per cell"))
         issues.extend(_check_doses(sub, schema, pert_col))
     return _dedupe(issues)
+
+
+def _check_labels(s: pd.Series, schema: Schema, col: str, ctrl_values: set) -> list[SchemaIssue]:
+    """Perturbation labels that cannot be read as a combination: an empty part (``A+``, ``+A``,
+    ``+``) or a target named twice (``A+A``, ``CBL+cbl``). Same rules as
+    :meth:`Condition.parse` and :meth:`ConditionSpace.validate` (one splitter,
+    :func:`engine.conditions.spec.split_parts`). One issue per kind, naming up to 5 labels."""
+    counts = s.astype(object).value_counts()
+    empty: list[tuple[str, int]] = []
+    twice: list[tuple[str, int, list[str]]] = []
+    for v, n in counts.items():
+        if n == 0 or v in ctrl_values:
+            continue
+        parts = _parts(v)
+        if parts is None:
+            empty.append((str(v), int(n)))
+            continue
+        rep = repeated_targets(p for p in parts if not schema.is_control_value(p))
+        if rep:
+            twice.append((str(v), int(n), rep))
+    issues = []
+    if empty:
+        issues.append(SchemaIssue("perturbation_key",
+                                  f"{_labels(empty, col)} an empty part; combinations are "
+                                  "written like A+B, with a name on each side of every +; fix "
+                                  "the label or mark it to drop"))
+    if twice:
+        v, _, rep = twice[0]
+        issues.append(SchemaIssue("perturbation_key",
+                                  f"{_labels([(v, n) for v, n, _ in twice], col)} a target "
+                                  f"named twice ({v!r} names {', '.join(rep)} twice); a "
+                                  "combination names each target once. If these cells carry "
+                                  f"two guides against the same gene, relabel them {rep[0]!r} "
+                                  "(one target); if they are a different perturbation, give "
+                                  "them a label of their own"))
+    return issues
+
+
+def _labels(bad: list[tuple[str, int]], col: str) -> str:
+    """``perturbation 'A+' in column 'p' (3 cells) has`` / ``3 perturbation labels ... have``."""
+    if len(bad) == 1:
+        return f"perturbation {bad[0][0]!r} in column {col!r} ({bad[0][1]} cells) has"
+    shown = ", ".join(f"{v!r} ({n} cells)" for v, n in bad[:5])
+    more = f", ... ({len(bad)} labels, {sum(n for _, n in bad)} cells in all)" \
+        if len(bad) > 5 else ""
+    return f"{len(bad)} perturbation labels in column {col!r}, {shown}{more}, have"
 
 
 def _pairs(obs: pd.DataFrame, a: str, b: str | None) -> dict:
@@ -513,7 +572,7 @@ def _check_doses(sub: pd.DataFrame, schema: Schema, pert_col: str) -> list[Schem
         if isinstance(dv, int | float | np.integer | np.floating) and not isinstance(dv, bool):
             parts = [float(dv)]
         else:
-            raw = _SEP.split(str(dv).strip())
+            raw = _parts(dv) or ("",)
             parts = []
             for r in raw:
                 try:
@@ -531,8 +590,8 @@ def _check_doses(sub: pd.DataFrame, schema: Schema, pert_col: str) -> list[Schem
             issues.append(SchemaIssue("dose_key", f"dose {dv!r} in column {col!r} must be a "
                                                   "finite number >= 0"))
             continue
-        n_parts = len(_SEP.split(str(pv).strip()))
-        if not ctrl and len(parts) > 1 and len(parts) != n_parts:
+        n_parts = len(_parts(pv) or ())
+        if not ctrl and n_parts and len(parts) > 1 and len(parts) != n_parts:
             issues.append(SchemaIssue("dose_key", f"dose {dv!r} has {len(parts)} numbers but "
                                                   f"perturbation {pv!r} has {n_parts} parts"))
     return issues

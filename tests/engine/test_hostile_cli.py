@@ -1,0 +1,154 @@
+"""Issue 15: the command line refuses bad options with one clean line, before any work.
+
+#11 out-of-range numbers and malformed KEY=VALUE give argparse's exit 2 with the range; anything
+unexpected is one ``internal error`` line, never a traceback. #12 malformed perturbations are
+refused with the reason, the same way the engine API refuses them.
+"""
+
+from __future__ import annotations
+
+import anndata as ad
+import pytest
+
+from engine.cli import SEED_MAX, main
+
+
+def run(capsys, argv):
+    rc = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def assert_one_error(rc, err, match, code=2):
+    assert rc == code, err
+    lines = [ln for ln in err.splitlines() if "error:" in ln]
+    assert len(lines) == 1, err
+    assert match in lines[0], err
+    assert "Traceback" not in err
+
+
+def gen(model, out, *extra):
+    return ["generate", "--model", model, "-o", out, "--quiet", *extra]
+
+
+# -- #11: numbers out of range, KEY=VALUE without '=' -------------------------------------------
+
+@pytest.mark.parametrize("extra, match", [
+    (["--seed", "18446744073709551615"], "--seed: must be from 0 to 4,294,967,295"),
+    (["--seed", str(10**23)], "--seed: must be from 0 to 4,294,967,295"),
+    (["--seed", "-1"], "--seed: must be from 0"),
+    (["--seed", "1.5"], "--seed: must be a whole number"),
+    (["-n", "0"], "-n: must be >= 1, got '0'"),
+    (["-n", "-3"], "-n: must be >= 1, got '-3'"),
+    (["--steps", "0"], "--steps: must be from 1 to 1,000, got '0'"),
+    (["--steps", "1001"], "--steps: must be from 1 to 1,000"),
+    (["--guidance", "-1"], "--guidance: must be a finite number from 0 to 20, got '-1'"),
+    (["--guidance", "nan"], "--guidance: must be a finite number from 0 to 20, got 'nan'"),
+    (["--guidance", "inf"], "--guidance: must be a finite number"),
+    (["--guidance", "abc"], "--guidance: must be a number from 0 to 20, got 'abc'"),
+    (["--from-cells", "x.h5ad", "--from-key", "perturbation"],
+     "--from-key: 'perturbation' must look like KEY=VALUE"),
+    (["--from-cells", "x.h5ad", "--from-key", "=control"], "has an empty column name"),
+    (["--from-cells", "x.h5ad", "--from-key", "perturbation="], "has an empty value"),
+    (["--from-cells", "x.h5ad", "--from-key", "a=1,a=2"], "column 'a' is given twice"),
+    (["--from-cells", "x.h5ad", "--from-key", ","], "give at least one KEY=VALUE pair"),
+])
+def test_generate_bad_numbers_and_pairs_exit_2_before_loading(tiny_model_dir, tmp_path, capsys,
+                                                              extra, match):
+    out = tmp_path / "x.h5ad"
+    rc, _, err = run(capsys, gen(tiny_model_dir, out, "--cell-type", "T", *extra))
+    assert_one_error(rc, err, match)
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("extra, match", [
+    (["--threads", "0"], "--threads: must be from 1 to 1,024, got '0'"),
+    (["--big-n", "-5"], "--big-n: must be >= 0, got '-5'"),
+    (["-n", "0"], "-n: must be >= 1"),
+])
+def test_bench_bad_numbers(capsys, extra, match):
+    rc, _, err = run(capsys, ["bench", *extra])
+    assert_one_error(rc, err, match)
+
+
+def test_train_bad_seed_and_exclude_refused_before_reading(tmp_path, capsys):
+    out = tmp_path / "m"
+    rc, _, err = run(capsys, ["train", tmp_path / "missing.h5ad", "--out", out,
+                              "--seed", "18446744073709551615"])
+    assert_one_error(rc, err, "--seed: must be from 0 to 4,294,967,295")
+    rc, _, err = run(capsys, ["train", tmp_path / "missing.h5ad", "--out", out,
+                              "--exclude", "cell_type"])
+    assert_one_error(rc, err, "--exclude: 'cell_type' must look like KEY=VALUE")
+    assert not list(tmp_path.iterdir())
+
+
+def test_largest_seed_works(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "x.h5ad"
+    rc, _, err = run(capsys, gen(tiny_model_dir, out, "--cell-type", "T", "-n", "3",
+                                 "--seed", str(SEED_MAX)))
+    assert rc == 0, err
+    assert ad.read_h5ad(out).uns["perturb_studio"]["seed"] == SEED_MAX
+
+
+def test_dose_not_a_number_is_refused_before_the_model_loads(tmp_path, capsys):
+    rc, _, err = run(capsys, gen(tmp_path / "no-such-model", tmp_path / "x.h5ad",
+                                 "--perturbation", "A", "--dose", "abc"))
+    assert_one_error(rc, err, "dose 'abc' is not a number")
+
+
+def test_from_key_without_from_cells(tmp_path, capsys):
+    rc, _, err = run(capsys, gen(tmp_path / "no-such-model", tmp_path / "x.h5ad",
+                                 "--from-key", "cell_type=T"))
+    assert_one_error(rc, err, "--from-key selects cells of --from-cells")
+
+
+def test_unexpected_exception_is_one_line_not_a_traceback(monkeypatch, capsys):
+    import engine.registry
+
+    def boom():
+        raise RuntimeError("something\nbroke")
+
+    monkeypatch.delenv("PERTURB_STUDIO_DEBUG", raising=False)
+    monkeypatch.setattr(engine.registry, "list_models", boom)
+    rc, _, err = run(capsys, ["models"])
+    assert_one_error(rc, err, "error: internal error (RuntimeError: something broke); please "
+                              "report this", code=1)
+    assert err.count("\n") == 1
+
+
+def test_help_and_unknown_command_return_instead_of_exiting(capsys):
+    assert main(["--help"]) == 0
+    assert "generate" in capsys.readouterr().out
+    rc, _, err = run(capsys, ["genrate"])
+    assert_one_error(rc, err, "invalid choice: 'genrate'")
+
+
+# -- #12: malformed perturbations, refused with the reason --------------------------------------
+
+@pytest.mark.parametrize("pert, match", [
+    ("+", "perturbation '+' has an empty part"),
+    ("A+", "perturbation 'A+' has an empty part"),
+    ("+A", "perturbation '+A' has an empty part"),
+    ("A++B", "perturbation 'A++B' has an empty part"),
+    ("", "the perturbation is empty"),
+    ("   ", "the perturbation is empty"),
+    ("A+A", "A is named twice in 'A+A'"),
+    ("A+a", "A is named twice in 'A+a'"),
+    ("A+B+A", "3 perturbations at once (A named twice); this model was trained with at most 2"),
+])
+def test_malformed_perturbation_refused(tiny_model_dir, tmp_path, capsys, pert, match):
+    out = tmp_path / "x.h5ad"
+    rc, _, err = run(capsys, gen(tiny_model_dir, out, "--cell-type", "T", "--perturbation", pert,
+                                 "--perturbation-type", "CRISPRa", "-n", "3"))
+    assert_one_error(rc, err, match)
+    assert not list(tmp_path.iterdir())
+
+
+def test_control_inside_a_combination_means_that_target_alone(tiny_model_dir, tmp_path, capsys):
+    """``A+ctrl`` is ``A`` (the Norman 2019 convention, accepted in training data too)."""
+    out = tmp_path / "x.h5ad"
+    rc, stdout, err = run(capsys, gen(tiny_model_dir, out, "--cell-type", "T", "--perturbation",
+                                      " ctrl + A ", "--perturbation-type", "CRISPRa", "-n", "3"))
+    assert rc == 0, err
+    assert "3 cells of T | A (CRISPRa)" in stdout
+    assert set(ad.read_h5ad(out).obs["perturbation"].astype(str)) == {"A"}
