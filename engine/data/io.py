@@ -35,12 +35,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from ..errors import DataError
+from ..errors import DataError, PerturbStudioError, ResourceError
 from ..progress import ProgressFn, Reporter
 from .io_10x import MTX_SUFFIXES, read_10x_h5, read_mtx
+from .io_common import available_memory, fmt_bytes
 from .io_common import check_unique_cells as _check_unique_cells
 from .io_common import short as _short
 from .io_counts import find_counts, get_counts
+from .io_hdf5 import check_h5ad
 from .io_table import (
     NUMERIC_METADATA,
     NUMERIC_METADATA_PREFIX,
@@ -89,7 +91,11 @@ def read_dataset(path: str | Path, *, metadata: str | Path | None = None,
     ------
     DataError
         The file is missing, empty, of an unsupported type, corrupt or truncated, has duplicate
-        cell names, or holds no cells or no genes. The message names the file.
+        cell names, holds no cells or no genes, or its raw counts hold a NaN, infinite, negative
+        or non-integer value (the first bad cell and gene are named). Shapes, index arrays and
+        storage sizes are checked before any data is read. The message names the file.
+    ResourceError
+        Reading the file would need more memory than is available.
     """
     path = Path(path)
     report = Reporter(progress, 100, "reading")
@@ -99,21 +105,30 @@ def read_dataset(path: str | Path, *, metadata: str | Path | None = None,
     kind = _kind(path)
     if path.is_file() and path.stat().st_size == 0:
         raise DataError(f"{path}: the file is empty")
-    with warnings.catch_warnings():  # names are checked / made unique in _finish
-        warnings.filterwarnings("ignore", message=r"(Variable|Observation) names are not unique")
-        if kind == "h5ad":
-            adata = _read_h5ad(path)
-        elif kind == "table":
-            adata = read_table(path, report)
-        elif kind == "10x_h5":
-            adata = read_10x_h5(path)
-        else:
-            adata = read_mtx(path)
-    report(90)
-    if metadata is not None:
-        _add_metadata(adata, Path(metadata))
-    _finish(adata, path)
-    find_counts(adata, source=path)  # refuses NaN / Inf / negative / fractional counts anywhere
+    try:
+        with warnings.catch_warnings():  # names are checked / made unique in _finish
+            warnings.filterwarnings("ignore",
+                                    message=r"(Variable|Observation) names are not unique")
+            if kind == "h5ad":
+                adata = _read_h5ad(path)
+            elif kind == "table":
+                adata = read_table(path, report)
+            elif kind == "10x_h5":
+                adata = read_10x_h5(path)
+            else:
+                adata = read_mtx(path)
+        report(90)
+        if metadata is not None:
+            _add_metadata(adata, Path(metadata))
+        _finish(adata, path)
+        find_counts(adata, source=path)  # refuses NaN / Inf / negative / fractional counts
+    except MemoryError:
+        avail = available_memory()
+        raise ResourceError(
+            f"{path}: ran out of memory while reading this file"
+            + (f" ({fmt_bytes(avail)} is available)" if avail is not None else "")
+            + "; close other programs, use a machine with more memory, or subset the file"
+        ) from None
     report(100)
     return adata
 
@@ -147,8 +162,20 @@ def _read_h5ad(path: Path) -> AnnData:
     if magic != b"\x89HDF\r\n\x1a\n":
         raise DataError(f"{path}: not an h5ad file (it is not in HDF5 format); "
                         "it may be corrupt or have the wrong extension")
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            check_h5ad(f, path)  # shapes, index arrays, storage and memory, before any data
+    except PerturbStudioError:
+        raise
+    except Exception as e:
+        raise DataError(f"{path}: cannot read this h5ad file; it may be truncated or corrupt "
+                        f"({type(e).__name__}: {_short(e)})") from None
     try:
         return anndata.read_h5ad(path)
+    except MemoryError:
+        raise
     except Exception as e:  # h5py OSError/KeyError, anndata errors on truncated files
         raise DataError(f"{path}: cannot read this h5ad file; it may be truncated or corrupt "
                         f"({type(e).__name__}: {_short(e)})") from None
@@ -188,11 +215,29 @@ def _finish(adata: AnnData, path: Path) -> None:
     if adata.n_obs == 0:
         raise DataError(f"{path}: the dataset has no cells")
     _check_unique_cells(pd.Index(adata.obs_names), path)
+    _check_sparse(adata, path)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"Variable names are not unique")
         _symbols_as_var_names(adata)
     if not adata.var_names.is_unique:
         adata.var_names_make_unique()
+
+
+def _check_sparse(adata: AnnData, path: Path) -> None:
+    """Sparse matrices must have in-range indices and a non-decreasing indptr (scipy would
+    otherwise read or write outside its arrays)."""
+    import scipy.sparse as sp
+
+    mats = [("X", adata.X)] + [(f"layers[{k!r}]", v) for k, v in adata.layers.items()]
+    if adata.raw is not None:
+        mats.append(("raw.X", adata.raw.X))
+    for where, m in mats:
+        if sp.issparse(m) and m.format in ("csr", "csc"):
+            try:
+                m.check_format(full_check=True)
+            except (ValueError, TypeError, IndexError) as e:
+                raise DataError(f"{path}: {where} is not a valid sparse matrix ({_short(e)}); "
+                                "the file is corrupt") from None
 
 
 def _symbols_as_var_names(adata: AnnData) -> None:

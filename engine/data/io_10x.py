@@ -9,8 +9,10 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from ..errors import DataError
+from ..errors import DataError, PerturbStudioError
+from .io_common import MAX_DEFLATE_RATIO, check_memory
 from .io_common import short as _short
+from .io_hdf5 import check_10x_h5
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -31,7 +33,17 @@ def read_10x_h5(path: Path) -> AnnData:
     if {"X", "obs", "var"} <= keys:
         raise DataError(f"{path}: this looks like an AnnData file; rename it to .h5ad")
     try:
+        with h5py.File(path, "r") as f:
+            check_10x_h5(f, path)  # shapes, index arrays, storage and memory, before any data
+    except PerturbStudioError:
+        raise
+    except Exception as e:
+        raise DataError(f"{path}: cannot read this HDF5 file; it may be truncated or corrupt "
+                        f"({type(e).__name__}: {_short(e)})") from None
+    try:
         adata = sc.read_10x_h5(path)
+    except MemoryError:
+        raise
     except Exception as e:
         raise DataError(f"{path}: not a readable 10x Genomics .h5 file "
                         f"({type(e).__name__}: {_short(e)})") from None
@@ -63,21 +75,23 @@ def read_mtx(path: Path) -> AnnData:
         missing = ", ".join(n for n, f in (("features.tsv (or genes.tsv)", features),
                                            ("barcodes.tsv", barcodes)) if f is None)
         raise DataError(f"{matrix}: the 10x matrix needs {missing} next to it in {folder}")
+    feat = _read_tsv_noheader(features)
+    bc = _read_tsv_noheader(barcodes)
+    n_genes, n_cells = check_mtx(matrix, features.name, len(feat), barcodes.name, len(bc))
     try:
         m = scipy.io.mmread(str(matrix))
+    except MemoryError:
+        raise
     except Exception as e:
         raise DataError(f"{matrix}: cannot read this Matrix Market file; it may be truncated "
                         f"or corrupt ({type(e).__name__}: {_short(e)})") from None
-    feat = _read_tsv_noheader(features)
-    bc = _read_tsv_noheader(barcodes)
-    m = sp.csr_matrix(m, dtype=np.float32)
-    n_genes, n_cells = m.shape
-    if len(feat) != n_genes:
-        raise DataError(f"{matrix}: the matrix has {n_genes} rows but {features.name} lists "
-                        f"{len(feat)} features")
-    if len(bc) != n_cells:
-        raise DataError(f"{matrix}: the matrix has {n_cells} columns but {barcodes.name} lists "
-                        f"{len(bc)} barcodes")
+    if sp.issparse(m):
+        m = sp.csr_matrix(m, dtype=np.float32)
+    else:
+        m = sp.csr_matrix(np.asarray(m, dtype=np.float32))
+    if m.shape != (n_genes, n_cells):  # pragma: no cover (mmread follows the header)
+        raise DataError(f"{matrix}: the matrix is {m.shape} but its header says "
+                        f"{(n_genes, n_cells)}; the file is corrupt")
     ids = feat[0].astype(str).to_numpy()
     symbols = feat[1].astype(str).to_numpy() if feat.shape[1] > 1 else ids
     var = pd.DataFrame({"gene_ids": ids}, index=pd.Index(symbols, dtype=object))
@@ -115,3 +129,84 @@ def _read_tsv_noheader(path: Path) -> pd.DataFrame:
     return df
 
 
+
+
+_MTX_HEADER_LIMIT = 1 << 20   # banner + comments + size line
+
+
+def _mtx_header(path: Path) -> tuple[list[str], list[str], int]:
+    """The banner words, the size-line words and the bytes of (uncompressed) header."""
+    import gzip
+
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            banner = f.readline(4096)
+            used = len(banner)
+            if not banner.lower().startswith(b"%%matrixmarket"):
+                raise DataError(f"{path}: not a Matrix Market file (the first line must start "
+                                "with %%MatrixMarket); it may be truncated or corrupt")
+            while True:
+                line = f.readline(_MTX_HEADER_LIMIT)
+                used += len(line)
+                if used > _MTX_HEADER_LIMIT:
+                    raise DataError(f"{path}: no size line within the first 1 MiB (only "
+                                    "comments); the file is corrupt")
+                if not line:
+                    raise DataError(f"{path}: the file ends before its size line; it may be "
+                                    "truncated or corrupt")
+                if line.strip() and not line.startswith(b"%"):
+                    break
+    except (OSError, EOFError) as e:
+        raise DataError(f"{path}: cannot read this Matrix Market file; it may be truncated or "
+                        f"corrupt ({type(e).__name__}: {_short(e)})") from None
+    words = banner.decode("ascii", "replace").lower().split()
+    return words, line.decode("ascii", "replace").split(), used
+
+
+def check_mtx(path: Path, feat_name: str, n_feat: int, bc_name: str, n_bc: int
+              ) -> tuple[int, int]:
+    """Check a Matrix Market header against the features / barcodes lists, the file size and
+    the memory available, before reading it. Returns (genes, cells)."""
+    banner, size, used = _mtx_header(path)
+    layout = banner[2] if len(banner) > 2 else ""
+    field = banner[3] if len(banner) > 3 else ""
+    if layout not in ("coordinate", "array"):
+        raise DataError(f"{path}: unsupported Matrix Market layout {layout!r} (expected "
+                        "'coordinate' or 'array'); the file may be corrupt")
+    if field in ("complex", "hermitian"):
+        raise DataError(f"{path}: the matrix holds complex numbers; counts must be real")
+    want = 3 if layout == "coordinate" else 2
+    try:
+        dims = [int(w) for w in size[:want]]
+    except ValueError:
+        dims = []
+    if len(size) != want or len(dims) != want or min(dims) < 0:
+        raise DataError(f"{path}: the size line {' '.join(size)[:80]!r} is not {want} numbers "
+                        ">= 0; the file may be truncated or corrupt")
+    rows, cols = dims[0], dims[1]
+    if rows != n_feat:
+        raise DataError(f"{path}: the matrix has {rows} rows but {feat_name} lists "
+                        f"{n_feat} features")
+    if cols != n_bc:
+        raise DataError(f"{path}: the matrix has {cols} columns but {bc_name} lists "
+                        f"{n_bc} barcodes")
+    nnz = dims[2] if layout == "coordinate" else rows * cols
+    if nnz > rows * cols:
+        raise DataError(f"{path}: the header declares {nnz:,} entries but a {rows:,} x {cols:,} "
+                        f"matrix has only {rows * cols:,} positions; the file is truncated or "
+                        "corrupt")
+    min_entry = 2 if layout == "array" else (4 if field == "pattern" else 6)
+    file_size = path.stat().st_size
+    if path.name.lower().endswith(".gz"):
+        if nnz * min_entry > MAX_DEFLATE_RATIO * file_size + _MTX_HEADER_LIMIT:
+            raise DataError(f"{path}: the header declares {nnz:,} entries, more than a "
+                            f"{file_size:,}-byte gzip file can hold; the file is truncated, "
+                            "corrupt or forged")
+    elif nnz * min_entry > file_size - used:
+        raise DataError(f"{path}: the header declares {nnz:,} entries but the file has only "
+                        f"{file_size - used:,} bytes after its header, too few for them; it may "
+                        "be truncated or corrupt")
+    # mmread: int64 rows + cols + float64 values; then float32 CSR twice (+ indptr, transpose)
+    check_memory(path, nnz * (24 + 2 * 8) + 16 * (rows + cols + 2), "this matrix")
+    return rows, cols
