@@ -237,7 +237,9 @@ def cmd_evaluate(args) -> int:
     from .evaluate import evaluate
     from .model import PerturbModel
 
+    _condition_from_args(args)                   # refuse a malformed condition before loading
     model = PerturbModel.load(args.model, device=args.device)
+    cond = _condition_from_args(args, model)
     real = read_dataset(args.data)
     schema = Schema.from_dict(model.config.get("schema", {}))
     for k in ("cell_type_key", "perturbation_key", "perturbation_type_key", "dose_key"):
@@ -245,12 +247,7 @@ def cmd_evaluate(args) -> int:
             setattr(schema, k, getattr(args, k))
     if args.context_keys is not None:
         schema.context_keys = tuple(filter(None, args.context_keys.split(",")))
-    for k in schema.context_keys:          # context columns constant in training files
-        if k not in real.obs:
-            values = model.space.context_values.get(k, [])
-            if len(values) == 1:
-                real.obs[k] = values[0]
-    cond = _condition_from_args(args)
+    _fill_missing_columns(args, model, real, schema, cond)
     modes = ["denovo", "perturb"] if args.mode == "both" else [args.mode]
     results = [evaluate(model, real, schema, cond, mode=m, seed=args.seed, steps=args.steps,
                         guidance=args.guidance) for m in modes]
@@ -262,6 +259,51 @@ def cmd_evaluate(args) -> int:
                   f"control cells={r.n_control}")
             print(r.table())
     return 0
+
+
+def _fill_missing_columns(args, model, real, schema, cond) -> None:
+    """Columns the model's schema names but ``--data`` lacks (e.g. ``perturbation_type`` in
+    the papalexi file): give every cell the value of the matching option (``--cell-type``,
+    ``--perturbation-type``, ``--context``), or the one value the model knows for that role,
+    and say so on stderr; else refuse, naming the column and the options that fix it.
+    Columns the user named with a ``--*-key`` option are never filled (a typo stays an error).
+    """
+    from .errors import SchemaError
+
+    sp = model.space
+    types = {p.type for p in cond.perturbations if p.type}
+    ctx = cond.context_dict()
+    # (column, named by the user, what it holds, option giving a value, that value, known
+    #  values, option naming the column)
+    roles = [(schema.cell_type_key, args.cell_type_key is not None, "cell type", "--cell-type",
+              cond.cell_type, sp.cell_types, "--cell-type-key COLUMN"),
+             (schema.perturbation_type_key, args.perturbation_type_key is not None,
+              "perturbation type", "--perturbation-type",
+              next(iter(types)) if len(types) == 1 else None, sp.perturbation_types,
+              "--perturbation-type-key COLUMN")]
+    roles += [(k, args.context_keys is not None, f"context level {k!r}", f"--context {k}=VALUE",
+               ctx.get(k), sp.context_values.get(k, []), "--context-keys COLUMNS")
+              for k in schema.context_keys]
+    for col, named, what, option, given, known, key in roles:
+        if col is None or named or col in real.obs.columns:
+            continue
+        if given is not None:
+            value, why = given, f"from {option.split()[0]}"
+        elif len(known) == 1:
+            value, why = known[0], "the only value this model knows"
+        else:
+            raise SchemaError(f"{args.data} has no column {col!r}, where this model reads the "
+                              f"{what}; name the column that holds it with {key}, or give one "
+                              f"value for every cell with {option} (known: {_ls(known)})")
+        real.obs[col] = value
+        print(f"note: {args.data} has no column {col!r}; every cell gets {what} {value!r} "
+              f"({why})", file=sys.stderr)
+
+
+def _ls(values, limit: int = 20) -> str:
+    values = [str(v) for v in values]
+    return ", ".join(values[:limit]) + (f", ... ({len(values)} in all)"
+                                         if len(values) > limit else "")
 
 
 def cmd_models(args) -> int:

@@ -152,3 +152,86 @@ def test_control_inside_a_combination_means_that_target_alone(tiny_model_dir, tm
     assert rc == 0, err
     assert "3 cells of T | A (CRISPRa)" in stdout
     assert set(ad.read_h5ad(out).obs["perturbation"].astype(str)) == {"A"}
+
+
+# -- #14: every output suffix the writers support; evaluate fills a column the model knows ------
+
+@pytest.mark.parametrize("name, sep", [("cells.csv.gz", ","), ("cells.tsv", "\t"),
+                                       ("cells.tsv.gz", "\t"), ("CELLS.CSV", ",")])
+def test_generate_writes_every_table_suffix(tiny_model_dir, tmp_path, capsys, name, sep):
+    import pandas as pd
+
+    out = tmp_path / name
+    rc, _, err = run(capsys, gen(tiny_model_dir, out, "--cell-type", "B", "-n", "4"))
+    assert rc == 0, err
+    table = pd.read_csv(out, sep=sep, index_col=0)
+    assert len(table) == 4 and "G0" in table.columns and "cell_type" in table.columns
+
+
+@pytest.mark.parametrize("name, match", [
+    ("cells.txt", "for tab-separated text use .tsv"),
+    ("cells.xlsx", "output file must end in .h5ad, .csv, .csv.gz, .tsv, .tsv.gz"),
+    (".csv", "got '.csv'"),
+])
+def test_generate_refuses_unknown_suffix_before_loading(tmp_path, capsys, name, match):
+    rc, _, err = run(capsys, gen(tmp_path / "no-such-model", tmp_path / name))
+    assert_one_error(rc, err, match)
+    assert not list(tmp_path.iterdir())
+
+
+def _without(synthetic, tmp_path, *cols):
+    a = synthetic.copy()
+    a.obs = a.obs.drop(columns=list(cols))
+    path = tmp_path / "real.h5ad"
+    a.write_h5ad(path)
+    return path
+
+
+def test_evaluate_fills_a_column_the_model_knows_one_value_of(tiny_model_dir, synthetic,
+                                                             tmp_path, capsys):
+    """The papalexi case: the model reads ``ptype`` (only ever CRISPRa), the file has none."""
+    data = _without(synthetic, tmp_path, "ptype")
+    rc, out, err = run(capsys, ["evaluate", "--model", tiny_model_dir, "--data", data,
+                                "--cell-type", "T", "--perturbation", "A", "--mode", "denovo",
+                                "--steps", "2", "--json"])
+    assert rc == 0, err
+    assert "has no column 'ptype'; every cell gets perturbation type 'CRISPRa' (the only " \
+           "value this model knows)" in err
+    import json
+
+    assert json.loads(out)[0]["n_real"] == 40
+
+
+def test_evaluate_uses_the_option_as_fill_value(tiny_model_dir, synthetic, tmp_path, capsys):
+    data = _without(synthetic, tmp_path, "ptype", "cell_type")
+    rc, out, err = run(capsys, ["evaluate", "--model", tiny_model_dir, "--data", data,
+                                "--cell-type", "T", "--perturbation", "A", "--perturbation-type",
+                                "CRISPRa", "--mode", "denovo", "--steps", "2"])
+    assert rc == 0, err
+    assert "every cell gets cell type 'T' (from --cell-type)" in err
+    assert "every cell gets perturbation type 'CRISPRa' (from --perturbation-type)" in err
+    assert "real cells=80" in out                       # both cell types' A cells, now all "T"
+
+
+def test_evaluate_never_fills_a_column_the_user_named(tiny_model_dir, synthetic, tmp_path,
+                                                      capsys):
+    data = _without(synthetic, tmp_path, "ptype")
+    rc, _, err = run(capsys, ["evaluate", "--model", tiny_model_dir, "--data", data,
+                              "--perturbation-type-key", "ptype_typo", "--cell-type", "T",
+                              "--perturbation", "A", "--mode", "denovo"])
+    assert rc == 2
+    assert "perturbation type column 'ptype_typo' is not in this dataset" in err
+    assert "Traceback" not in err
+
+
+def test_evaluate_missing_column_with_several_values_names_the_options(tiny_model_dir, synthetic,
+                                                                       tmp_path, capsys):
+    data = _without(synthetic, tmp_path, "cell_type")
+    rc, _, err = run(capsys, ["evaluate", "--model", tiny_model_dir, "--data", data,
+                              "--perturbation", "A", "--mode", "denovo"])
+    assert rc == 2, err
+    lines = [ln for ln in err.splitlines() if "error:" in ln]
+    assert len(lines) == 1 and "Traceback" not in err
+    assert "has no column 'cell_type', where this model reads the cell type; name the column " \
+           "that holds it with --cell-type-key COLUMN, or give one value for every cell with " \
+           "--cell-type (known: B, T)" in lines[0]
