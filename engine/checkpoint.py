@@ -9,79 +9,186 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
+from .config import FORMAT, MAX_NESTING, parameter_count, validate_config
+from .config import FORMAT_VERSION as FORMAT_VERSION  # noqa: F401 - re-exported (engine.train)
 from .errors import ModelError, ResourceError
 
-FORMAT = "perturb-studio-model"
-FORMAT_VERSION = 1
 CONFIG, WEIGHTS, CARD, CARD_MD = "config.json", "model.safetensors", "card.json", "CARD.md"
-MAX_CONFIG_BYTES = 64 << 20        # a config.json larger than this is refused
-REQUIRED_KEYS = ("format", "format_version", "genes", "architecture", "vocab", "space",
-                 "latent_stats")
+MODEL_FILES = (CONFIG, WEIGHTS, CARD, CARD_MD)      # all a model folder is made of
+MAX_CONFIG_BYTES = 16 << 20        # a config.json larger than this is refused (shipped: 62 KB)
+MAX_CARD_BYTES = 16 << 20          # card.json / CARD.md (shipped: < 160 KB)
+MAX_HEADER_BYTES = 100 << 20       # safetensors' own limit on the JSON header
+WEIGHT_DTYPES = ("F32",)           # the engine computes in float32; nothing else is converted
+_DTYPE_NAMES = {"F16": "float16", "BF16": "bfloat16", "F64": "float64", "F32": "float32",
+                "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8",
+                "BOOL": "bool"}
+
+
+def _read_json(path: Path, limit: int, *, what: str, lenient: bool = False):
+    """Parse a JSON file of at most ``limit`` bytes. ``lenient``: bytes that are not UTF-8
+    become U+FFFD (a card written in latin-1 stays readable); otherwise they are refused."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > limit:
+                raise ModelError(f"{path} is {size / 2**20:.1f} MiB; a model's {what} is at "
+                                 f"most {limit / 2**20:.0f} MiB, so it was not read")
+            raw = f.read(limit + 1)
+    except OSError as e:
+        raise ModelError(f"cannot read {path} ({e.strerror or e})") from None
+    if len(raw) > limit:
+        raise ModelError(f"{path} is larger than {limit / 2**20:.0f} MiB; it was not read")
+    try:
+        text = raw.decode("utf-8-sig", errors="replace" if lenient else "strict")
+    except UnicodeDecodeError as e:
+        raise ModelError(f"{path} is not valid JSON: it is not UTF-8 text (byte "
+                         f"0x{raw[e.start]:02x} at position {e.start}); save it as UTF-8") \
+            from None
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ModelError(f"{path} is not valid JSON for a model: it is nested too deeply "
+                         f"(at most {MAX_NESTING} levels are allowed)") from None
+    except ValueError as e:                  # JSONDecodeError, or a number of > 4300 digits
+        raise ModelError(f"{path} is not valid JSON: {str(e)[:200]}") from None
 
 
 def read_config(folder: str | os.PathLike) -> dict:
+    """Read and fully validate ``config.json`` (:func:`engine.config.validate_config`) of a
+    model folder; when the weights file is there, check that it is large enough for the
+    architecture the config describes. Nothing is built or allocated."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ModelError(f"model folder not found: {folder}")
     path = folder / CONFIG
     if not path.is_file():
         raise ModelError(f"{folder} is not a Perturb Studio model: {CONFIG} is missing")
+    config = validate_config(_read_json(path, MAX_CONFIG_BYTES, what=CONFIG), where=str(path))
+    weights = folder / WEIGHTS
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ModelError(f"{path} is not valid JSON: {e}") from None
-    if not isinstance(config, dict) or config.get("format") != FORMAT:
-        raise ModelError(f"{path} is not a Perturb Studio model config (format != {FORMAT!r})")
-    missing = [k for k in REQUIRED_KEYS if k not in config]
-    if missing:
-        raise ModelError(f"{path} lacks required entries: {', '.join(missing)}")
-    if int(config["format_version"]) > FORMAT_VERSION:
-        raise ModelError(f"{folder} was saved by a newer Perturb Studio (model format "
-                         f"{config['format_version']}, this version reads up to {FORMAT_VERSION})"
-                         "; please update the app")
-    genes = config["genes"]
-    if not isinstance(genes, list) or not genes or len(set(genes)) != len(genes):
-        raise ModelError(f"{path}: the gene list is empty or has duplicates")
+        size = weights.stat().st_size if weights.is_file() else None
+    except OSError:
+        size = None
+    if size is not None:
+        n = parameter_count(config)
+        if size < 4 * n:
+            raise ModelError(f"{weights} holds {size:,} bytes, but the architecture in "
+                             f"{CONFIG} has {n:,} parameters ({4 * n:,} bytes of float32 "
+                             "weights): the config and the weights do not belong together")
     return config
 
 
 def read_card(folder: str | os.PathLike) -> dict:
+    """``card.json`` as a dict ({} when there is none). Text that is not UTF-8 is read with
+    replacement characters; a card that is not a JSON object is refused (ModelError)."""
     path = Path(folder) / CARD
     if not path.is_file():
         return {}
+    card = _read_json(path, MAX_CARD_BYTES, what=CARD, lenient=True)
+    if not isinstance(card, dict):
+        raise ModelError(f"{path} must hold a JSON object (the model card), not "
+                         f"{type(card).__name__}")
+    stack = [(card, 1)]
+    while stack:
+        obj, depth = stack.pop()
+        if depth > MAX_NESTING:
+            raise ModelError(f"{path} is nested more than {MAX_NESTING} levels deep")
+        children = obj.values() if isinstance(obj, dict) else obj
+        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
+    return card
+
+
+def _corrupt(path: Path, why: str) -> ModelError:
+    return ModelError(f"{path} is not a readable safetensors file ({why}); it may be truncated "
+                      "or corrupt")
+
+
+def read_weights_header(path: Path) -> tuple[dict, int, int]:
+    """The tensors a safetensors file declares, checked against its size before any tensor
+    is read: ``({name: (dtype, shape, (begin, end))}, data start, file size)``."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ModelError(f"{path} is not valid JSON: {e}") from None
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size < 8:
+                raise _corrupt(path, f"only {size} bytes")
+            n = int.from_bytes(f.read(8), "little")
+            if n > min(size - 8, MAX_HEADER_BYTES):
+                raise _corrupt(path, f"its header claims {n:,} bytes, the file holds {size:,}")
+            raw = f.read(n)
+    except OSError as e:
+        raise ModelError(f"cannot read {path} ({e.strerror or e})") from None
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError):
+        raise _corrupt(path, "its header is not valid JSON") from None
+    if not isinstance(header, dict):
+        raise _corrupt(path, "its header is not a JSON object")
+    tensors, data, used = {}, size - 8 - n, 0
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype, shape, (begin, end) = info["dtype"], info["shape"], info["data_offsets"]
+            ok = (isinstance(dtype, str) and isinstance(shape, list) and len(shape) <= 8
+                  and all(type(d) is int and d >= 0 for d in shape)
+                  and type(begin) is int and type(end) is int and 0 <= begin <= end <= data)
+        except (TypeError, KeyError, ValueError):
+            ok = False
+        if not ok:
+            raise _corrupt(path, f"the entry of tensor {name} is malformed or lies beyond the "
+                           "end of the file")
+        tensors[name] = (dtype, tuple(shape), (begin, end))
+        used += end - begin
+    if used != data:
+        raise _corrupt(path, f"its tensors cover {used:,} of the {data:,} data bytes")
+    return tensors, 8 + n, size
 
 
 def load_weights(folder: Path, expected: dict) -> dict:
-    """Load tensors and check them against ``expected`` (name -> shape) of the built model."""
+    """Load tensors and check them against ``expected`` (name -> shape) of the built model.
+
+    The header is checked first, without reading any tensor: every name, dtype (float32 only),
+    shape and byte range. Then the tensors are read and checked for NaN / infinite values."""
+    import torch
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     path = Path(folder) / WEIGHTS
     if not path.is_file():
         raise ModelError(f"{folder}: {WEIGHTS} is missing")
-    try:
-        state = load_file(str(path))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise ModelError(f"{path} is not a readable safetensors file ({e}); it may be truncated "
-                         "or corrupt") from None
-    missing = sorted(set(expected) - set(state))
-    extra = sorted(set(state) - set(expected))
+    tensors, _, _ = read_weights_header(path)
+    missing = sorted(set(expected) - set(tensors))
+    extra = sorted(set(tensors) - set(expected))
     if missing or extra:
         raise ModelError(f"{path} does not match its config.json: missing tensors "
                          f"{missing[:5]}, unexpected tensors {extra[:5]}")
     for name, shape in expected.items():
-        if tuple(state[name].shape) != tuple(shape):
-            raise ModelError(f"{path}: tensor {name} has shape {tuple(state[name].shape)}, the "
+        dtype, got, (begin, end) = tensors[name]
+        if dtype not in WEIGHT_DTYPES:
+            raise ModelError(f"{path}: tensor {name} is stored as {_DTYPE_NAMES.get(dtype, dtype)}"
+                             f"; Perturb Studio weights must be float32 (F32). Convert the "
+                             "model with the engine that made it, or retrain it")
+        if got != tuple(shape):
+            raise ModelError(f"{path}: tensor {name} has shape {got}, the "
                              f"config implies {tuple(shape)} (gene list or architecture differ)")
+        if end - begin != 4 * math.prod(got):
+            raise _corrupt(path, f"tensor {name} declares {end - begin:,} bytes for shape {got}")
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise _corrupt(path, str(e)[:200]) from None
+    for name, t in state.items():
+        if t.dtype != torch.float32 or tuple(t.shape) != tuple(expected[name]):
+            raise _corrupt(path, f"tensor {name} changed while it was read")
+        if not torch.isfinite(t).all():
+            raise ModelError(f"{path}: tensor {name} holds NaN or infinite values; the model "
+                             "is damaged (or its training diverged) and cannot be used")
     return state
 
 

@@ -1,0 +1,435 @@
+"""Model configs (``config.json``): every entry a loader reads, checked before anything is built.
+
+:func:`validate_config` checks the whole config (types, ranges, unknown keys, the consistency of
+the vocabularies, and a parameter budget computed from the sizes) and raises one
+:class:`ModelError` naming the file, the entry and what is allowed. Nothing here imports torch,
+so listing models stays cheap and a hostile config can never allocate anything: the
+:func:`parameter_count` of the architecture is known, exactly, before any module exists.
+
+The names of backbones, objectives and dispersions are repeated here (their modules import
+torch); ``tests/engine/test_hostile_model_config.py`` checks that they match the engine's
+registries and that :func:`parameter_count` equals the parameters of the built modules.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any, NoReturn
+
+from .errors import ModelError
+
+FORMAT = "perturb-studio-model"
+FORMAT_VERSION = 1
+
+MAX_PARAMETERS = 200_000_000      # 800 MB of float32 weights; the shipped models have < 3M
+MAX_GENES = 100_000
+MAX_VALUES = 100_000              # entries of one vocabulary list (targets, cell types, ...)
+MAX_LEVELS = 32                   # hierarchy levels (organism > tissue > ... > cell type)
+MAX_PERTURBATIONS = 64            # perturbations at once
+MAX_SEEN = 1_000_000              # trained conditions listed in ``space.seen``
+MAX_NAME = 1_000                  # characters of one gene / label / name
+MAX_NESTING = 32                  # JSON nesting depth (the shipped configs use 5)
+MAX_STEPS = 1_000                 # sampling steps (as engine.model accepts)
+MAX_GUIDANCE = 20.0
+MAX_BATCH = 65_536                # cells per sampling batch
+FREQ_DIM = 128                    # TimestepEmbedder's sinusoidal features (engine.nn.blocks)
+
+OBJECTIVE_NAMES = ("rectified_flow", "ddpm")            # engine.diffusion.schedules.OBJECTIVES
+DISPERSION_NAMES = ("gene", "gene-cell")                # engine.models.autoencoder.DISPERSIONS
+# engine.nn.blocks.BACKBONES: keyword -> (kind, low, high); "int" is a whole number
+BACKBONE_KW: dict[str, dict[str, tuple[str, float, float]]] = {
+    "mlp": {"width": ("int", 1, 16_384), "depth": ("int", 0, 256),
+            "dropout": ("float", 0.0, 0.99)},
+    "transformer": {"width": ("int", 1, 4_096), "depth": ("int", 0, 256),
+                    "tokens": ("int", 1, 1_024), "heads": ("int", 1, 64)},
+}
+BACKBONE_DEFAULTS = {"mlp": {"width": 256, "depth": 4, "dropout": 0.0},
+                     "transformer": {"width": 64, "depth": 3, "tokens": 8, "heads": 4}}
+ARCH_INTS = {"latent_dim": (1, 1_024), "ae_hidden": (1, 16_384), "cond_dim": (1, 4_096)}
+ARCH_KEYS = {"latent_dim", "ae_hidden", "cond_dim", "backbone", "backbone_kw", "objective",
+             "dispersion"}
+REQUIRED_KEYS = ("format", "format_version", "genes", "architecture", "vocab", "space",
+                 "latent_stats")
+VOCAB_KEYS = {"levels", "level_values", "targets", "types", "max_perturbations", "dose_scale"}
+SPACE_KEYS = {"cell_types", "targets", "perturbation_types", "target_types", "context_levels",
+              "context_values", "has_dose", "dose_range", "max_perturbations", "control_label",
+              "seen", "simulated_dose"}
+SAMPLING_KEYS = {"steps", "guidance", "batch_size"}
+
+_MISSING = object()
+
+
+def validate_config(config: dict, *, where: str) -> dict:
+    """Check a parsed ``config.json`` completely; return it unchanged.
+
+    ``where`` names the file in messages (e.g. ``models/x/config.json``). Checked: the format
+    and its version, the gene list, the architecture (known backbone, objective and dispersion,
+    every size a whole number in range, a parameter budget of :data:`MAX_PARAMETERS`), the
+    condition vocabulary and space (types, unknown keys, consistency with each other),
+    ``latent_stats`` (finite, the right length, std > 0), ``sampling``, ``density`` and
+    ``schema``; and the JSON nesting depth. Entries no loader reads (``training``,
+    ``preprocessing``, ...) may be anything JSON holds, within the nesting limit.
+
+    Raises
+    ------
+    ModelError
+        Naming ``where``, the entry (``architecture.backbone_kw.depth``) and what is allowed.
+    """
+    v = _Validator(where)
+    if not isinstance(config, dict):
+        v.fail("the config", f"must be a JSON object, not {_kind(config)}")
+    v.nesting(config)
+    if config.get("format") != FORMAT:
+        raise ModelError(f"{where} is not a Perturb Studio model config (format != {FORMAT!r})")
+    missing = [k for k in REQUIRED_KEYS if k not in config]
+    if missing:
+        raise ModelError(f"{where} lacks required entries: {', '.join(missing)}")
+    version = config["format_version"]
+    if type(version) is int and version > FORMAT_VERSION:
+        raise ModelError(f"{where} was saved by a newer Perturb Studio (model format "
+                         f"{version}, this version reads up to {FORMAT_VERSION}); please update "
+                         "the app")
+    v.integer("format_version", version, 1, FORMAT_VERSION)
+    for key in ("name", "engine_version"):
+        if config.get(key) is not None:
+            v.string(key, config[key])
+    genes = v.strings("genes", config["genes"], max_items=MAX_GENES, nonempty=True,
+                      min_items=1)
+    arch = v.architecture(config["architecture"])
+    vocab = v.vocab(config["vocab"])
+    v.space(config["space"], vocab)
+    v.latent_stats(config["latent_stats"], arch["latent_dim"] + 1)
+    if "sampling" in config:
+        v.sampling(config["sampling"])
+    if "density" in config:
+        v.number("density", config["density"], 0.0, 1.0, low_open=True)
+    if config.get("schema") is not None:
+        v.schema(config["schema"])
+    for key in ("training", "preprocessing"):
+        if key in config and not isinstance(config[key], dict):
+            v.fail(key, f"must be a JSON object, got {_kind(config[key])}")
+    n = parameter_count(config)
+    if n > MAX_PARAMETERS:
+        raise ModelError(f"{where}: the architecture would have {n:,} parameters "
+                         f"({n * 4 / 2**30:.1f} GiB of weights) for {len(genes):,} genes; at most "
+                         f"{MAX_PARAMETERS:,} are allowed. Nothing was built; the config is "
+                         "damaged or not meant for this app")
+    return config
+
+
+# -- the parameter budget ---------------------------------------------------------------------
+def _linear(i: int, o: int) -> int:
+    return i * o + o
+
+
+def _mlp(i: int, o: int) -> int:                      # engine.conditions.embedders._mlp
+    return _linear(i, o) + _linear(o, o)
+
+
+def parameter_count(config: Mapping) -> int:
+    """Exact number of weights the modules of a (validated) config hold: the autoencoder
+    (``engine.models.autoencoder``) plus the flow network (``engine.models.flow``), computed
+    from the sizes alone, so a budget can be enforced before anything is allocated."""
+    arch, vocab = config["architecture"], config["vocab"]
+    g, d, h, c = (len(config["genes"]), int(arch["latent_dim"]), int(arch["ae_hidden"]),
+                  int(arch["cond_dim"]))
+    ae = (_linear(g, h) + 2 * h + _linear(h, h) + 2 * h + 2 * _linear(h, d)
+          + _linear(d, h) + 2 * h + _linear(h, g) + g)
+    if arch.get("dispersion", "gene") == "gene-cell":
+        ae += _linear(h, g)
+    level_sizes = [len(vocab.get("level_values", {}).get(lv, []))
+                   for lv in vocab.get("levels", [])]
+    cond = c + sum((n + 1) * c + _mlp(2 * c, c) for n in level_sizes)          # hierarchy
+    cond += ((len(vocab.get("targets", [])) + 1) * c + (len(vocab.get("types", [])) + 1) * c
+             + _mlp(1, c) + _mlp(3 * c, c))                                    # perturbation
+    cond += 2 * _mlp(c, c) + 2 * c                                             # set pooling
+    time = _linear(FREQ_DIM, c) + _linear(c, c)
+    s = d + 1
+    name = arch["backbone"]
+    kw = {**BACKBONE_DEFAULTS[name], **arch.get("backbone_kw", {})}
+    w, depth = int(kw["width"]), int(kw["depth"])
+    if name == "mlp":
+        block = _linear(w, 2 * w) + _linear(2 * w, w) + _linear(c, 3 * w)
+        net = _linear(s, w) + depth * block + _linear(c, 2 * w) + _linear(w, s)
+    else:
+        k = int(kw["tokens"])
+        block = (3 * w * w + 3 * w + _linear(w, w)                 # attention in / out
+                 + _linear(w, 2 * w) + _linear(2 * w, w) + _linear(c, 6 * w))
+        net = (_linear(s, k * w) + k * w + depth * block + _linear(c, 2 * w) + _linear(w, w)
+               + _linear(k * w, s))
+    return ae + cond + time + net
+
+
+# -- checking ---------------------------------------------------------------------------------
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    if isinstance(value, int):
+        return (f"the number {value}" if value.bit_length() <= 64
+                else f"a {value.bit_length()}-bit number")
+    if isinstance(value, float):
+        return f"the number {value!r}"
+    if isinstance(value, str):
+        return f"the text {value[:40]!r}" + ("..." if len(value) > 40 else "")
+    if isinstance(value, list):
+        return f"a list of {len(value)} item{'s' * (len(value) != 1)}"
+    if isinstance(value, dict):
+        return f"an object with {len(value)} entr{'ies' if len(value) != 1 else 'y'}"
+    return type(value).__name__
+
+
+class _Validator:
+    def __init__(self, where: str) -> None:
+        self.where = where
+
+    def fail(self, key: str, what: str) -> NoReturn:
+        raise ModelError(f"{self.where}: {key} {what}")
+
+    # -- scalars ----------------------------------------------------------------------------
+    def integer(self, key: str, value: Any, low: int, high: int) -> int:
+        span = f"{low:,}" if low == high else f"between {low:,} and {high:,}"
+        if type(value) is not int:
+            self.fail(key, f"must be a whole number {span}, got {_kind(value)}")
+        if not low <= value <= high:
+            self.fail(key, f"must be {span}, got {_kind(value)}")
+        return value
+
+    def number(self, key: str, value: Any, low: float, high: float, *,
+               low_open: bool = False) -> float:
+        if type(value) not in (int, float) or (type(value) is float and
+                                               not math.isfinite(value)):
+            self.fail(key, f"must be a finite number, got {_kind(value)}")
+        if not (low < value if low_open else low <= value) or value > high:
+            self.fail(key, f"must be {'above' if low_open else 'at least'} {low:g} and at most "
+                      f"{high:g}, got {_kind(value)}")
+        return float(value)
+
+    def boolean(self, key: str, value: Any) -> bool:
+        if not isinstance(value, bool):
+            self.fail(key, f"must be true or false, got {_kind(value)}")
+        return value
+
+    def string(self, key: str, value: Any, *, nonempty: bool = False) -> str:
+        if not isinstance(value, str):
+            self.fail(key, f"must be text, got {_kind(value)}")
+        if nonempty and not value.strip():
+            self.fail(key, "must not be empty")
+        if len(value) > MAX_NAME:
+            self.fail(key, f"is {len(value):,} characters long; at most {MAX_NAME:,} are allowed")
+        return value
+
+    def optional_string(self, key: str, value: Any) -> str | None:
+        return None if value is None else self.string(key, value)
+
+    # -- containers -------------------------------------------------------------------------
+    def strings(self, key: str, value: Any, *, max_items: int = MAX_VALUES,
+                nonempty: bool = False, min_items: int = 0, unique: bool = True) -> list[str]:
+        if not isinstance(value, list):
+            self.fail(key, f"must be a list of names, got {_kind(value)}")
+        if not min_items <= len(value) <= max_items:
+            self.fail(key, f"must hold {min_items:,} to {max_items:,} names, holds "
+                      f"{len(value):,}")
+        for i, item in enumerate(value):
+            if not isinstance(item, str):
+                self.fail(f"{key}[{i}]", f"must be text, got {_kind(item)}")
+            if nonempty and not item.strip():
+                self.fail(f"{key}[{i}]", "must not be empty")
+            if len(item) > MAX_NAME:
+                self.fail(f"{key}[{i}]", f"is {len(item):,} characters long; at most "
+                          f"{MAX_NAME:,} are allowed")
+        if unique and len(set(value)) != len(value):
+            seen: set[str] = set()
+            dup = next(x for x in value if x in seen or seen.add(x))
+            self.fail(key, f"lists {dup!r} more than once")
+        return value
+
+    def mapping(self, key: str, value: Any, allowed: set[str] | None = None,
+                required: tuple[str, ...] = ()) -> dict:
+        if not isinstance(value, dict):
+            self.fail(key, f"must be a JSON object, got {_kind(value)}")
+        if allowed is not None:
+            unknown = sorted(k for k in value if k not in allowed)
+            if unknown:
+                self.fail(key, f"has an unknown entry {unknown[0]!r}; known entries are: "
+                          f"{', '.join(sorted(allowed))}")
+        missing = [k for k in required if k not in value]
+        if missing:
+            self.fail(key, f"lacks the entries: {', '.join(missing)}")
+        return value
+
+    def nesting(self, config: dict) -> None:
+        stack = [(config, 1)]
+        while stack:
+            obj, depth = stack.pop()
+            if depth > MAX_NESTING:
+                self.fail("the config", f"is nested more than {MAX_NESTING} levels deep")
+            children = obj.values() if isinstance(obj, dict) else obj
+            stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
+
+    # -- sections ---------------------------------------------------------------------------
+    def architecture(self, arch: Any) -> dict:
+        arch = self.mapping("architecture", arch, ARCH_KEYS,
+                            ("latent_dim", "ae_hidden", "cond_dim", "backbone"))
+        for key, (low, high) in ARCH_INTS.items():
+            self.integer(f"architecture.{key}", arch[key], low, high)
+        backbone = arch["backbone"]
+        if not isinstance(backbone, str) or backbone not in BACKBONE_KW:
+            self.fail("architecture.backbone", f"must be one of {', '.join(BACKBONE_KW)}, got "
+                      f"{_kind(backbone)}")
+        objective = arch.get("objective", "rectified_flow")
+        if not isinstance(objective, str) or objective not in OBJECTIVE_NAMES:
+            self.fail("architecture.objective", f"must be one of {', '.join(OBJECTIVE_NAMES)}, "
+                      f"got {_kind(objective)}")
+        dispersion = arch.get("dispersion", "gene")
+        if not isinstance(dispersion, str) or dispersion not in DISPERSION_NAMES:
+            self.fail("architecture.dispersion", f"must be one of "
+                      f"{', '.join(DISPERSION_NAMES)}, got {_kind(dispersion)}")
+        spec = BACKBONE_KW[backbone]
+        kw = self.mapping("architecture.backbone_kw", arch.get("backbone_kw", {}), set(spec))
+        for key, value in kw.items():
+            kind, low, high = spec[key]
+            name = f"architecture.backbone_kw.{key}"
+            if kind == "int":
+                self.integer(name, value, int(low), int(high))
+            else:
+                self.number(name, value, low, high)
+        if backbone == "transformer":
+            full = {**BACKBONE_DEFAULTS[backbone], **kw}
+            if full["width"] % full["heads"]:
+                self.fail("architecture.backbone_kw", f"width {full['width']} must be a "
+                          f"multiple of heads {full['heads']} (attention splits the width "
+                          "between heads)")
+        return arch
+
+    def vocab(self, vocab: Any) -> dict:
+        vocab = self.mapping("vocab", vocab, VOCAB_KEYS)
+        levels = self.strings("vocab.levels", vocab.get("levels", []), max_items=MAX_LEVELS,
+                              nonempty=True)
+        values = self.mapping("vocab.level_values", vocab.get("level_values", {}))
+        for lv in levels:
+            if lv not in values:
+                self.fail("vocab.level_values", f"has no values for the level {lv!r} listed in "
+                          "vocab.levels")
+        for lv, vals in values.items():
+            if lv not in levels:
+                self.fail("vocab.level_values", f"has values for {lv!r}, which is not in "
+                          f"vocab.levels ({', '.join(levels) or 'none'})")
+            self.strings(f"vocab.level_values.{lv}", vals)
+        self.strings("vocab.targets", vocab.get("targets", []), nonempty=True)
+        self.strings("vocab.types", vocab.get("types", []), nonempty=True)
+        if "max_perturbations" in vocab:
+            self.integer("vocab.max_perturbations", vocab["max_perturbations"], 1,
+                         MAX_PERTURBATIONS)
+        if "dose_scale" in vocab:
+            self.number("vocab.dose_scale", vocab["dose_scale"], 0.0, 1e6, low_open=True)
+        return vocab
+
+    def space(self, space: Any, vocab: dict) -> None:
+        space = self.mapping("space", space, SPACE_KEYS)
+        cell_types = self.strings("space.cell_types", space.get("cell_types", []))
+        targets = self.strings("space.targets", space.get("targets", []), nonempty=True)
+        self.strings("space.perturbation_types", space.get("perturbation_types", []))
+        tt = self.mapping("space.target_types", space.get("target_types", {}))
+        for t, types in tt.items():
+            self.strings(f"space.target_types.{t}", types)
+        levels = self.strings("space.context_levels", space.get("context_levels", []),
+                              max_items=MAX_LEVELS, nonempty=True)
+        cv = self.mapping("space.context_values", space.get("context_values", {}))
+        for lv, vals in cv.items():
+            self.strings(f"space.context_values.{lv}", vals)
+        for key in ("has_dose", "simulated_dose"):
+            if key in space:
+                self.boolean(f"space.{key}", space[key])
+        dr = space.get("dose_range")
+        if dr is not None:
+            if not isinstance(dr, list) or len(dr) != 2:
+                self.fail("space.dose_range", f"must be null or [low, high], got {_kind(dr)}")
+            lo = self.number("space.dose_range[0]", dr[0], 0.0, 1e12)
+            hi = self.number("space.dose_range[1]", dr[1], 0.0, 1e12)
+            if lo > hi:
+                self.fail("space.dose_range", f"low {lo:g} is above high {hi:g}")
+        max_p = space.get("max_perturbations", 1)
+        self.integer("space.max_perturbations", max_p, 0, MAX_PERTURBATIONS)
+        if "control_label" in space:
+            self.string("space.control_label", space["control_label"])
+        seen = space.get("seen", [])
+        if not isinstance(seen, list) or len(seen) > MAX_SEEN:
+            self.fail("space.seen", f"must be a list of at most {MAX_SEEN:,} conditions, got "
+                      f"{_kind(seen)}")
+        for i, cond in enumerate(seen):
+            self.condition(f"space.seen[{i}]", cond)
+        # what the space accepts must be what the vocabulary can encode
+        known = set(vocab.get("targets", []))
+        for t in targets:
+            if t not in known:
+                self.fail("space.targets", f"lists {t!r}, which the model's vocab.targets lacks")
+        for t in tt:
+            if t not in targets:
+                self.fail("space.target_types", f"names {t!r}, which is not in space.targets")
+        vocab_levels = vocab.get("levels", [])
+        for lv in levels:
+            if lv not in cv:
+                self.fail("space.context_values", f"has no values for the context level {lv!r}")
+            if lv not in vocab_levels:
+                self.fail("space.context_levels", f"names {lv!r}, which is not in vocab.levels")
+        if "cell_type" in vocab_levels:
+            vocab_ct = set(vocab["level_values"]["cell_type"])
+            for ct in cell_types:
+                if ct not in vocab_ct:
+                    self.fail("space.cell_types", f"lists {ct!r}, which the model's "
+                              "vocab.level_values.cell_type lacks")
+        elif cell_types:
+            self.fail("space.cell_types", "lists cell types but the vocab has no cell_type level")
+        if max_p > vocab.get("max_perturbations", 1):
+            self.fail("space.max_perturbations", f"is {max_p}, more than the "
+                      f"{vocab.get('max_perturbations', 1)} the vocab encodes")
+
+    def condition(self, key: str, cond: Any) -> None:
+        cond = self.mapping(key, cond, {"cell_type", "perturbations", "context"})
+        self.optional_string(f"{key}.cell_type", cond.get("cell_type"))
+        perts = cond.get("perturbations", [])
+        if not isinstance(perts, list) or len(perts) > MAX_PERTURBATIONS:
+            self.fail(f"{key}.perturbations", f"must be a list of at most {MAX_PERTURBATIONS}, "
+                      f"got {_kind(perts)}")
+        for j, p in enumerate(perts):
+            pk = f"{key}.perturbations[{j}]"
+            p = self.mapping(pk, p, {"target", "type", "dose"}, ("target",))
+            self.string(f"{pk}.target", p["target"], nonempty=True)
+            self.optional_string(f"{pk}.type", p.get("type"))
+            if p.get("dose") is not None:
+                self.number(f"{pk}.dose", p["dose"], 0.0, 1e12)
+        ctx = cond.get("context") or {}
+        ctx = self.mapping(f"{key}.context", ctx)
+        for lv, value in ctx.items():
+            self.string(f"{key}.context.{lv}", value)
+
+    def latent_stats(self, stats: Any, n: int) -> None:
+        stats = self.mapping("latent_stats", stats, {"mean", "std"}, ("mean", "std"))
+        for key, low in (("mean", -1e6), ("std", 1e-6)):
+            values = stats[key]
+            if not isinstance(values, list) or len(values) != n:
+                self.fail(f"latent_stats.{key}", f"must be a list of {n} numbers (latent_dim + "
+                          f"1), got {_kind(values)}")
+            for i, x in enumerate(values):
+                self.number(f"latent_stats.{key}[{i}]", x, low, 1e6)
+
+    def sampling(self, sampling: Any) -> None:
+        sampling = self.mapping("sampling", sampling, SAMPLING_KEYS)
+        if "steps" in sampling:
+            self.integer("sampling.steps", sampling["steps"], 1, MAX_STEPS)
+        if "guidance" in sampling:
+            self.number("sampling.guidance", sampling["guidance"], 0.0, MAX_GUIDANCE)
+        if "batch_size" in sampling:
+            self.integer("sampling.batch_size", sampling["batch_size"], 1, MAX_BATCH)
+
+    def schema(self, schema: Any) -> None:
+        schema = self.mapping("schema", schema)          # unknown keys: ignored by Schema
+        for key in ("cell_type_key", "perturbation_key", "perturbation_type_key", "dose_key",
+                    "control_label"):
+            self.optional_string(f"schema.{key}", schema.get(key))
+        for key in ("context_keys", "drop_labels"):
+            if schema.get(key) is not None:
+                self.strings(f"schema.{key}", schema[key], unique=False)
