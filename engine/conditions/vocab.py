@@ -12,7 +12,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .spec import Condition, ConditionSpace
+from ..errors import ConditionError
+from .spec import Condition, ConditionSpace, repeated_targets
 
 CELL_TYPE_LEVEL = "cell_type"
 
@@ -58,6 +59,10 @@ class Vocab:
                 values.setdefault(lv, set()).add(v)
             if has_ct and c.cell_type is not None:
                 values[CELL_TYPE_LEVEL].add(c.cell_type)
+            twice = repeated_targets(p.target for p in c.perturbations)
+            if twice:     # the schema check refuses such labels; never learn "A+A" as 2 slots
+                raise ConditionError(f"condition {c.label!r} names {', '.join(twice)} twice; "
+                                     "a combination names each target once")
             max_p = max(max_p, len(c.perturbations))
             for p in c.perturbations:
                 targets.add(p.target)

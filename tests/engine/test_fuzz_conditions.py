@@ -266,3 +266,38 @@ def test_fuzz_cli_generate_one_error_line_no_file(tmp_path, capsys, pert, ctx, s
     assert len([ln for ln in err.splitlines() if "error:" in ln]) == 1, err
     assert "Traceback" not in err
     assert not out.exists()
+
+
+OPTION_VALUE = st.one_of(MESSY, st.integers(-2**70, 2**70).map(str),
+                         st.floats(allow_nan=True, allow_infinity=True).map(repr))
+
+
+@FUZZ
+@given(seed=OPTION_VALUE, exclude=MESSY, keys=MESSY, n=OPTION_VALUE, steps=OPTION_VALUE,
+       guidance=OPTION_VALUE)
+def test_fuzz_cli_options_never_traceback(tmp_path, capsys, seed, exclude, keys, n, steps,
+                                          guidance):
+    """Whatever the option values, nothing is loaded from a missing file and nothing is
+    written: exit 2 and one ``error:`` line (argparse's or the engine's)."""
+    runs = [["train", str(tmp_path / "missing.h5ad"), "--out", str(tmp_path / "m"),
+             f"--seed={seed}", f"--exclude={exclude}", f"--context-keys={keys}", "--quiet"],
+            ["generate", "--model", str(tmp_path / "no-such-model"), "-o",
+             str(tmp_path / "x.csv"), f"-n={n}", f"--steps={steps}", f"--guidance={guidance}",
+             "--quiet"]]
+    for argv in runs:
+        rc = main(argv)
+        err = capsys.readouterr().err
+        assert rc == 2, err
+        assert len([ln for ln in err.splitlines() if "error:" in ln]) == 1, err
+        assert "Traceback" not in err
+    assert not list(tmp_path.iterdir())
+
+
+def test_vocab_refuses_repeated_targets_even_past_the_schema():
+    from engine.conditions.vocab import Vocab
+
+    conds = [Condition.make("T", [Perturbation("A"), Perturbation("A")]), Condition.make("T")]
+    with pytest.raises(ConditionError, match="names A twice"):
+        Vocab.from_conditions(conds, [])
+    assert Vocab.from_conditions([Condition.make("T", [Perturbation("A")])], []) \
+        .max_perturbations == 1
