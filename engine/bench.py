@@ -4,9 +4,12 @@ peak memory for a large run, measured in a fresh subprocess so earlier runs do n
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
+
+from .errors import PerturbStudioError, ResourceError
 
 
 def _first_condition(model):
@@ -50,15 +53,31 @@ def _peak_memory_child(model_name: str, n: int, threads: int, device: str) -> di
             f"r=_speed({model_name!r},{n},{threads},{device!r});"
             "r['peak_rss_mb']=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024);"
             "print(json.dumps(r))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if out.returncode != 0:
+        lines = [ln for ln in out.stderr.strip().splitlines() if ln.strip()]
+        last = lines[-1] if lines else f"exit status {out.returncode}"
+        if out.returncode < 0 or "MemoryError" in last or "ResourceError" in last:
+            raise ResourceError(f"the {n:,}-cell memory run stopped: {last[:300]}; try a "
+                                "smaller --big-n")
+        raise PerturbStudioError(f"the {n:,}-cell memory run failed: {last[:300]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _check_args(n, threads, big_n) -> None:
+    for name, v, lo in (("--n", n, 1), ("--threads", threads, 1), ("--big-n", big_n, 0)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            raise PerturbStudioError(f"bench {name} must be a whole number >= {lo}, got {v!r}")
+    if threads > (os.cpu_count() or 1) * 4:
+        raise PerturbStudioError(f"bench --threads {threads} is more than 4x the "
+                                 f"{os.cpu_count()} CPU cores of this machine")
 
 
 def run_bench(*, model: str = "kang-ifnb-pbmc", n: int = 20000, threads: int = 2,
               device: str = "cpu", big_n: int = 100000) -> dict:
     import torch
 
+    _check_args(n, threads, big_n)
     res = _speed(model, n, threads, device)
     out = {f"cpu_{k}" if k in ("cells_per_s", "seconds") else k: v for k, v in res.items()}
     if big_n:

@@ -24,9 +24,19 @@ from .checkpoint import CONFIG, WEIGHTS, load_weights, read_card, read_config, s
 from .conditions.spec import Condition, ConditionSpace
 from .conditions.vocab import CELL_TYPE_LEVEL, CondArrays, Vocab
 from .errors import ConditionError, DataError, ModelError, PerturbStudioError, ResourceError
+from .memory import (
+    CsrBuilder,
+    MemoryEstimate,
+    available_memory,
+    check_generation_memory,
+    out_of_memory_as_resource_error,
+)
 from .progress import CancelToken, ProgressFn, Reporter, check_cancel
 
 MAX_CELLS = 5_000_000
+MAX_STEPS = 1000
+MAX_GUIDANCE = 20.0
+MAX_SEED = 2**64 - 1
 
 
 @dataclass
@@ -202,28 +212,53 @@ class PerturbModel:
         return idx.cpu().numpy(), values.cpu().numpy(), state.shape[0]
 
     def _batches(self, n: int) -> list[int]:
-        size = int(self.config.get("sampling", {}).get("batch_size", 2048))
+        size = self._batch_size()
         return [min(size, n - i) for i in range(0, n, size)]
 
-    def _check_memory(self, n: int) -> None:
-        if n < 1:
-            raise PerturbStudioError(f"number of cells must be at least 1, got {n}")
+    @property
+    def density(self) -> float:
+        """Fraction of non-zero counts in the training data (sizes the memory estimate)."""
+        try:
+            d = float(self.config.get("density", 0.2))
+        except (TypeError, ValueError):
+            d = 0.2
+        return min(max(d, 1e-3), 1.0) if np.isfinite(d) else 0.2
+
+    def _check_memory(self, n: int, *, perturb: bool = False) -> MemoryEstimate:
+        """Refuse, before any work, a run whose peak memory would not fit (see engine.memory)."""
+        n = _cell_count(n)
         if n > MAX_CELLS:
             raise ResourceError(f"{n:,} cells is more than one run can generate "
                                 f"(at most {MAX_CELLS:,}); split the experiment")
-        density = float(self.config.get("density", 0.2))
-        need = n * len(self.genes) * density * 16 + 2048 * len(self.genes) * 4 * 10
-        avail = _available_memory()
-        if avail is not None and need > 0.8 * avail:
-            raise ResourceError(f"generating {n:,} cells would need about {need / 2**30:.1f} GiB "
-                                f"of memory but only {avail / 2**30:.1f} GiB is available; "
-                                "generate fewer cells per run")
+        what = f"{'perturbing' if perturb else 'generating'} {n:,} cells"
+        return check_generation_memory(n, len(self.genes), self.density, what=what,
+                                       available=_available_memory(),
+                                       batch_size=self._batch_size(), latent_dim=self.latent_dim,
+                                       perturb=perturb)
+
+    def _batch_size(self) -> int:
+        try:
+            size = int(self.config.get("sampling", {}).get("batch_size", 2048))
+        except (TypeError, ValueError):
+            size = 0
+        if size < 1:
+            raise ModelError(f"{self.name}: sampling.batch_size in config.json must be a "
+                             f"positive whole number, got {size}")
+        return size
+
+    def _sampling(self, steps, guidance) -> tuple[int, float]:
+        """The steps and guidance to use (the model's defaults for None), checked."""
+        steps = self.default_steps if steps is None else steps
+        guidance = self.default_guidance if guidance is None else guidance
+        _check_sampling(steps, guidance)
+        return int(steps), float(guidance)
 
     def _generators(self, seed: int):
         import torch
 
-        cpu = torch.Generator().manual_seed(int(seed))
-        dev = torch.Generator(device=self.device).manual_seed(int(seed) + 1)
+        seed = _check_seed(seed)
+        cpu = torch.Generator().manual_seed(seed)
+        dev = torch.Generator(device=self.device).manual_seed(seed + 1 if seed < MAX_SEED else 0)
         return cpu, dev
 
     # -- mode 1: de novo ------------------------------------------------------------------------
@@ -251,33 +286,34 @@ class PerturbModel:
             for c in list(conds):
                 if c.control() not in conds:
                     conds.append(c.control())
-        n = int(n)
-        self._check_memory(n * len(conds))
-        steps = int(steps or self.default_steps)
-        guidance = self.default_guidance if guidance is None else float(guidance)
-        _check_sampling(steps, guidance)
+        n = _cell_count(n)
+        steps, guidance = self._sampling(steps, guidance)
+        _check_seed(seed)
+        total = n * len(conds)
+        est = self._check_memory(total)
         grid = self.objective.grid(steps)
         d = self.latent_dim + 1
-        report = Reporter(progress, n * len(conds), "generating cells")
+        report = Reporter(progress, total, "generating cells")
         g_cpu, g_dev = self._generators(seed)
-        pieces, labels = [], []
-        done = 0
-        for cond in conds:
-            c, c_null = self._cond_pair(cond)
-            for b in self._batches(n):
-                x = torch.randn(b, d, generator=g_cpu).to(self.device)
+        labels, done = [], 0
+        with out_of_memory_as_resource_error(f"generating {total:,} cells", est):
+            builder = self._builder(total)
+            for cond in conds:
+                c, c_null = self._cond_pair(cond)
+                for b in self._batches(n):
+                    x = torch.randn(b, d, generator=g_cpu).to(self.device)
 
-                def on_step(k, _b=b, _done=done):
-                    report(_done + int(_b * k / (steps + 1)))
+                    def on_step(k, _b=b, _done=done):
+                        report(_done + int(_b * k / (steps + 1)))
 
-                x = self._integrate(x, c, c_null, guidance, grid, on_step, cancel)
-                check_cancel(cancel)
-                pieces.append(self._decode_counts(x, g_dev))
-                labels.append((cond, b))
-                done += b
-                report(done)
-        check_cancel(cancel)
-        adata = self._assemble(pieces, labels)
+                    x = self._integrate(x, c, c_null, guidance, grid, on_step, cancel)
+                    check_cancel(cancel)
+                    builder.add(*self._decode_counts(x, g_dev))
+                    labels.append((cond, b))
+                    done += b
+                    report(done)
+            check_cancel(cancel)
+            adata = self._assemble(builder, labels)
         adata.uns["perturb_studio"] = self._provenance("denovo", conds, seed, steps, guidance)
         return adata
 
@@ -289,47 +325,55 @@ class PerturbModel:
 
         The cells should be controls of ``condition``'s cell type. Each output cell keeps its
         input's identity (``obs['source_cell']``); model genes missing from the data are treated
-        as zero and counted in ``uns['perturb_studio']['genes_missing']``."""
+        as zero and counted in ``uns['perturb_studio']['genes_missing']``. Cells without any
+        count in the model's genes cannot be encoded and are refused (:class:`DataError`)."""
         import torch
 
         from .data.io import get_counts
 
         cond = self.check_condition(condition)
+        steps, guidance = self._sampling(steps, guidance)
+        _check_seed(seed)
         mapping = self.gene_mapping(cells)
         if mapping.fraction_found < min_gene_fraction:
             raise DataError(f"only {mapping.describe()}; at least {min_gene_fraction:.0%} are "
                             "needed to encode these cells (are gene symbols in var_names?)")
         counts, _ = get_counts(cells)
         n = counts.shape[0]
-        self._check_memory(n)
-        steps = int(steps or self.default_steps)
-        guidance = self.default_guidance if guidance is None else float(guidance)
-        _check_sampling(steps, guidance)
-        x0 = self._encode_counts(counts, mapping.index)                  # (n, d+1) standardised
+        if n < 1:
+            raise DataError("the given cells are empty (0 cells); nothing to perturb")
+        _check_not_empty(counts, mapping, cells.obs_names)
+        est = self._check_memory(n, perturb=True)
         c_src, c_src_null = self._cond_pair(cond.control())
         c_tgt, c_tgt_null = self._cond_pair(cond)
         grid = self.objective.grid(steps)
         total = 2 * steps
         report = Reporter(progress, n, "perturbing cells")
         _, g_dev = self._generators(seed)
-        pieces, labels, done = [], [], 0
-        for start, b in zip(np.cumsum([0] + self._batches(n)[:-1]), self._batches(n), strict=False):
-            x = torch.as_tensor(x0[start:start + b], device=self.device)
+        labels, done = [], 0
+        with out_of_memory_as_resource_error(f"perturbing {n:,} cells", est):
+            x0 = self._encode_counts(counts, mapping.index)              # (n, d+1) standardised
+            del counts
+            builder = self._builder(n)
+            sizes = self._batches(n)
+            for start, b in zip(np.cumsum([0] + sizes[:-1]), sizes, strict=True):
+                x = torch.as_tensor(x0[start:start + b], device=self.device)
 
-            def on_step(k, _b=b, _done=done):
-                report(_done + int(_b * k / (total + 1)))
+                def on_step(k, _b=b, _done=done):
+                    report(_done + int(_b * k / (total + 1)))
 
-            x = self._integrate(x, c_src, c_src_null, 1.0, grid[::-1], on_step, cancel)
-            x = self._integrate(x, c_tgt, c_tgt_null, guidance, grid,
-                                lambda k, f=on_step: f(k + steps), cancel)
-            check_cancel(cancel)
-            pieces.append(self._decode_counts(x, g_dev))
-            labels.append((cond, b))
-            done += b
-            report(done)
-        adata = self._assemble(pieces, labels)
-        adata.obs["source_cell"] = np.asarray(cells.obs_names, dtype=str)
-        adata.obs_names = [f"{s}-{cond.perturbation_label}" for s in cells.obs_names]
+                x = self._integrate(x, c_src, c_src_null, 1.0, grid[::-1], on_step, cancel)
+                x = self._integrate(x, c_tgt, c_tgt_null, guidance, grid,
+                                    lambda k, f=on_step: f(k + steps), cancel)
+                check_cancel(cancel)
+                builder.add(*self._decode_counts(x, g_dev))
+                labels.append((cond, b))
+                done += b
+                report(done)
+            del x0
+            adata = self._assemble(builder, labels)
+            adata.obs["source_cell"] = np.asarray(cells.obs_names, dtype=str)
+            adata.obs_names = [f"{s}-{cond.perturbation_label}" for s in cells.obs_names]
         prov = self._provenance("perturb", [cond], seed, steps, guidance)
         prov.update(genes_found=len(mapping.found), genes_missing=len(mapping.missing),
                     source_cells=int(n))
@@ -378,43 +422,28 @@ class PerturbModel:
         return GeneMapping(len(self.genes), found, missing, len(names) - len(used), index)
 
     # -- output ------------------------------------------------------------------------------------
-    def _assemble(self, pieces, labels):
+    def _builder(self, n_rows: int) -> CsrBuilder:
+        # capacity 1.3x the expected non-zeros: untouched capacity is never committed
+        return CsrBuilder(n_rows, len(self.genes), 1.3 * n_rows * len(self.genes) * self.density)
+
+    def _assemble(self, builder: CsrBuilder, labels):
         import anndata as ad
         import pandas as pd
-        import scipy.sparse as sp
 
-        G = len(self.genes)
-        indptr, indices, data, row0 = [np.zeros(1, np.int64)], [], [], 0
-        for idx, values, rows in pieces:
-            r = idx // G
-            indptr.append(np.cumsum(np.bincount(r, minlength=rows)) + (indptr[-1][-1]))
-            indices.append((idx % G).astype(np.int32))
-            data.append(values)
-            row0 += rows
-        indptr = np.concatenate(indptr)
-        indices = np.concatenate(indices) if indices else np.zeros(0, np.int32)
-        data = np.concatenate(data) if data else np.zeros(0, np.int32)
-        counts = sp.csr_matrix((data, indices, indptr), shape=(row0, G))
-        lib = np.diff(indptr)
-        rowsum = np.bincount(np.repeat(np.arange(row0), lib), weights=data, minlength=row0)
-        scale = np.repeat(1e4 / np.maximum(rowsum, 1.0), lib)
-        X = sp.csr_matrix((np.log1p(data * scale).astype(np.float32), indices.copy(),
-                           indptr.copy()), shape=counts.shape)
+        counts, X = builder.finish()
         obs = self._obs(labels)
-        obs.index = pd.Index([f"gen{i}" for i in range(row0)])
+        obs.index = pd.Index([f"gen{i}" for i in range(counts.shape[0])])
         adata = ad.AnnData(X=X, obs=obs, var=pd.DataFrame(index=pd.Index(self.genes)))
         adata.layers["counts"] = counts
         return adata
 
     def _obs(self, labels):
+        """Per-cell labels as categoricals, built from one code per batch (no per-cell objects)."""
         import pandas as pd
 
-        cols: dict[str, list] = {"condition": [], "cell_type": [], "perturbation": [],
-                                 "perturbation_type": [], "dose": [], "is_control": []}
         levels = [lv for lv in self.vocab.levels if lv != CELL_TYPE_LEVEL]
-        for lv in levels:
-            cols[lv] = []
-        for cond, b in labels:
+        rows = []
+        for cond, _ in labels:
             ctx = cond.context_dict()
             row = {"condition": cond.label, "cell_type": cond.cell_type or "",
                    "perturbation": cond.perturbation_label,
@@ -423,13 +452,21 @@ class PerturbModel:
                                     for p in cond.perturbations),
                    "is_control": cond.is_control}
             row.update({lv: ctx.get(lv, "") for lv in levels})
-            for k, v in row.items():
-                cols[k].extend([v] * b)
-        obs = pd.DataFrame(cols)
-        for k in obs.columns:
-            if k != "is_control":
-                obs[k] = obs[k].astype("category")
-        return obs
+            rows.append(row)
+        sizes = np.array([b for _, b in labels], np.int64)
+        keys = ["condition", "cell_type", "perturbation", "perturbation_type", "dose",
+                "is_control", *levels]
+        cols = {}
+        for k in keys:
+            values = [r[k] for r in rows]
+            if k == "is_control":
+                cols[k] = np.repeat(np.array(values, bool), sizes)
+                continue
+            cats = sorted(set(values))
+            code = {v: i for i, v in enumerate(cats)}
+            codes = np.repeat(np.array([code[v] for v in values], np.int64), sizes)
+            cols[k] = pd.Categorical.from_codes(codes, categories=cats)
+        return pd.DataFrame(cols)
 
     def _provenance(self, mode: str, conds, seed, steps, guidance) -> dict:
         import json
@@ -446,22 +483,70 @@ class PerturbModel:
                 "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}
 
 
-def _check_sampling(steps: int, guidance: float) -> None:
-    if not 1 <= steps <= 1000:
-        raise PerturbStudioError(f"sampling steps must be between 1 and 1000, got {steps}")
-    if not np.isfinite(guidance) or not 0.0 <= guidance <= 20.0:
-        raise PerturbStudioError(f"guidance must be between 0 and 20, got {guidance}")
+def _whole(value, what: str, *, lo: int, hi: int) -> int:
+    """``value`` as an int in [lo, hi]; bools, fractions and non-numbers are refused."""
+    import numbers
+
+    ok = isinstance(value, numbers.Integral) and not isinstance(value, bool | np.bool_)
+    if not ok and isinstance(value, float | np.floating) and np.isfinite(value) \
+            and float(value).is_integer():
+        value, ok = int(value), True
+    if not ok:
+        raise PerturbStudioError(f"{what} must be a whole number between {lo:,} and {hi:,}, "
+                                 f"got {value!r}")
+    value = int(value)
+    if not lo <= value <= hi:
+        raise PerturbStudioError(f"{what} must be between {lo:,} and {hi:,}, got {value:,}")
+    return value
+
+
+def _cell_count(n) -> int:
+    import numbers
+
+    if isinstance(n, numbers.Integral) and not isinstance(n, bool | np.bool_) and int(n) < 1:
+        raise PerturbStudioError(f"number of cells must be at least 1, got {int(n)}")
+    return _whole(n, "the number of cells", lo=1, hi=10**15)
+
+
+def _check_seed(seed) -> int:
+    """Seeds torch accepts: whole numbers up to 2^64 - 1 (negative ones down to -2^63)."""
+    import numbers
+
+    if isinstance(seed, numbers.Integral) and not isinstance(seed, bool | np.bool_) \
+            and -(2**63) <= int(seed) < 0:
+        return int(seed)
+    return _whole(seed, "the seed", lo=0, hi=MAX_SEED)
+
+
+def _check_sampling(steps, guidance) -> None:
+    steps = _whole(steps, "sampling steps", lo=1, hi=MAX_STEPS)
+    try:
+        g = float(guidance)
+    except (TypeError, ValueError):
+        raise PerturbStudioError(f"guidance must be a number between 0 and {MAX_GUIDANCE:g}, "
+                                 f"got {guidance!r}") from None
+    if isinstance(guidance, bool) or not np.isfinite(g) or not 0.0 <= g <= MAX_GUIDANCE:
+        raise PerturbStudioError(f"guidance must be a number between 0 and {MAX_GUIDANCE:g}, "
+                                 f"got {guidance!r}")
+
+
+def _check_not_empty(counts, mapping: GeneMapping, names) -> None:
+    """Refuse cells without a single count in the model's genes (they cannot be encoded)."""
+    cols = np.zeros(counts.shape[1], np.float32)
+    cols[mapping.index[mapping.index >= 0]] = 1.0
+    lib = np.asarray(counts @ cols).ravel()
+    empty = np.flatnonzero(~(lib > 0))
+    if not len(empty):
+        return
+    n, k = counts.shape[0], len(empty)
+    where = f"in the {len(mapping.found)} model genes found in the data"
+    if k == n:
+        raise DataError(f"all {n:,} given cells have no counts {where}; nothing can be encoded "
+                        "(are these raw counts of the right cells and genes?)")
+    raise DataError(f"{k:,} of {n:,} given cells have no counts {where} (first: "
+                    f"{str(names[empty[0]])!r}); they cannot be encoded; remove them (keep cells "
+                    "with at least one count) and try again")
 
 
 def _available_memory() -> int | None:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
+    return available_memory()

@@ -1,0 +1,292 @@
+"""Memory for generation: what a run needs, what is available, and running out as ResourceError.
+
+Where the memory of ``generate`` / ``perturb`` goes (``n`` cells, ``G`` genes, ``nnz`` = stored
+non-zero counts = n * G * density), as measured by ``build_scripts/bench_memory_guard.py``
+(``docs/results/memory_guard.txt``):
+
+- the NB draws are collected batch by batch into growable buffers (:class:`CsrBuilder`), 12
+  bytes per non-zero: int32 gene index, int32 count, float32 log-normalised value; the X matrix
+  gets its own copy of the gene indices (4 bytes) at the end, so the result holds 16 bytes per
+  non-zero. The buffers grow by ``realloc`` (on Linux ``mremap``: no second copy) and are sized
+  from the model's density, so there is never an old and a new copy of them at once;
+- per cell: the cell names (a Python string each), row pointers and obs codes
+  (``BYTES_PER_CELL``), and the byte strings h5py builds while writing the names
+  (``H5AD_BYTES_PER_CELL``);
+- per batch: the dense (batch, G) blocks of the decoder and of the NB sampler;
+- once: the libraries the first run imports (anndata, h5py, pandas) and torch's first-run
+  buffers (``FIXED_BYTES``); the chunk buffers of the CSV writer (``CSV_BYTES_PER_VALUE``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import ResourceError
+
+GIB = 2**30
+MIB = 2**20
+
+#: Result matrices: counts (int32 value + int32 index) and X (float32 value + int32 index).
+BYTES_PER_NONZERO = 16
+#: Cell names (a str object each + the Index holding them), row pointers, obs codes (measured).
+BYTES_PER_CELL = 140
+#: Writing h5ad: the cell names' byte strings and pointers that h5py builds (measured).
+H5AD_BYTES_PER_CELL = 100
+#: Writing CSV: per value of a chunk (up to ``CSV_CHUNK_VALUES``): the dense block as int32 and
+#: int64, its frames and text (measured: about 124 MiB for a full chunk).
+CSV_BYTES_PER_VALUE = 40
+CSV_CHUNK_VALUES = 4_000_000
+#: Dense float32 (batch, genes) blocks alive at once while decoding and drawing NB counts.
+DENSE_BLOCKS = 7
+#: What the first generation imports (anndata, h5py) and torch's first-run buffers, on top of a
+#: process that has loaded the model and imported engine.export, as the CLI has (measured).
+FIXED_BYTES = 36 * MIB
+#: Refuse when the estimate exceeds this fraction of the memory available.
+USABLE_FRACTION = 0.9
+#: Encoded cells of ``perturb``: (n, latent+1) float32, the blocks and their concatenation.
+PERTURB_LATENT_COPIES = 3
+#: What ``write=`` can name.
+WRITES = ("h5ad", "csv", "any", "none")
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Peak memory a run adds to the process, in bytes, with its parts."""
+
+    total: int
+    parts: dict[str, int] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        return ", ".join(f"{k} {v / GIB:.2f} GiB" for k, v in self.parts.items())
+
+
+def generation_estimate(n_cells: int, n_genes: int, density: float, *, batch_size: int = 2048,
+                        latent_dim: int = 32, perturb: bool = False,
+                        write: str = "any") -> MemoryEstimate:
+    """Peak memory of generating ``n_cells`` cells (all conditions together) and writing them.
+
+    ``write``: ``"h5ad"``, ``"csv"``, ``"any"`` (the larger of the two: the caller may choose
+    either later) or ``"none"``. ``perturb`` adds the encoded input cells of
+    :meth:`PerturbModel.perturb` (the input matrix itself is already in memory: not counted)."""
+    if write not in WRITES:
+        raise ValueError(f"write must be one of {WRITES}, got {write!r}")
+    n, g = max(int(n_cells), 0), max(int(n_genes), 1)
+    density = min(max(float(density), 0.0), 1.0)
+    nnz = n * g * density
+    batch = max(1, min(int(batch_size), n or 1))
+    parts = {
+        "result matrices": int(nnz * BYTES_PER_NONZERO),
+        "cell names and labels": int(n * BYTES_PER_CELL),
+        "dense blocks": int(batch * g * 4 * DENSE_BLOCKS),
+        "libraries": FIXED_BYTES,
+    }
+    if perturb:
+        parts["encoded cells"] = int(n * (latent_dim + 1) * 4 * PERTURB_LATENT_COPIES)
+    h5ad = int(n * H5AD_BYTES_PER_CELL)
+    csv = CSV_BYTES_PER_VALUE * min(n * g, CSV_CHUNK_VALUES)
+    parts["writing"] = {"h5ad": h5ad, "csv": csv, "any": max(h5ad, csv), "none": 0}[write]
+    return MemoryEstimate(sum(parts.values()), parts)
+
+
+def max_cells_within(budget: int, n_genes: int, density: float, **kw) -> int:
+    """The most cells whose :func:`generation_estimate` fits in ``budget`` bytes (0 if none)."""
+    lo, hi = 0, 1
+    while generation_estimate(hi, n_genes, density, **kw).total <= budget and hi < 10**12:
+        lo, hi = hi, hi * 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if generation_estimate(mid, n_genes, density, **kw).total <= budget:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def check_generation_memory(n_cells: int, n_genes: int, density: float, *, what: str,
+                            available: int | None = None, **kw) -> MemoryEstimate:
+    """Raise :class:`ResourceError` if ``what`` (e.g. "generating 5,000,000 cells") would not fit
+    in the memory available now; return the estimate otherwise."""
+    est = generation_estimate(n_cells, n_genes, density, **kw)
+    avail = available_memory() if available is None else available
+    if avail is not None and est.total > USABLE_FRACTION * avail:
+        fit = max_cells_within(int(USABLE_FRACTION * avail), n_genes, density, **kw)
+        hint = (f"at most about {fit:,} cells fit now" if fit else "close other programs first")
+        raise ResourceError(
+            f"{what} ({n_genes:,} genes) needs about {est.total / GIB:.1f} GiB of memory, but "
+            f"only {avail / GIB:.1f} GiB is available; generate fewer cells per run ({hint}) "
+            "or split the experiment into several runs")
+    return est
+
+
+def available_memory() -> int | None:
+    """Memory this process can still use, in bytes: MemAvailable, capped by a cgroup limit."""
+    avail = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    if avail is None:
+        try:
+            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            avail = _windows_available()
+    limit = _cgroup_room()
+    if limit is not None:
+        avail = limit if avail is None else min(avail, limit)
+    return avail
+
+
+def _cgroup_room() -> int | None:
+    """Room left under a cgroup v2 / v1 memory limit, or None without one."""
+    for limit_f, usage_f in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                             ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                              "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        try:
+            with open(limit_f) as f:
+                raw = f.read().strip()
+            if raw == "max":
+                return None
+            limit = int(raw)
+            with open(usage_f) as f:
+                usage = int(f.read().strip())
+        except (OSError, ValueError):
+            continue
+        if limit >= 2**60:                      # v1 "no limit"
+            return None
+        return max(limit - usage, 0)
+    return None
+
+
+def _windows_available() -> int | None:
+    try:
+        import ctypes
+
+        class _Status(ctypes.Structure):
+            _fields_ = [("dwLength", ctypes.c_ulong), ("dwMemoryLoad", ctypes.c_ulong),
+                        ("ullTotalPhys", ctypes.c_ulonglong), ("ullAvailPhys", ctypes.c_ulonglong),
+                        ("ullTotalPageFile", ctypes.c_ulonglong),
+                        ("ullAvailPageFile", ctypes.c_ulonglong),
+                        ("ullTotalVirtual", ctypes.c_ulonglong),
+                        ("ullAvailVirtual", ctypes.c_ulonglong),
+                        ("sullAvailExtendedVirtual", ctypes.c_ulonglong)]
+
+        st = _Status()
+        st.dwLength = ctypes.sizeof(_Status)
+        if ctypes.windll.kernel32.GlobalMemoryStatusEx(ctypes.byref(st)):  # type: ignore[attr-defined]
+            return int(st.ullAvailPhys)
+    except (AttributeError, OSError, ImportError):
+        pass
+    return None
+
+
+# -- running out of memory -------------------------------------------------------------------
+
+
+_OOM_WORDS = ("out of memory", "can't allocate memory", "cannot allocate memory",
+              "not enough memory", "failed to allocate", "std::bad_alloc")
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """True for MemoryError and for torch's CPU / CUDA allocation failures."""
+    if isinstance(e, MemoryError):
+        return True
+    if isinstance(e, RuntimeError):
+        text = str(e).lower()
+        return any(w in text for w in _OOM_WORDS)
+    return False
+
+
+@contextlib.contextmanager
+def out_of_memory_as_resource_error(what: str, estimate: MemoryEstimate | None = None,
+                                    ) -> Iterator[None]:
+    """Turn running out of memory inside the block into one :class:`ResourceError` line."""
+    try:
+        yield
+    except (MemoryError, RuntimeError) as e:
+        if not is_out_of_memory(e):
+            raise
+        need = f" (it needs about {estimate.total / GIB:.1f} GiB)" if estimate else ""
+        avail = available_memory()
+        have = f"; {avail / GIB:.1f} GiB is available now" if avail is not None else ""
+        raise ResourceError(f"ran out of memory while {what}{need}{have}; nothing was kept. "
+                            "Generate fewer cells per run, or split the experiment into "
+                            "several runs") from None
+
+
+# -- collecting the draws --------------------------------------------------------------------
+
+
+class _Growable:
+    """A 1-d array that grows in place (``ndarray.resize``: ``realloc``, no second copy on Linux);
+    pages are only committed when written, so a generous initial capacity costs nothing."""
+
+    def __init__(self, dtype, capacity: int) -> None:
+        self.a = np.empty(max(int(capacity), 1024), dtype)
+        self.n = 0
+
+    def append(self, values: np.ndarray) -> None:
+        k = len(values)
+        need = self.n + k
+        if need > len(self.a):
+            self.a.resize(max(need, int(len(self.a) * 1.25) + 4096), refcheck=False)
+        self.a[self.n:need] = values
+        self.n = need
+
+    def take(self) -> np.ndarray:
+        a, self.a = self.a, np.empty(0, self.a.dtype)
+        a.resize(self.n, refcheck=False)
+        return a
+
+
+class CsrBuilder:
+    """Collects the NB draws of each batch into the counts matrix and its log-normalised X.
+
+    ``add(idx, values, rows)`` takes a batch as flat row-major indices into (rows, genes) and
+    int32 counts; X = log1p(counts / library * 1e4), computed per batch in float64 and stored as
+    float32 (the same numbers as normalising the whole matrix at once)."""
+
+    def __init__(self, n_rows: int, n_genes: int, nnz_hint: float) -> None:
+        self.n_rows, self.n_genes = int(n_rows), int(n_genes)
+        self.indptr = np.zeros(self.n_rows + 1, np.int64)
+        self.rows = 0
+        cap = int(max(nnz_hint, 0)) + 4096
+        self.indices = _Growable(np.int32, cap)
+        self.data = _Growable(np.int32, cap)
+        self.xdata = _Growable(np.float32, cap)
+
+    def add(self, idx: np.ndarray, values: np.ndarray, rows: int) -> None:
+        g = self.n_genes
+        r = idx // g
+        cnt = np.bincount(r, minlength=rows)
+        start = self.indptr[self.rows]
+        self.indptr[self.rows + 1:self.rows + rows + 1] = np.cumsum(cnt) + start
+        rowsum = np.bincount(r, weights=values, minlength=rows)
+        scale = np.repeat(1e4 / np.maximum(rowsum, 1.0), cnt)
+        self.indices.append(idx % g)
+        self.data.append(values)
+        self.xdata.append(np.log1p(values * scale))
+        self.rows += rows
+
+    def finish(self):
+        """(counts, X) as CSR matrices of shape (rows, genes)."""
+        import scipy.sparse as sp
+
+        if self.rows != self.n_rows:
+            raise RuntimeError(f"CsrBuilder: {self.rows} of {self.n_rows} rows were added")
+        nnz = int(self.indptr[-1])
+        indptr = self.indptr.astype(np.int32) if nnz < 2**31 - 1 else self.indptr
+        self.indptr = None
+        shape = (self.n_rows, self.n_genes)
+        indices, data, xdata = self.indices.take(), self.data.take(), self.xdata.take()
+        counts = sp.csr_matrix((data, indices, indptr), shape=shape)
+        x = sp.csr_matrix((xdata, indices.copy(), indptr.copy()), shape=shape)
+        return counts, x
