@@ -13,9 +13,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .checkpoint import read_card, read_config
+from .checkpoint import WEIGHTS, read_card, read_config
 from .conditions.spec import ConditionSpace
-from .errors import ModelError
+from .errors import ModelError, PerturbStudioError
 
 
 def shipped_models_dir() -> Path:
@@ -52,26 +52,62 @@ class ModelInfo:
 
 
 def _info(folder: Path, source: str) -> ModelInfo:
-    config = read_config(folder)
+    config = read_config(folder)                     # validated completely (engine.config)
+    if not (folder / WEIGHTS).is_file():
+        raise ModelError(f"{folder}: {WEIGHTS} is missing")
     return ModelInfo(config.get("name") or folder.name, folder, source, read_card(folder),
                      ConditionSpace.from_dict(config["space"]), len(config["genes"]),
                      config["architecture"].get("backbone", ""))
 
 
-def list_models(*, include_broken: bool = False) -> list[ModelInfo]:
-    """Installed models (shipped first, then the user's), read from config/card only: cheap."""
-    out: list[ModelInfo] = []
+def _reason(e: BaseException) -> str:
+    """One line saying why a folder is not a usable model."""
+    if isinstance(e, PerturbStudioError):
+        text = str(e)
+    elif isinstance(e, OSError):
+        text = f"cannot be read ({e.strerror or e})"
+    else:                                            # a defect of ours, still only one line
+        text = f"unexpected {type(e).__name__} while reading it: {e}"
+    text = " ".join(text.split()) or type(e).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _scan() -> tuple[list[ModelInfo], list[tuple[Path, str]]]:
+    good: list[ModelInfo] = []
+    broken: list[tuple[Path, str]] = []
     for source, root in (("shipped", shipped_models_dir()), ("user", user_models_dir())):
-        if not root.is_dir():
+        try:
+            if not root.is_dir():
+                continue
+            folders = sorted(p for p in root.iterdir() if not p.name.startswith(".")
+                             and p.is_dir())
+        except OSError as e:
+            broken.append((root, _reason(e)))
             continue
-        for folder in sorted(p for p in root.iterdir() if p.is_dir() and not
-                             p.name.startswith(".")):
+        for folder in folders:
             try:
-                out.append(_info(folder, source))
-            except (ModelError, OSError):         # unreadable or broken folder: skip it
-                if include_broken:
-                    raise
-    return out
+                good.append(_info(folder, source))
+            except Exception as e:  # noqa: BLE001 - one broken folder must not hide the rest
+                broken.append((folder, _reason(e)))
+    return good, broken
+
+
+def list_models(*, include_broken: bool = False) -> list[ModelInfo]:
+    """Installed models (shipped first, then the user's), read from config/card only: cheap.
+
+    A folder that is not a usable model (any error at all while reading it) is skipped; see
+    :func:`broken_models` for which and why. With ``include_broken`` the first such folder
+    raises :class:`ModelError` instead."""
+    good, broken = _scan()
+    if include_broken and broken:
+        folder, why = broken[0]
+        raise ModelError(f"{folder}: {why}" if str(folder) not in why else why)
+    return good
+
+
+def broken_models() -> list[tuple[Path, str]]:
+    """The folders :func:`list_models` skipped, each with a one-line reason."""
+    return _scan()[1]
 
 
 def resolve_model(name_or_dir: str | os.PathLike) -> Path:
