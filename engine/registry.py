@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,21 +123,8 @@ def resolve_model(name_or_dir: str | os.PathLike) -> Path:
 
 
 def import_model(folder: str | os.PathLike, *, name: str | None = None) -> ModelInfo:
-    """Validate a model folder fully (weights included) and copy it into the user model folder."""
-    from .model import PerturbModel
+    """Install a model folder into :func:`user_models_dir`; see :func:`engine.install.import_model`
+    (only the model files, as regular files, validated completely, written atomically)."""
+    from .install import import_model as _import
 
-    src = Path(folder)
-    PerturbModel.load(src, device="cpu")            # full validation before anything is copied
-    dest = user_models_dir() / (name or src.name)
-    if dest.exists():
-        raise ModelError(f"a model named {dest.name!r} is already installed at {dest}")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.importing")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        shutil.copytree(src, tmp)
-        tmp.rename(dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return _info(dest, "user")
+    return _import(folder, name=name)
