@@ -2,8 +2,14 @@
 
 Both writers write to a hidden temporary file in the destination folder and rename it onto the
 destination (``os.replace``) only when writing finished. If anything goes wrong, including
-``KeyboardInterrupt`` or cancellation, the temporary file is removed and an existing file at the
-destination is left untouched.
+``KeyboardInterrupt``, SIGTERM / SIGHUP (in the main thread) or cancellation, the temporary file
+is removed and an existing file at the destination is left untouched. Temporary files are named
+``.NAME.<host>-<pid>-<random>.tmp[.h5ad]``; one left behind by a killed process (SIGKILL, power
+loss) is removed at the next write of NAME in that folder.
+
+Before writing, the free space of the folder is checked against an estimate of the file's size
+(for h5ad an upper bound: HDF5 cannot recover from a disk that fills up in the middle of a
+write, it crashes the process).
 """
 
 from __future__ import annotations
@@ -11,9 +17,18 @@ from __future__ import annotations
 import contextlib
 import errno
 import gzip
+import hashlib
 import json
 import os
+import re
+import shutil
+import signal
+import socket
+import stat
+import sys
 import tempfile
+import threading
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,7 +37,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .errors import DataError, ResourceError
+from .errors import Cancelled, DataError, ResourceError
+from .memory import CSV_CHUNK_VALUES
 from .progress import CancelToken, ProgressFn, Reporter, check_cancel
 
 if TYPE_CHECKING:
@@ -30,7 +46,233 @@ if TYPE_CHECKING:
 
 #: Condition columns written first in CSV files, in this order, when present in ``obs``.
 CONDITION_COLUMNS = ("condition", "cell_type", "perturbation", "perturbation_type", "dose")
-_CSV_CHUNK_VALUES = 4_000_000  # dense values per CSV chunk (~16 MB float32)
+#: Output names the writers support (``write_h5ad`` for .h5ad, ``write_csv`` for the others).
+OUTPUT_SUFFIXES = (".h5ad", ".csv", ".csv.gz", ".tsv", ".tsv.gz", ".txt", ".txt.gz")
+_CSV_CHUNK_VALUES = CSV_CHUNK_VALUES  # dense values per CSV chunk (~16 MB float32)
+#: A temporary file of ours from another host, or of the old naming, is stale after this long
+#: without being modified; one whose process (on this host) is still alive after this long.
+STALE_FOREIGN_S = 3600.0
+STALE_ALIVE_S = 24 * 3600.0
+
+
+# -- free space and destinations ------------------------------------------------------------
+
+
+def _size(n: float) -> str:
+    for unit, k in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= k:
+            return f"{n / k:.1f} {unit}"
+    return f"{int(n)} bytes"
+
+
+def _existing_ancestor(folder: Path) -> Path:
+    p = folder
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def check_free_space(folder: str | Path, need_bytes: int, what: str) -> None:
+    """Raise :class:`ResourceError` if ``folder`` (or, while it does not exist yet, its nearest
+    existing parent) has less than ``need_bytes`` free. ``what`` starts the message, e.g.
+    ``"writing /data/cells.h5ad"``. A folder whose free space cannot be read passes."""
+    folder = Path(folder)
+    try:
+        free = shutil.disk_usage(_existing_ancestor(folder)).free
+    except OSError:
+        return
+    if int(need_bytes) > free:
+        raise ResourceError(f"{what} needs about {_size(need_bytes)} of free space in {folder}, "
+                            f"but only {_size(free)} is free; free some space or choose "
+                            "another folder")
+
+
+def _supported(path: Path) -> bool:
+    return path.name.lower().endswith(OUTPUT_SUFFIXES)
+
+
+def preflight_output(path: str | os.PathLike, *, need_bytes: int | None = None) -> Path:
+    """Check, before any work, that results can be written to ``path``; return it as a Path.
+
+    Checks that the name ends in a supported suffix (:data:`OUTPUT_SUFFIXES`), that ``path`` is
+    not a folder, that its folder exists or can be created (missing folders are created) and is
+    a folder, that a file can be created there (a temporary file, removed at once) and, with
+    ``need_bytes``, that enough space is free.
+
+    Raises
+    ------
+    DataError
+        Unsupported suffix, ``path`` is a folder, a parent is a file, or the folder cannot be
+        created or written (naming it and why).
+    ResourceError
+        Less than ``need_bytes`` free.
+    """
+    path = Path(path)
+    if not _supported(path):
+        raise DataError(f"{path}: the output file must end in {', '.join(OUTPUT_SUFFIXES)} "
+                        f"(got {path.name!r})")
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder; give a file name")
+    folder = path.parent if str(path.parent) else Path(".")
+    p = folder
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    if p.exists() and not p.is_dir():
+        raise DataError(f"{path}: {p} is a file, not a folder")
+    if not folder.is_dir():
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise DataError(f"{path}: cannot create the folder {folder} "
+                            f"({e.strerror or e})") from None
+    try:
+        fd, probe = tempfile.mkstemp(prefix=_tmp_prefix(path.name), suffix=".tmp", dir=folder)
+    except OSError as e:
+        raise DataError(f"{path}: cannot write in {folder} ({e.strerror or e})") from None
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(probe)
+    if need_bytes is not None:
+        check_free_space(folder, need_bytes, f"writing {path}")
+    return path
+
+
+def estimate_output_bytes(n_cells: int, n_genes: int, density: float,
+                          path: str | os.PathLike) -> int:
+    """About the size of ``n_cells`` generated cells written to ``path``, before generating them
+    (for ``preflight_output(path, need_bytes=...)``): for h5ad the uncompressed upper bound that
+    :func:`write_h5ad` checks, for CSV the text (a twentieth of it for ``.gz``)."""
+    n, g = max(int(n_cells), 0), max(int(n_genes), 1)
+    nnz = n * g * min(max(float(density), 0.0), 1.0)
+    name = Path(path).name.lower()
+    if name.endswith(".h5ad"):
+        per_cell = 2 * 4 + 6 + 16 + _VLEN_OVERHEAD        # row pointers, labels, name
+        return int((nnz * 16 + n * per_cell + g * 64) * 1.02) + 2 * 2**20
+    text = 2 * n * g + 2 * nnz + 80 * n + 16 * g + 4096   # "0," per zero, digits, labels
+    return int(text // 20 if name.endswith(".gz") else text)
+
+
+# -- temporary files ----------------------------------------------------------------------------
+
+
+def _host_tag() -> str:
+    return hashlib.sha1(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:6]
+
+
+def _tmp_prefix(name: str) -> str:
+    return f".{name}.{_host_tag()}-{os.getpid()}-"
+
+
+def _tmp_pattern(name: str) -> re.Pattern:
+    return re.compile(rf"\.{re.escape(name)}\.(?:(?P<host>[0-9a-f]{{6}})-(?P<pid>\d+)-)?"
+                      r"[a-z0-9_]{8}\.tmp(?:\.h5ad)?")
+
+
+def _pid_alive(pid: int) -> bool | None:
+    """True / False on POSIX; None where it cannot be asked safely (Windows)."""
+    if os.name != "posix":
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def sweep_stale_temp_files(folder: str | Path, name: str) -> list[Path]:
+    """Remove temporary files that :func:`atomic_path` left for destination ``name`` in
+    ``folder`` (a killed writer): regular files of ours, matching our naming pattern, whose
+    process on this host is gone, or not modified for :data:`STALE_FOREIGN_S` (another host,
+    old naming) / :data:`STALE_ALIVE_S` (a live process of that number). Nothing else is
+    touched. Returns what was removed."""
+    folder, pattern, host, removed = Path(folder), _tmp_pattern(name), _host_tag(), []
+    prefix, now = f".{name}.", time.time()
+    try:
+        entries = [e for e in os.scandir(folder) if e.name.startswith(prefix)]
+    except OSError:
+        return removed
+    for entry in entries:
+        m = pattern.fullmatch(entry.name)
+        if not m:
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if not stat.S_ISREG(st.st_mode) or (hasattr(os, "getuid") and st.st_uid != os.getuid()):
+            continue
+        age = now - st.st_mtime
+        if m["pid"] is not None and m["host"] == host:
+            pid = int(m["pid"])
+            if pid == os.getpid():
+                continue                                  # another write of this process
+            alive = _pid_alive(pid)
+            if alive is False:
+                stale = True
+            elif alive is None:
+                stale = age > STALE_FOREIGN_S
+            else:
+                stale = age > STALE_ALIVE_S
+        else:
+            stale = age > STALE_FOREIGN_S
+        if stale:
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+    return removed
+
+
+class _Signalled(BaseException):
+    """SIGTERM / SIGHUP arrived during a write (a BaseException: no ``except Exception`` in a
+    library swallows it, so the temporary file is removed on the way out)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_signalled(signum, frame) -> None:
+    raise _Signalled(signum)
+
+
+@contextlib.contextmanager
+def _signals_raise() -> Iterator[None]:
+    """In the main thread, turn SIGTERM and SIGHUP into :class:`_Signalled` for the block, then
+    restore the handlers that were there. Ignored signals stay ignored (``nohup``)."""
+    installed: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for name in ("SIGTERM", "SIGHUP"):
+            sig = getattr(signal, name, None)
+            if sig is None:
+                continue
+            try:
+                prev = signal.getsignal(sig)
+                if prev is signal.SIG_IGN or prev is None:
+                    continue
+                signal.signal(sig, _raise_signalled)
+                installed[sig] = prev
+            except (ValueError, OSError):
+                pass
+    try:
+        yield
+    finally:
+        for sig, prev in installed.items():
+            with contextlib.suppress(ValueError, OSError):
+                signal.signal(sig, prev)
+
+
+def _is_disk_full(e: BaseException | None) -> bool:
+    seen = 0
+    while e is not None and seen < 10:
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
+            return True
+        text = str(e)
+        if "No space left on device" in text or "errno = 28" in text or "quota exceeded" in text:
+            return True
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return False
 
 
 @contextlib.contextmanager
@@ -38,33 +280,53 @@ def atomic_path(path: str | Path, *, suffix: str = ".tmp") -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` if the block succeeds.
 
     On any exception (``KeyboardInterrupt`` included) the temporary file is deleted and ``path``
-    is not created or changed. ``OSError`` is re-raised as :class:`DataError` (or
-    :class:`ResourceError` when the disk is full), naming ``path``.
+    is not created or changed. SIGTERM / SIGHUP during the block (main thread only) do the same
+    and are then passed on to the handler that was installed before (by default: the process
+    ends as it would have). ``OSError`` is re-raised as :class:`DataError` (or
+    :class:`ResourceError` when the disk is full), naming ``path``. Stale temporary files of
+    earlier writes of ``path`` are removed first (:func:`sweep_stale_temp_files`).
     """
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
+        if folder.exists():
+            raise DataError(f"{path}: {folder} is a file, not a folder")
         raise DataError(f"{path}: the folder {folder} does not exist")
     if path.is_dir():
         raise DataError(f"{path}: is a folder; give a file name")
+    sweep_stale_temp_files(folder, path.name)
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=folder)
+        fd, tmp_name = tempfile.mkstemp(prefix=_tmp_prefix(path.name), suffix=suffix,
+                                        dir=folder)
     except OSError as e:
         raise DataError(f"{path}: cannot write in {folder} ({e.strerror or e})") from None
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        yield tmp
-        os.chmod(tmp, _file_mode(path))
-        os.replace(tmp, path)
+        with _signals_raise():
+            yield tmp
+            os.chmod(tmp, _file_mode(path))
+            os.replace(tmp, path)
     except BaseException as e:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        if isinstance(e, _Signalled):
+            name = signal.Signals(e.signum).name
+            signal.raise_signal(e.signum)      # the previous handler; by default: exit
+            raise Cancelled(f"{path}: stopped by {name}; nothing was written") from None
+        if _is_disk_full(e):
+            try:
+                free = f" ({_size(shutil.disk_usage(folder).free)} free in {folder})"
+            except OSError:
+                free = ""
+            raise ResourceError(f"{path}: the disk is full{free}; nothing was written") \
+                from None
         if isinstance(e, OSError):
-            if e.errno == errno.ENOSPC:
-                raise ResourceError(f"{path}: the disk is full; nothing was written") from None
             raise DataError(f"{path}: cannot write the file ({e.strerror or e}); nothing was "
                             "written") from None
+        if isinstance(e, MemoryError):
+            raise ResourceError(f"{path}: ran out of memory while writing; nothing was "
+                                "written") from None
         raise
 
 
@@ -151,6 +413,104 @@ def restore_uns(value: Any) -> Any:
     return value
 
 
+_VLEN_OVERHEAD = 48          # bytes per variable-length string in HDF5 (heap object + id)
+_ELEMENT_OVERHEAD = 8192     # object header, B-tree and attributes per dataset / group
+
+
+def _strings_bytes(values) -> int:
+    total = n = 0
+    for v in values:
+        total += len(str(v).encode("utf-8", "surrogatepass"))
+        n += 1
+    return total + n * _VLEN_OVERHEAD
+
+
+def _array_bytes(a: np.ndarray) -> int:
+    if a.dtype.kind in "OUS":
+        return _strings_bytes(a.ravel())
+    return int(a.nbytes)
+
+
+def _frame_bytes(df: pd.DataFrame) -> int:
+    total = _strings_bytes(df.index) + _strings_bytes(df.columns) + _ELEMENT_OVERHEAD
+    for _, col in df.items():
+        total += _ELEMENT_OVERHEAD
+        if isinstance(col.dtype, pd.CategoricalDtype):
+            total += int(col.cat.codes.nbytes) + _strings_bytes(col.cat.categories)
+        elif col.dtype.kind in "biufcmM":
+            total += int(col.to_numpy().nbytes)
+        else:                                       # strings (become categoricals), objects
+            total += _strings_bytes(col.to_numpy())
+    return total
+
+
+def _elem_bytes(x: Any, depth: int = 0) -> int:
+    if x is None or depth > 50:
+        return 0
+    if sp.issparse(x):
+        x = x if x.format in ("csr", "csc") else x.tocsr()
+        return int(x.data.nbytes + x.indices.nbytes + x.indptr.nbytes) + 3 * _ELEMENT_OVERHEAD
+    if isinstance(x, pd.DataFrame):
+        return _frame_bytes(x)
+    if isinstance(x, np.ndarray):
+        return _array_bytes(x) + _ELEMENT_OVERHEAD
+    if isinstance(x, Mapping):
+        return _ELEMENT_OVERHEAD + sum(_elem_bytes(v, depth + 1) + len(str(k)) + 64
+                                       for k, v in x.items())
+    if isinstance(x, str):
+        return len(x.encode("utf-8", "surrogatepass")) + _ELEMENT_OVERHEAD
+    if isinstance(x, bool | int | float | np.generic):
+        return _ELEMENT_OVERHEAD
+    if isinstance(x, list | tuple):
+        return _ELEMENT_OVERHEAD + sum(_elem_bytes(v, depth + 1) for v in x)
+    if hasattr(x, "nbytes"):                        # backed / dask / other array types
+        return int(x.nbytes) + _ELEMENT_OVERHEAD
+    return len(str(x)) + _ELEMENT_OVERHEAD
+
+
+def estimate_h5ad_bytes(adata: AnnData) -> int:
+    """An upper bound of the size of ``adata`` written as h5ad, compressed or not: every array
+    uncompressed (compression never makes a chunk larger than ~0.1 %), strings as HDF5 stores
+    them, plus per-element overhead and a 2 % margin."""
+    raw = adata.raw
+    total = sum(_elem_bytes(v) for v in (
+        adata.X, adata.obs, adata.var, dict(adata.obsm), dict(adata.varm), dict(adata.obsp),
+        dict(adata.varp), dict(adata.layers), dict(adata.uns)))
+    if raw is not None:
+        total += _elem_bytes(raw.X) + _elem_bytes(raw.var) + _elem_bytes(dict(raw.varm))
+    return int(total * 1.02) + 2 * 2**20
+
+
+_QUIET_LOCK = threading.Lock()
+_QUIET_DEPTH = 0
+_PREV_HOOK = None
+
+
+def _drop_h5py_noise(unraisable) -> None:
+    obj = f"{unraisable.object!r} {unraisable.exc_type}"
+    if "h5py" in obj or "ObjectID" in obj:
+        return
+    (_PREV_HOOK or sys.__unraisablehook__)(unraisable)
+
+
+@contextlib.contextmanager
+def _quiet_h5py() -> Iterator[None]:
+    """Drop the "Exception ignored in ObjectID.__dealloc__" lines h5py prints after a failed
+    write (HDF5's own error stacks are silenced by h5py already)."""
+    global _QUIET_DEPTH, _PREV_HOOK
+    with _QUIET_LOCK:
+        if _QUIET_DEPTH == 0:
+            _PREV_HOOK, sys.unraisablehook = sys.unraisablehook, _drop_h5py_noise
+        _QUIET_DEPTH += 1
+    try:
+        yield
+    finally:
+        with _QUIET_LOCK:
+            _QUIET_DEPTH -= 1
+            if _QUIET_DEPTH == 0:
+                sys.unraisablehook, _PREV_HOOK = _PREV_HOOK or sys.__unraisablehook__, None
+
+
 def write_h5ad(adata: AnnData, path: str | Path, *, compression: str | None = "gzip") -> Path:
     """Write ``adata`` to an h5ad file atomically.
 
@@ -159,6 +519,12 @@ def write_h5ad(adata: AnnData, path: str | Path, *, compression: str | None = "g
     :func:`restore_uns`), tuples become lists. ``adata`` itself is not modified, apart from
     anndata turning string ``obs`` columns into categoricals (its ``uns`` is swapped for the
     sanitised copy while writing, so do not edit ``adata`` from another thread meanwhile).
+
+    Before anything is written, the folder's free space is checked against
+    :func:`estimate_h5ad_bytes` (the uncompressed size: an upper bound). HDF5 cannot recover
+    from a disk that fills up in the middle of a write (it crashes the process, issue 15 #9), so
+    this check is what keeps it from happening; only another program filling the disk during
+    the write can still get there.
 
     Parameters
     ----------
@@ -180,17 +546,28 @@ def write_h5ad(adata: AnnData, path: str | Path, *, compression: str | None = "g
     DataError
         The folder is missing or not writable, or the data cannot be stored (naming the file).
     ResourceError
-        The disk is full.
+        Not enough free space (before writing: naming the sizes), the disk filled up, or memory
+        ran out.
     """
     path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
     original = adata.uns
-    with atomic_path(path, suffix=".tmp.h5ad") as tmp:
+    if folder.is_dir() and not path.is_dir():
+        adata.uns = sanitize_uns(dict(original))
+        try:
+            need = estimate_h5ad_bytes(adata)
+        finally:
+            adata.uns = original
+        check_free_space(folder, need, f"writing {path} (an upper bound: before compression)")
+    with atomic_path(path, suffix=".tmp.h5ad") as tmp, _quiet_h5py():
         try:
             adata.uns = sanitize_uns(dict(original))
             adata.write_h5ad(tmp, compression=compression)
-        except (OSError, KeyboardInterrupt):
+        except (OSError, KeyboardInterrupt, MemoryError):
             raise
         except Exception as e:
+            if _is_disk_full(e):
+                raise OSError(errno.ENOSPC, "No space left on device") from None
             raise DataError(f"{path}: cannot store this dataset as h5ad "
                             f"({type(e).__name__}: {str(e)[:300]}); nothing was written") \
                 from None
@@ -225,6 +602,37 @@ def _is_integer_matrix(m) -> bool:
     data = m.data if sp.issparse(m) else np.asarray(m)
     data = np.asarray(data).ravel()[:1_000_000]
     return bool(np.all(np.isfinite(data)) and np.all(data == np.round(data)))
+
+
+def estimate_csv_bytes(adata: AnnData, m, as_int: bool, cols: list[str]) -> int:
+    """About the size of the uncompressed CSV: one character and a separator per zero, the
+    digits of each non-zero (counted exactly for integers, 12 for floats), names and labels."""
+    n, g = adata.n_obs, adata.n_vars
+    data = m.data if sp.issparse(m) else None
+    if data is None:
+        nnz = int(np.count_nonzero(np.asarray(m)))
+        extra = nnz * (8 if not as_int else 2)
+    elif as_int:
+        nnz, extra = len(data), 0
+        for start in range(0, len(data), 16_000_000):
+            d = np.abs(data[start:start + 16_000_000])
+            extra += sum(int(np.count_nonzero(d >= 10**k)) for k in range(1, 19))
+            extra += int(np.count_nonzero(data[start:start + 16_000_000] < 0))
+    else:
+        nnz = len(data)
+        extra = nnz * 8
+    labels = 0
+    for c in cols:
+        col = adata.obs[c]
+        if isinstance(col.dtype, pd.CategoricalDtype):
+            lens = np.array([len(str(v)) + 2 for v in col.cat.categories] or [0])
+            codes = col.cat.codes.to_numpy()
+            labels += int(lens[codes[codes >= 0]].sum()) + int((codes < 0).sum()) + n
+        else:
+            labels += n * 12
+    names = sum(len(str(v)) for v in adata.obs_names) + n
+    header = sum(len(str(v)) + 1 for v in adata.var_names) + 64 * (len(cols) + 1)
+    return int(2 * n * g + extra + labels + names + header) + 4096
 
 
 def write_csv(adata: AnnData, path: str | Path, *, layer: str = "counts",
@@ -277,6 +685,12 @@ def write_csv(adata: AnnData, path: str | Path, *, layer: str = "counts",
     step = max(1, _CSV_CHUNK_VALUES // max(g, 1))
     report = Reporter(progress, n, "writing")
     gz = path.name.lower().endswith(".gz")
+    folder = path.parent if str(path.parent) else Path(".")
+    if folder.is_dir() and not path.is_dir():
+        need = estimate_csv_bytes(adata, m, as_int, cols)
+        if gz:       # the compressed size is not known before: refuse only hopeless cases
+            need //= 20
+        check_free_space(folder, need, f"writing {path}")
     with atomic_path(path, suffix=".tmp") as tmp, \
             (gzip.open(tmp, "wt", encoding="utf-8", newline="", compresslevel=4) if gz
              else open(tmp, "w", encoding="utf-8", newline="")) as f:
