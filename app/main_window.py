@@ -629,6 +629,7 @@ class MainWindow(QMainWindow):
             self.models_page.set_message(f"Could not import {folder}: {m}", error=True)
             self.show_error(m, d, title="Import failed")
 
+        self.nav.setCurrentRow(1)  # the outcome is said on the Models page
         self.models_page.set_message(f"Checking {folder}…")
         self.jobs.start("import", fn, on_finished=done, on_failed=failed)
 

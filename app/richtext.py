@@ -23,8 +23,8 @@ def esc(value) -> str:
 
 def tip(value) -> str:
     """A tooltip that shows ``value`` literally (escaped, in a tag so that Qt takes it as rich
-    text and decodes the entities; line breaks kept)."""
-    return "<span>" + esc(value).replace("\n", "<br>") + "</span>"
+    text and decodes the entities; lines kept as they are, never re-wrapped at a hyphen)."""
+    return "<p style='white-space:pre'>" + esc(value).replace("\n", "<br>") + "</p>"
 
 
 def plain(label):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import logging
 import os
+import textwrap
 from pathlib import Path
 
 from PySide6.QtCore import Qt, Signal
@@ -127,13 +128,13 @@ class ModelsPanel(QWidget):
         for folder, why in self.broken:
             # the row names the folder already: say the rest (the tooltip has it all)
             short = why.replace(f"{folder}{os.sep}", "").replace(str(folder), "this folder")
-            short = short if len(short) <= 90 else short[:89] + "…"
-            item = QListWidgetItem(f"⚠ {folder.name}\n   cannot be used: {short}")
+            lines = textwrap.wrap(f"cannot be used: {short}", 36, max_lines=3, placeholder=" …")
+            item = QListWidgetItem("\n".join([f"⚠ {folder.name}"] + [f"   {x}" for x in lines]))
             item.setData(BROKEN_ROLE, (str(folder), why))
             # shown, readable, hoverable, but never selected or used
             item.setFlags(Qt.ItemFlag.ItemIsEnabled)
             item.setForeground(QBrush(QColor(128, 128, 128)))
-            item.setToolTip(tip(f"{folder}\n{why}"))
+            item.setToolTip(tip("\n".join([str(folder), *textwrap.wrap(why, 100)])))
             self.list.addItem(item)
         if self.infos:
             before = self.list.currentRow()
