@@ -184,7 +184,7 @@ def _output_path(text: str) -> Path:
 
 
 def cmd_generate(args) -> int:
-    from .export import write_csv, write_h5ad
+    from .export import estimate_output_bytes, preflight_output, write_csv, write_h5ad
     from .model import PerturbModel
 
     out = _output_path(args.output)
@@ -192,13 +192,18 @@ def cmd_generate(args) -> int:
     if args.from_key and not args.from_cells:
         raise PerturbStudioError("--from-key selects cells of --from-cells; give --from-cells "
                                  "DATA too")
+    preflight_output(out)                        # the destination is writable, before any work
     model = PerturbModel.load(args.model, device=args.device)
     cond = _condition_from_args(args, model)
+    model.check_condition(cond)                  # before reading --from-cells
+    cells = _read_cells(args.from_cells, args.from_key) if args.from_cells else None
+    n = args.n if cells is None else cells.n_obs
+    preflight_output(out, need_bytes=estimate_output_bytes(n, len(model.genes), model.density,
+                                                           out))
     bar = _Bar(args.quiet)
     t0 = time.perf_counter()
     try:
-        if args.from_cells:
-            cells = _read_cells(args.from_cells, args.from_key)
+        if cells is not None:
             adata = model.perturb(cells, cond, seed=args.seed, steps=args.steps,
                                   guidance=args.guidance, progress=bar)
         else:

@@ -7,10 +7,23 @@ refused with the reason, the same way the engine API refuses them.
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import anndata as ad
 import pytest
 
 from engine.cli import SEED_MAX, main
+
+
+def _sys_writable() -> bool:
+    try:
+        fd, name = tempfile.mkstemp(dir="/sys")
+    except OSError:
+        return False
+    os.close(fd)
+    os.unlink(name)
+    return True
 
 
 def run(capsys, argv):
@@ -235,3 +248,69 @@ def test_evaluate_missing_column_with_several_values_names_the_options(tiny_mode
     assert "has no column 'cell_type', where this model reads the cell type; name the column " \
            "that holds it with --cell-type-key COLUMN, or give one value for every cell with " \
            "--cell-type (known: B, T)" in lines[0]
+
+
+# -- #10: the destination is checked before the model loads or anything is generated ------------
+
+def test_output_under_a_file_is_refused_before_loading(tmp_path, capsys):
+    f = tmp_path / "notes.txt"
+    f.write_text("mine")
+    rc, _, err = run(capsys, gen(tmp_path / "no-such-model", f / "sub" / "x.csv",
+                                 "--cell-type", "T"))
+    assert_one_error(rc, err, "is a file, not a folder")     # not "model not found": checked first
+    assert f.read_text() == "mine" and sorted(tmp_path.iterdir()) == [f]
+
+
+def test_output_that_is_a_folder_is_refused_before_loading(tmp_path, capsys):
+    d = tmp_path / "cells.h5ad"
+    d.mkdir()
+    rc, _, err = run(capsys, gen(tmp_path / "no-such-model", d, "--cell-type", "T"))
+    assert_one_error(rc, err, "is a folder; give a file name")
+
+
+@pytest.mark.skipif(not os.path.isdir("/sys") or _sys_writable(),
+                    reason="needs a folder no one may write in (/sys)")
+@pytest.mark.parametrize("target", ["/sys/perturb_studio_x.csv", "/sys/ps_sub/x.csv"])
+def test_unwritable_output_is_refused_before_loading(tiny_model_dir, capsys, target):
+    rc, _, err = run(capsys, gen(tiny_model_dir, target, "--cell-type", "T", "-n", "3"))
+    assert_one_error(rc, err, "cannot")
+    assert not os.path.exists(target)
+
+
+def test_missing_output_folders_are_created(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "run1" / "day2" / "cells.tsv"
+    rc, _, err = run(capsys, gen(tiny_model_dir, out, "--cell-type", "T", "-n", "3"))
+    assert rc == 0, err
+    assert out.is_file()
+
+
+def test_free_space_for_a_text_table_is_checked_before_generating(tiny_model_dir, tmp_path,
+                                                                   capsys, monkeypatch):
+    import engine.export
+    import engine.model
+    from engine.errors import ResourceError
+
+    asked = []
+    real = engine.export.preflight_output
+
+    def preflight(path, *, need_bytes=None):
+        asked.append(need_bytes)
+        if need_bytes is not None:
+            raise ResourceError(f"writing {path} needs about {need_bytes} bytes (test)")
+        return real(path)
+
+    def never(*a, **k):
+        raise AssertionError("generated although the disk check failed")
+
+    monkeypatch.setattr(engine.export, "preflight_output", preflight)
+    monkeypatch.setattr(engine.model.PerturbModel, "generate", never)
+    for name in ("x.csv", "x.h5ad"):
+        asked.clear()
+        out = tmp_path / name
+        rc, _, err = run(capsys, gen(tiny_model_dir, out, "--cell-type", "T", "-n", "1000"))
+        need = engine.export.estimate_output_bytes(1000, 60, engine.model.PerturbModel.load(
+            tiny_model_dir, device="cpu").density, out)
+        assert need >= 120000 if name.endswith(".csv") else need > 0   # >= "0," per value
+        assert_one_error(rc, err, f"needs about {need} bytes")
+        assert asked == [None, need]
+        assert not out.exists()
