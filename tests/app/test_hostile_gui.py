@@ -286,8 +286,8 @@ def test_broken_folders_are_listed_greyed_with_their_reason(qtbot, window, tmp_p
 
 
 def test_broken_user_model_does_not_hide_the_others(qtbot, window, tmp_path):
-    """A real unreadable folder among good models: all good ones are listed; the folder is
-    named when the engine reports broken folders."""
+    """Real unreadable folders among good models: all good ones are listed, and each broken
+    folder is named in a greyed row (engine.registry.broken_models)."""
     from engine import registry
 
     w = window
@@ -302,6 +302,7 @@ def test_broken_user_model_does_not_hide_the_others(qtbot, window, tmp_path):
     assert len(page.infos) >= 4, [i.name for i in page.infos]  # the shipped models
     assert {i.path.name for i in page.infos}.isdisjoint({"bad-json", "no-genes"})
     assert w.last_error is None
-    if hasattr(registry, "broken_models"):
-        rows = [page.list.item(i).text() for i in range(len(page.infos), page.list.count())]
-        assert any("bad-json" in r for r in rows) and any("no-genes" in r for r in rows), rows
+    rows = [page.list.item(i).text() for i in range(len(page.infos), page.list.count())]
+    assert any(r.startswith("⚠ bad-json\n") for r in rows), rows
+    assert any(r.startswith("⚠ no-genes\n") for r in rows), rows
+    assert {p.name for p, _why in registry.broken_models()} >= {"bad-json", "no-genes"}
