@@ -111,20 +111,18 @@ def preflight_output(path: str | os.PathLike, *, need_bytes: int | None = None) 
     if not _supported(path):
         raise DataError(f"{path}: the output file must end in {', '.join(OUTPUT_SUFFIXES)} "
                         f"(got {path.name!r})")
-    if path.is_dir():
-        raise DataError(f"{path}: is a folder; give a file name")
     folder = path.parent if str(path.parent) else Path(".")
-    p = folder
-    while not p.exists() and p != p.parent:
-        p = p.parent
-    if p.exists() and not p.is_dir():
-        raise DataError(f"{path}: {p} is a file, not a folder")
-    if not folder.is_dir():
-        try:
+    try:
+        if path.is_dir():
+            raise DataError(f"{path}: is a folder; give a file name")
+        p = _existing_ancestor(folder)
+        if p.exists() and not p.is_dir():
+            raise DataError(f"{path}: {p} is a file, not a folder")
+        if not folder.is_dir():
             folder.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise DataError(f"{path}: cannot create the folder {folder} "
-                            f"({e.strerror or e})") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot create or use the folder {folder} "
+                        f"({e.strerror or e})") from None
     try:
         fd, probe = tempfile.mkstemp(prefix=_tmp_prefix(path.name), suffix=".tmp", dir=folder)
     except OSError as e:

@@ -239,12 +239,31 @@ def test_preflight_read_only_folder_is_refused_for_real(tmp_path):
     ro.mkdir()
     ro.chmod(0o500)
     try:
-        with pytest.raises(DataError, match="cannot (write in|create the folder)"):
+        with pytest.raises(DataError, match="cannot (write in|create or use the folder)"):
             preflight_output(ro / "sub" / "x.csv")
         with pytest.raises(DataError, match="cannot write in"):
             preflight_output(ro / "x.csv")
     finally:
         ro.chmod(0o700)
+
+
+def test_preflight_read_only_file_system_is_refused_for_real(tmp_path):
+    """The issue's ``-o /ro/sub/x.csv``: refused before any work, naming the folder and why."""
+    ro = tmp_path / "ro"
+    if sys.platform != "linux" or os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("needs root to mount a read-only file system")
+    ro.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(ro)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount tmpfs here")
+    try:
+        with pytest.raises(DataError, match=rf"cannot create or use the folder {ro / 'sub'} "
+                                            r"\(Read-only file system\)"):
+            preflight_output(ro / "sub" / "x.csv")
+        with pytest.raises(DataError, match=rf"cannot write in {ro} \(Read-only file system\)"):
+            preflight_output(ro / "x.csv")
+    finally:
+        subprocess.run(["umount", str(ro)], capture_output=True)
 
 
 def test_preflight_checks_free_space_when_asked(tmp_path, monkeypatch):
