@@ -245,6 +245,7 @@ def cmd_evaluate(args) -> int:
     _condition_from_args(args)                   # refuse a malformed condition before loading
     model = PerturbModel.load(args.model, device=args.device)
     cond = _condition_from_args(args, model)
+    model.check_condition(cond)                  # before reading --data
     real = read_dataset(args.data)
     schema = Schema.from_dict(model.config.get("schema", {}))
     for k in ("cell_type_key", "perturbation_key", "perturbation_type_key", "dose_key"):
@@ -292,6 +293,8 @@ def _fill_missing_columns(args, model, real, schema, cond) -> None:
     for col, named, what, option, given, known, key in roles:
         if col is None or named or col in real.obs.columns:
             continue
+        if col in schema.context_keys and _fill_from_cell_type(args, sp, real, schema, col):
+            continue
         if given is not None:
             value, why = given, f"from {option.split()[0]}"
         elif len(known) == 1:
@@ -303,6 +306,26 @@ def _fill_missing_columns(args, model, real, schema, cond) -> None:
         real.obs[col] = value
         print(f"note: {args.data} has no column {col!r}; every cell gets {what} {value!r} "
               f"({why})", file=sys.stderr)
+
+
+def _fill_from_cell_type(args, sp, real, schema, col: str) -> bool:
+    """Fill a missing context column per cell from its cell type, when every cell type of the
+    data had exactly one value of that level in training (k562 -> bone marrow, A172 -> brain)."""
+    ct_col = schema.cell_type_key
+    if ct_col is None or ct_col not in real.obs.columns or not sp.cell_types:
+        return False
+    cell_types = real.obs[ct_col].astype(str)
+    mapping = {}
+    for ct in cell_types.unique():
+        values = sp.context_of(ct).get(col, set())
+        if len(values) != 1:
+            return False
+        mapping[ct] = next(iter(values))
+    real.obs[col] = cell_types.map(mapping).astype("category")
+    shown = _ls([f"{ct} -> {v}" for ct, v in sorted(mapping.items())], 6)
+    print(f"note: {args.data} has no column {col!r}; every cell gets the {col} its cell type had "
+          f"in training ({shown})", file=sys.stderr)
+    return True
 
 
 def _ls(values, limit: int = 20) -> str:
@@ -417,7 +440,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--quiet", action="store_true")
     g.set_defaults(func=cmd_generate)
 
-    e = sub.add_parser("evaluate", help="score a model against real cells, beside baselines")
+    e = sub.add_parser("evaluate", help="score a model against real cells, beside baselines",
+                       description="Score a model against real cells, beside baselines. A "
+                       "column the model reads but --data lacks (e.g. perturbation_type) is "
+                       "filled for every cell from --cell-type, --perturbation-type or "
+                       "--context, or with the one value the model knows; otherwise name the "
+                       "column with the matching --*-key option.")
     condition(e)
     e.add_argument("--data", required=True, help="real cells (h5ad)")
     roles(e, control=False)

@@ -291,6 +291,10 @@ class ConditionSpace:
                 if not math.isfinite(p.dose) or p.dose < 0:
                     raise ConditionError(f"dose must be >= 0, got {p.dose}")
 
+    def context_of(self, cell_type: str | None) -> dict[str, set[str]]:
+        """The values each context level took for ``cell_type`` in training (level -> set)."""
+        return self._context_of(cell_type)
+
     def _context_of(self, cell_type: str | None) -> dict[str, set[str]]:
         """Context values each level took for this cell type in training."""
         out: dict[str, set[str]] = {}

@@ -237,17 +237,44 @@ def test_evaluate_never_fills_a_column_the_user_named(tiny_model_dir, synthetic,
     assert "Traceback" not in err
 
 
-def test_evaluate_missing_column_with_several_values_names_the_options(tiny_model_dir, synthetic,
-                                                                       tmp_path, capsys):
-    data = _without(synthetic, tmp_path, "cell_type")
-    rc, _, err = run(capsys, ["evaluate", "--model", tiny_model_dir, "--data", data,
-                              "--perturbation", "A", "--mode", "denovo"])
+@pytest.fixture(scope="module")
+def crispr_without_type_column(data_dir, tmp_path_factory):
+    """The shipped CRISPR model's training file, without its perturbation_type column (it
+    never had a tissue column, which the model also reads)."""
+    a = ad.read_h5ad(data_dir / "norman2019_mcfaline2023_crispr_train.h5ad")
+    a.obs = a.obs.drop(columns=["perturbation_type"])
+    path = tmp_path_factory.mktemp("crispr") / "crispr_no_type.h5ad"
+    a.write_h5ad(path)
+    return path
+
+
+def test_evaluate_missing_column_with_several_values_names_the_options(
+        crispr_without_type_column, capsys):
+    """CBL was only seen as CRISPRa, but the file's cells are CRISPRa and CRISPRi: filling one
+    type for every cell would be wrong, so the column and the options are named."""
+    rc, _, err = run(capsys, ["evaluate", "--model", "crispr-k562-glioblastoma", "--data",
+                              crispr_without_type_column, "--cell-type", "k562",
+                              "--perturbation", "CBL", "--device", "cpu"])
     assert rc == 2, err
     lines = [ln for ln in err.splitlines() if "error:" in ln]
     assert len(lines) == 1 and "Traceback" not in err
-    assert "has no column 'cell_type', where this model reads the cell type; name the column " \
-           "that holds it with --cell-type-key COLUMN, or give one value for every cell with " \
-           "--cell-type (known: B, T)" in lines[0]
+    assert "has no column 'perturbation_type', where this model reads the perturbation type; " \
+           "name the column that holds it with --perturbation-type-key COLUMN, or give one " \
+           "value for every cell with --perturbation-type (known: CRISPRa, CRISPRi)" in lines[0]
+
+
+def test_evaluate_fills_context_per_cell_type(data_dir, capsys):
+    """The CRISPR model reads a tissue column its own training file lacks: each cell gets the
+    tissue its cell type had in training."""
+    rc, out, err = run(capsys, ["evaluate", "--model", "crispr-k562-glioblastoma", "--data",
+                                data_dir / "norman2019_mcfaline2023_crispr_train.h5ad",
+                                "--cell-type", "k562", "--perturbation", "SGK1+TBX3",
+                                "--perturbation-type", "CRISPRa", "--mode", "denovo",
+                                "--steps", "2", "--device", "cpu"])
+    assert rc == 0, err
+    assert "has no column 'tissue'; every cell gets the tissue its cell type had in training " \
+           "(A172 -> brain, T98G -> brain, U87MG -> brain, k562 -> bone marrow)" in err
+    assert "real cells=100" in out
 
 
 # -- #10: the destination is checked before the model loads or anything is generated ------------
@@ -314,3 +341,11 @@ def test_free_space_for_a_text_table_is_checked_before_generating(tiny_model_dir
         assert_one_error(rc, err, f"needs about {need} bytes")
         assert asked == [None, need]
         assert not out.exists()
+
+
+def test_evaluate_refuses_an_unknown_condition_before_reading_data(tiny_model_dir, tmp_path,
+                                                                   capsys):
+    rc, _, err = run(capsys, ["evaluate", "--model", tiny_model_dir, "--data",
+                              tmp_path / "missing.h5ad", "--cell-type", "T", "--perturbation",
+                              "A", "--perturbation-type", "KO"])
+    assert_one_error(rc, err, "perturbation type 'KO' is unknown")     # not "missing.h5ad"
