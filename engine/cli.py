@@ -293,7 +293,8 @@ def _fill_missing_columns(args, model, real, schema, cond) -> None:
     for col, named, what, option, given, known, key in roles:
         if col is None or named or col in real.obs.columns:
             continue
-        if col in schema.context_keys and _fill_from_cell_type(args, sp, real, schema, col):
+        if col in schema.context_keys and len(known) != 1 and \
+                _fill_from_cell_type(args, sp, real, schema, col):
             continue
         if given is not None:
             value, why = given, f"from {option.split()[0]}"
