@@ -243,7 +243,8 @@ def test_conditions_fast_on_20k_cells():
     n = 20_000
     genes = [f"G{i}" for i in range(200)]
     pert = np.where(rng.random(n) < 0.2, "control",
-                    np.char.add(np.char.add(rng.choice(genes, n), "+"), rng.choice(genes, n)))
+                    np.char.add(np.char.add(rng.choice(genes[:100], n), "+"),
+                            rng.choice(genes[100:], n)))   # two different targets
     a = make({"cell_type": rng.choice(["T", "B", "NK"], n), "perturbation": pert,
               "perturbation_type": rng.choice(["CRISPRa", "CRISPRi"], n),
               "donor": rng.choice(["d1", "d2"], n)})
