@@ -98,22 +98,9 @@ def gui_args_problem(argv: list[str]) -> str | None:
     return None
 
 
-def make_app(argv: list[str] | None = None):
-    from PySide6.QtWidgets import QApplication
-
-    from app import APP_NAME, ORG_NAME, __version__
-    from app.settings import setup_logging
-
-    app = QApplication.instance() or QApplication([sys.argv[0], *(argv or [])])
-    app.setApplicationName(APP_NAME)
-    app.setOrganizationName(ORG_NAME)
-    app.setApplicationVersion(__version__)
-    app.setDesktopFileName("perturb-studio")
-    setup_logging()
-    return app
-
-
 def run_gui(argv: list[str]) -> int:
+    from app.application import make_app
+
     app = make_app(argv)
     from app.main_window import MainWindow
 
@@ -140,6 +127,15 @@ def _files(argv: list[str]) -> list[str]:
             out.append(argv[i])
         i += (2 if takes_value else 1) if is_qt else 1
     return out
+
+
+def __getattr__(name: str):
+    # build_scripts/bench_app.py still imports make_app from here; it lives in app.application
+    if name == "make_app":
+        from app.application import make_app
+
+        return make_app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ class _Flag:
 
 
 def run_tour(out_dir: str, *, n_cells: int = 1500, model: str = MODEL) -> int:
-    from app.__main__ import make_app
+    from app.application import make_app
 
     app = make_app([])
     from app.main_window import MainWindow

@@ -219,10 +219,20 @@ class JobRunner(QObject):
         return any(j.is_running() for j in self.jobs.values())
 
     def shutdown(self, timeout_ms: int = 5000) -> None:
-        """On close: cancel everything, ask threads to quit, then wait (bounded)."""
+        """On close: cancel every job, the current ones and those a newer job replaced (still
+        running until they notice the cancel), ask their threads to quit, then wait for them,
+        at most ``timeout_ms`` in all. Results that arrive later are dropped."""
         self.closed = True
-        for job in list(self.jobs.values()):
+        jobs = list(dict.fromkeys([*self.jobs.values(), *self._retired]))
+        for job in jobs:
             job.cancel()
-        for job in list(self.jobs.values()):
+        deadline = time.perf_counter() + timeout_ms / 1000
+        for job in jobs:
             job.thread.quit()
-            job.thread.wait(timeout_ms)
+            left_ms = max(0, int(1000 * (deadline - time.perf_counter())))
+            if not job.thread.wait(left_ms):
+                log.warning("job %s still running after %d ms at shutdown", job.name, timeout_ms)
+
+    def running_threads(self) -> int:
+        """Threads of jobs (current or replaced) that have not finished yet."""
+        return sum(j.is_running() for j in {*self.jobs.values(), *self._retired})

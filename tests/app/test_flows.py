@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -144,9 +143,9 @@ def test_generate_heatmap_umap_export_and_reload(qtbot, window, model_name, kang
     with qtbot.waitSignal(w.de_updated, timeout=30_000):
         r.compare.setCurrentIndex(1)
     assert r.de_label == exp.labels[1]
-    # UMAP with the real cells
-    with qtbot.waitSignal(w.umap_updated, timeout=180_000):
-        pass
+    # UMAP with the real cells (it may be ready already: wait on the state, not the signal)
+    qtbot.waitUntil(lambda: r.umap.coords is not None and
+                    len(r.umap.coords) == exp.adata.n_obs + 2421, timeout=180_000)
     coords = r.umap.coords
     assert coords.shape == (exp.adata.n_obs + 2421, 2) and np.isfinite(coords).all()
     r.tabs.setCurrentIndex(1)
@@ -191,13 +190,10 @@ def test_cancel_mid_run_writes_nothing(qtbot, window, model_name, tmp_path):
     with qtbot.waitSignal(job.progress, timeout=60_000):
         pass
     assert w.run_bar.cancel.isEnabled()
-    t0 = time.perf_counter()
+    # the speed of cancel is measured by build_scripts/bench_app.py, not here
     with qtbot.waitSignal(w.generation_cancelled, timeout=10_000):
         w.run_bar.cancel.click()
-    # the speed of cancel is measured by build_scripts/bench_app.py; here only "promptly"
-    # (shared CI machines are noisy: brief said no timed tests)
-    assert time.perf_counter() - t0 < 10.0
-    qtbot.wait(200)
+    qtbot.waitUntil(lambda: "run" not in w.jobs.jobs, timeout=30_000)
     assert not finished and w.experiment is None
     out = tmp_path / "out"
     assert not [p for p in out.rglob("*") if p.is_file()]  # nothing written, not even temp files
@@ -340,7 +336,7 @@ def test_heatmap_widget_standalone(qtbot, tmp_path):
         h.set_data(m, ["x"], ["A", "B", "C"])
 
 
-def test_embed_server_cancel_is_prompt():
+def test_embed_server_cancel_stops_the_embedding():
     import threading
 
     import anndata as ad
@@ -353,16 +349,16 @@ def test_embed_server_cancel_is_prompt():
     a = ad.AnnData(sp.csr_matrix(rng.poisson(2.0, size=(3000, 200)).astype(np.float32)))
     a.var_names = [f"G{i}" for i in range(200)]
     ev = threading.Event()
-    when = []
+    phases = []
 
-    def cancel():
-        when.append(time.perf_counter())
+    def progress(p):  # Cancel as soon as the helper reports its first step
+        phases.append(p.phase)
         ev.set()
 
-    threading.Timer(0.5, cancel).start()
-    with pytest.raises(Cancelled):
-        server().embed({"a": a}, cancel=ev)
-    assert time.perf_counter() - when[0] < 1.5  # stops within ~a second of Cancel
+    with pytest.raises(Cancelled, match="cancelled by the user"):
+        server().embed({"a": a}, progress=progress, cancel=ev)
+    assert phases[:1] == ["normalising"]  # it was cancelled mid-way, not before it started
+    # how fast it stops is measured by build_scripts/bench_app.py, not here
     coords, labels = server().embed({"a": a[:300]})  # the helper comes back for the next job
     assert coords.shape == (300, 2) and set(labels) == {"a"}
 
@@ -380,13 +376,10 @@ def test_cancel_training_leaves_no_model(qtbot, window, kang_file, tmp_path):
     with qtbot.waitSignal(w.jobs.jobs["run"].progress, timeout=60_000):
         pass
     assert not w.train_page.train_btn.isEnabled()  # no second job while one runs
-    t0 = time.perf_counter()
     with qtbot.waitSignal(w.jobs.jobs["run"].cancelled, timeout=10_000):
         w.cancel_running()
-    # the speed of cancel is measured by build_scripts/bench_app.py; here only "promptly"
-    # (shared CI machines are noisy: brief said no timed tests)
-    assert time.perf_counter() - t0 < 10.0
-    qtbot.wait(100)
+    qtbot.waitUntil(lambda: "run" not in w.jobs.jobs, timeout=30_000)
+    assert "Cancelled" in w.run_bar.label.text()
     assert not finished
     assert not (tmp_path / "user-models" / "never-finished").exists()
     assert not [p for p in (tmp_path / "user-models").glob("*never-finished*")]
