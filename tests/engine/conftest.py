@@ -1,5 +1,6 @@
-"""Engine fixtures: a small seeded synthetic perturbation dataset and a tiny model trained on it
-once per session (seconds), handed out read-only."""
+"""Engine fixtures: a small seeded synthetic perturbation dataset (built once per session, each test
+gets its own copy) and a tiny model trained on it once per session (seconds), handed out
+read-only."""
 
 from __future__ import annotations
 
@@ -55,8 +56,16 @@ TINY = dict(ae_max_steps=150, flow_steps=300, latent_dim=8, ae_hidden=64, width=
 
 
 @pytest.fixture(scope="session")
-def synthetic():
+def synthetic_session():
+    """The dataset built once; use :func:`synthetic` in tests (this object must not change)."""
     return make_synthetic()
+
+
+@pytest.fixture()
+def synthetic(synthetic_session):
+    """A fresh copy of the session's dataset for each test: a test that edits it (obs, layers,
+    var_names) cannot change what the next test sees."""
+    return synthetic_session.copy()
 
 
 @pytest.fixture(scope="session")
@@ -68,14 +77,14 @@ def schema():
 
 
 @pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory, synthetic, schema):
+def tiny_model_dir(tmp_path_factory, synthetic_session, schema):
     import torch
 
     from engine import train_model
 
     torch.set_num_threads(2)
     out = tmp_path_factory.mktemp("models") / "tiny"
-    train_model(synthetic.copy(), schema, out, seed=0, device="cpu", **TINY)
+    train_model(synthetic_session.copy(), schema, out, seed=0, device="cpu", **TINY)
     return out
 
 

@@ -14,9 +14,11 @@ from engine import (
     Cancelled,
     Condition,
     ConditionError,
+    DataError,
     ModelError,
     Perturbation,
     PerturbModel,
+    PerturbStudioError,
     ResourceError,
 )
 
@@ -122,10 +124,21 @@ def test_perturb_mode_keeps_identity(tiny_model, synthetic):
     assert gain > 0.3
 
 
+def test_synthetic_fixture_is_a_fresh_copy_per_test(synthetic, synthetic_session):
+    """Editing the fixture's cells in one test must not leak into the session's dataset."""
+    assert synthetic is not synthetic_session
+    synthetic.var_names = [f"X{i}" for i in range(synthetic.n_vars)]
+    synthetic.obs["perturbation"] = "control"
+    synthetic.layers["counts"].data[:] = 0
+    assert synthetic_session.var_names[0] == "G0"
+    assert set(synthetic_session.obs["perturbation"]) == {"control", "A", "B", "A+B"}
+    assert synthetic_session.layers["counts"].sum() > 0
+
+
 def test_perturb_refuses_cells_without_model_genes(tiny_model, synthetic):
     cells = synthetic[:10].copy()
     cells.var_names = [f"X{i}" for i in range(cells.n_vars)]
-    with pytest.raises(Exception, match="model genes"):
+    with pytest.raises(DataError, match="0 of 60 model genes found in the data"):
         tiny_model.perturb(cells, cond(), seed=0)
 
 
@@ -165,11 +178,11 @@ def test_negative_dose_is_refused():
 
 
 def test_bad_sizes_are_refused(tiny_model):
-    with pytest.raises(Exception, match="at least 1"):
+    with pytest.raises(PerturbStudioError, match="number of cells must be at least 1, got 0"):
         tiny_model.generate(cond(), 0)
     with pytest.raises(ResourceError):
         tiny_model.generate(cond(), 10**9)
-    with pytest.raises(Exception, match="guidance"):
+    with pytest.raises(PerturbStudioError, match="guidance must be a number between 0 and 20"):
         tiny_model.generate(cond(), 5, guidance=float("nan"))
 
 
