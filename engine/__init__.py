@@ -26,7 +26,7 @@ _EXPORTS = {
     "write_h5ad": "export", "write_csv": "export",
     # models
     "PerturbModel": "model", "GeneMapping": "model",
-    "list_models": "registry", "import_model": "registry", "ModelInfo": "registry",
+    "list_models": "registry", "import_model": "install", "ModelInfo": "registry",
     "user_models_dir": "registry", "shipped_models_dir": "registry",
     "train_model": "train", "device_info": "device",
     # analysis and evaluation

@@ -3,6 +3,10 @@
 - shipped: ``<repo>/resources/models`` from source, ``<bundle>/resources/models`` when frozen
   (PyInstaller's ``sys._MEIPASS``); ``PERTURB_STUDIO_SHIPPED_MODELS`` overrides.
 - user: ``PERTURB_STUDIO_USER_MODELS``, else the platform's per-user data folder.
+
+This module is a leaf of the model side: it reads config and card files only and imports neither
+:mod:`engine.model` nor :mod:`engine.install` (an import-linter contract keeps it so). Installing
+a model folder is :func:`engine.install.import_model` (public as ``engine.import_model``).
 """
 
 from __future__ import annotations
@@ -121,10 +125,3 @@ def resolve_model(name_or_dir: str | os.PathLike) -> Path:
     raise ModelError(f"no model named {str(name_or_dir)!r} and no such folder; installed models: "
                      f"{', '.join(names) or 'none'}")
 
-
-def import_model(folder: str | os.PathLike, *, name: str | None = None) -> ModelInfo:
-    """Install a model folder into :func:`user_models_dir`; see :func:`engine.install.import_model`
-    (only the model files, as regular files, validated completely, written atomically)."""
-    from .install import import_model as _import
-
-    return _import(folder, name=name)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import engine
-from engine import install, registry
+from engine import install
 from engine.errors import ModelError, ResourceError
 from engine.install import check_model_name, import_model
 
@@ -52,7 +52,7 @@ def test_import_copies_exactly_the_model_files(src, user_dir):
         assert not (info.path / name).is_symlink()
         assert (info.path / name).read_bytes() == (src / name).read_bytes()
     assert os.listdir(user_dir) == ["tiny-model"]            # no temp folder left
-    assert engine.import_model is registry.import_model           # public name still there
+    assert engine.import_model is install.import_model            # public name still there
 
 
 @pytest.mark.parametrize("link_name, target", [
