@@ -36,6 +36,7 @@ from PySide6.QtWidgets import (
 from . import APP_NAME, __version__
 from . import settings as cfg
 from .experiment import Experiment
+from .messages import GenerateRequest, PerturbRequest, RunOutput, SaveError, TrainRequest
 from .panels.composer import ComposerPanel
 from .panels.data import FILE_FILTER, DataPanel
 from .panels.models import ModelsPanel
@@ -649,7 +650,7 @@ class MainWindow(QMainWindow):
             self.show_error(f"The result will not be saved automatically: {e}.")
             return None
 
-    def generate(self, req: dict) -> None:
+    def generate(self, req: GenerateRequest) -> None:
         if self.model is None:
             self.show_error("Choose a model on the Models page first.", title="No model")
             return
@@ -659,44 +660,40 @@ class MainWindow(QMainWindow):
             import engine
             from engine.progress import check_cancel
 
-            adata = model.generate_many(req["conditions"], req["n"], include_control=True,
-                                        seed=req["seed"], steps=req["steps"],
-                                        guidance=req["guidance"], progress=progress,
-                                        cancel=cancel)
+            adata = model.generate_many(list(req.conditions), req.n, include_control=True,
+                                        seed=req.seed, steps=req.steps, guidance=req.guidance,
+                                        progress=progress, cancel=cancel)
             check_cancel(cancel)
             return _autosave(engine, adata, out)
 
-        conds = req["conditions"]
-        n_ctrl = len({c.control() for c in conds} - set(conds))
-        n_total = req["n"] * (len(conds) + n_ctrl)
-        self._start_fg("run", f"Generating {n_total:,} cells…", fn,
+        self._start_fg("run", f"Generating {req.n_total:,} cells…", fn,
                        on_finished=lambda r: self._show_experiment(
-                           Experiment.from_generated(r[0], model_name=model.name,
-                                                     saved_to=r[1]), save_error=r[2]),
+                           Experiment.from_generated(r.adata, model_name=model.name,
+                                                     saved_to=r.saved_to), r.save_error),
                        on_cancelled=self.generation_cancelled.emit)
 
-    def perturb(self, req: dict) -> None:
+    def perturb(self, req: PerturbRequest) -> None:
         if self.model is None or self.adata is None:
             return
         model, out = self.model, self._autosave_path("perturbed")
-        cells = self.adata[req["cell_index"]].copy()
+        cells = self.adata[req.cell_index].copy()
 
         def fn(progress, cancel):
             import engine
             from engine.progress import check_cancel
 
-            adata = model.perturb(cells, req["condition"], seed=req["seed"], steps=req["steps"],
+            adata = model.perturb(cells, req.condition, seed=req.seed, steps=req.steps,
                                   progress=progress, cancel=cancel)
             check_cancel(cancel)
             return _autosave(engine, adata, out)
 
         self._start_fg("run", f"Perturbing {cells.n_obs:,} cells…", fn,
                        on_finished=lambda r: self._show_experiment(
-                           Experiment.from_perturbed(r[0], cells, model_name=model.name,
-                                                     saved_to=r[1]), save_error=r[2]),
+                           Experiment.from_perturbed(r.adata, cells, model_name=model.name,
+                                                     saved_to=r.saved_to), r.save_error),
                        on_cancelled=self.generation_cancelled.emit)
 
-    def _show_experiment(self, exp: Experiment, save_error: tuple | None = None) -> None:
+    def _show_experiment(self, exp: Experiment, save_error: SaveError | None = None) -> None:
         self.experiment = exp
         self.embedding = None
         self.last_saved = exp.saved_to
@@ -708,8 +705,8 @@ class MainWindow(QMainWindow):
         self.compute_umap()
         if save_error:
             self.show_error("The cells were generated, but saving them automatically failed: "
-                            f"{save_error[0]}. Use File > Save cells to save them elsewhere.",
-                            save_error[1])
+                            f"{save_error.message}. Use File > Save cells to save them "
+                            "elsewhere.", save_error.details)
 
     def analyse(self) -> None:
         exp = self.experiment
@@ -899,7 +896,7 @@ class MainWindow(QMainWindow):
         self.results_page.gene.selectAll()
 
     # -- training ---------------------------------------------------------------------------------
-    def train(self, req: dict) -> None:
+    def train(self, req: TrainRequest) -> None:
         if self.adata is None or self.schema is None:
             return
         adata, schema, data_path = self.adata, self.schema, self.data_path
@@ -907,16 +904,16 @@ class MainWindow(QMainWindow):
         def fn(progress, cancel):
             import engine
 
-            out_dir = engine.user_models_dir() / req["name"]
+            out_dir = engine.user_models_dir() / req.name
             if out_dir.exists():
                 raise engine.PerturbStudioError(
-                    f"a model called {req['name']!r} already exists in {out_dir.parent}; "
+                    f"a model called {req.name!r} already exists in {out_dir.parent}; "
                     "choose another name")
-            engine.train_model(adata, schema, out_dir, backbone=req["backbone"],
-                               seed=req["seed"], name=req["name"], progress=progress,
-                               cancel=cancel, data_file=Path(data_path).name if data_path
-                               else None, **req["overrides"])
-            return req["name"]
+            engine.train_model(adata, schema, out_dir, backbone=req.backbone, seed=req.seed,
+                               name=req.name, progress=progress, cancel=cancel,
+                               data_file=Path(data_path).name if data_path else None,
+                               **dict(req.overrides))
+            return req.name
 
         def done(name):
             self.statusBar().showMessage(f"Model {name} trained and added to your models", 10000)
@@ -924,7 +921,7 @@ class MainWindow(QMainWindow):
             self.models_listed.connect(self._after_train_list)
             self._trained_name = name
 
-        self._start_fg("run", f"Training {req['name']}…", fn, on_finished=done,
+        self._start_fg("run", f"Training {req.name}…", fn, on_finished=done,
                        on_progress=self.train_page.on_progress)
 
     def _after_train_list(self) -> None:
@@ -1090,20 +1087,20 @@ def plain_uns(adata):
     return adata
 
 
-def _autosave(engine, adata, out: Path | None):
-    """Write ``adata`` to ``out`` (atomic); return (adata, path or None, (message, details) or
-    None). A failed save never loses the generated cells."""
+def _autosave(engine, adata, out: Path | None) -> RunOutput:
+    """Write ``adata`` to ``out`` (atomic). A failed save never loses the generated cells: it
+    comes back as ``save_error``."""
     import traceback
 
     plain_uns(adata)
     if out is None:
-        return adata, None, None
+        return RunOutput(adata)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         engine.write_h5ad(adata, out)
     except (OSError, engine.PerturbStudioError) as e:
-        return adata, None, (str(e), traceback.format_exc())
-    return adata, str(out), None
+        return RunOutput(adata, None, SaveError(str(e), traceback.format_exc()))
+    return RunOutput(adata, str(out))
 
 
 def _atomic_csv(df, path: str) -> None:

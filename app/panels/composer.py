@@ -24,6 +24,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from ..messages import GenerateRequest
 from ..richtext import card_value, esc, plain, tip
 from .perturbations import PerturbationEditor
 
@@ -31,7 +32,7 @@ NOT_SET = "(not specified)"
 
 
 class ComposerPanel(QWidget):
-    generate_requested = Signal(object)  # dict(conditions, n, seed, steps, guidance)
+    generate_requested = Signal(object)  # app.messages.GenerateRequest
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -333,12 +334,13 @@ class ComposerPanel(QWidget):
         cond = self.current_condition()
         return [cond] if self._problem(cond) is None else []
 
-    def request(self) -> dict | None:
+    def request(self) -> GenerateRequest | None:
         conds = self.conditions()
         if not conds:
             return None
-        return {"conditions": conds, "n": self.n_cells.value(), "seed": self.seed.value(),
-                "steps": self.steps.value(), "guidance": self.guidance.value()}
+        return GenerateRequest(conditions=tuple(conds), n=self.n_cells.value(),
+                               seed=self.seed.value(), steps=self.steps.value(),
+                               guidance=self.guidance.value())
 
     def _generate(self) -> None:
         req = self.request()

@@ -16,12 +16,13 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from ..messages import PerturbRequest
 from ..richtext import card_value, esc
 from .perturbations import PerturbationEditor
 
 
 class PerturbPanel(QWidget):
-    perturb_requested = Signal(object)  # dict(cells_mask, condition, seed, steps, guidance, n)
+    perturb_requested = Signal(object)  # app.messages.PerturbRequest
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -212,7 +213,7 @@ class PerturbPanel(QWidget):
             mask &= self.adata.obs[ct_key].astype(str).to_numpy() == ct
         return mask
 
-    def request(self) -> dict | None:
+    def request(self) -> PerturbRequest | None:
         if not self._validate():
             return None
         import numpy as np
@@ -222,8 +223,8 @@ class PerturbPanel(QWidget):
         if idx.size > n:
             rng = np.random.default_rng(self.seed.value())
             idx = np.sort(rng.choice(idx, size=n, replace=False))
-        return {"cell_index": idx, "condition": self.condition(), "seed": self.seed.value(),
-                "steps": self.steps.value()}
+        return PerturbRequest(cell_index=idx, condition=self.condition(), seed=self.seed.value(),
+                              steps=self.steps.value())
 
     def _run(self) -> None:
         req = self.request()

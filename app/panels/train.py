@@ -18,6 +18,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from ..messages import TrainRequest
 from ..plots.loss import LossPlot
 from ..richtext import esc, plain
 
@@ -29,7 +30,7 @@ PRESETS = {
 
 
 class TrainPanel(QWidget):
-    train_requested = Signal(object)  # dict(name, backbone, seed, overrides)
+    train_requested = Signal(object)  # app.messages.TrainRequest
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -122,11 +123,12 @@ class TrainPanel(QWidget):
         self.train_btn.setEnabled(ok and not self.busy)
         return ok
 
-    def request(self) -> dict | None:
+    def request(self) -> TrainRequest | None:
         if not self._validate():
             return None
-        return {"name": self.name.text().strip(), "backbone": self.backbone.currentData(),
-                "seed": self.seed.value(), "overrides": dict(PRESETS[self.preset.currentText()])}
+        return TrainRequest(name=self.name.text().strip(), backbone=self.backbone.currentData(),
+                            seed=self.seed.value(),
+                            overrides=dict(PRESETS[self.preset.currentText()]))
 
     def _train(self) -> None:
         req = self.request()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -124,6 +125,9 @@ def test_generate_heatmap_umap_export_and_reload(qtbot, window, model_name, kang
     c.cell_type.setCurrentText("CD4T")
     c.add_current()
     assert c.queue.count() == 2
+    req = c.request()
+    assert [x.cell_type for x in req.conditions] == ["CD14+Mono", "CD4T"]
+    assert req.n == 60 and req.n_total == 4 * 60  # 2 conditions + 2 matching controls
     with qtbot.waitSignals([w.generation_finished, w.heatmap_updated, w.de_updated],
                            timeout=120_000):
         c.generate_btn.click()
@@ -214,6 +218,8 @@ def test_perturb_my_cells(qtbot, window, model_name, kang_file):
     p.steps.setValue(4)
     p.perts.rows[0].target.setText("stimulated")
     assert p.run_btn.isEnabled(), p.check.text()
+    req = p.request()
+    assert len(req.cell_index) == 40 and req.steps == 4 and not req.condition.is_control
     with qtbot.waitSignals([w.generation_finished, w.heatmap_updated], timeout=120_000):
         p.run_btn.click()
     exp = w.experiment
@@ -231,8 +237,10 @@ def test_train_a_model_appears_with_card(qtbot, window, kang_file, monkeypatch):
     t.name.setText("my-kang")
     assert t.train_btn.isEnabled()
     req = t.request()
+    assert req.name == "my-kang" and req.backbone == "mlp"
     # all 4,805 genes (no highly-variable-gene selection, so scanpy is not imported), tiny net
-    req["overrides"] = dict(ae_max_steps=30, flow_steps=40, width=32, depth=1, ae_hidden=32)
+    req = dataclasses.replace(req, overrides=dict(ae_max_steps=30, flow_steps=40, width=32,
+                                                  depth=1, ae_hidden=32))
     losses = []
     w.jobs.job_started.connect(lambda s: s == "run" and w.jobs.jobs["run"].progress.connect(
         lambda p: losses.append(p.loss)))
@@ -367,8 +375,8 @@ def test_cancel_training_leaves_no_model(qtbot, window, kang_file, tmp_path):
     w = window
     _load(qtbot, w, kang_file)
     w.train_page.name.setText("never-finished")
-    req = w.train_page.request()
-    req["overrides"] = dict(ae_max_steps=5000, flow_steps=5000)
+    req = dataclasses.replace(w.train_page.request(),
+                              overrides=dict(ae_max_steps=5000, flow_steps=5000))
     finished = []
     w.training_finished.connect(lambda: finished.append(1))
     with qtbot.waitSignal(w.jobs.job_started, timeout=10_000):
