@@ -42,7 +42,7 @@ from .io_common import available_memory, fmt_bytes
 from .io_common import check_unique_cells as _check_unique_cells
 from .io_common import short as _short
 from .io_counts import find_counts, get_counts
-from .io_hdf5 import check_h5ad
+from .io_hdf5 import check_h5ad, probe_in_child
 from .io_table import (
     NUMERIC_METADATA,
     NUMERIC_METADATA_PREFIX,
@@ -164,6 +164,7 @@ def _read_h5ad(path: Path) -> AnnData:
                         "it may be corrupt or have the wrong extension")
     import h5py
 
+    probe_in_child(path)
     try:
         with h5py.File(path, "r") as f:
             check_h5ad(f, path)  # shapes, index arrays, storage and memory, before any data

@@ -12,7 +12,7 @@ import scipy.sparse as sp
 from ..errors import DataError, PerturbStudioError
 from .io_common import MAX_DEFLATE_RATIO, check_memory
 from .io_common import short as _short
-from .io_hdf5 import check_10x_h5
+from .io_hdf5 import check_10x_h5, probe_in_child
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -21,33 +21,99 @@ MTX_SUFFIXES = (".mtx", ".mtx.gz")
 
 
 def read_10x_h5(path: Path) -> AnnData:
+    """Read a Cell Ranger .h5 (v3 ``matrix`` group, or v2 with one genome group), keeping the
+    ``Gene Expression`` features. Shapes, index arrays and memory are checked before the data
+    is read, and every index is checked before a matrix is built from it."""
     import h5py
-    import scanpy as sc
 
+    probe_in_child(path)
     try:
         with h5py.File(path, "r") as f:
-            keys = set(f.keys())
-    except Exception as e:
-        raise DataError(f"{path}: cannot read this HDF5 file; it may be truncated or corrupt "
-                        f"({type(e).__name__}: {_short(e)})") from None
-    if {"X", "obs", "var"} <= keys:
-        raise DataError(f"{path}: this looks like an AnnData file; rename it to .h5ad")
-    try:
-        with h5py.File(path, "r") as f:
+            if {"X", "obs", "var"} <= set(f.keys()):
+                raise DataError(f"{path}: this looks like an AnnData file; rename it to .h5ad")
             check_10x_h5(f, path)  # shapes, index arrays, storage and memory, before any data
-    except PerturbStudioError:
+            return _read_10x_group(f, path)
+    except (PerturbStudioError, MemoryError):
         raise
-    except Exception as e:
+    except OSError as e:
         raise DataError(f"{path}: cannot read this HDF5 file; it may be truncated or corrupt "
                         f"({type(e).__name__}: {_short(e)})") from None
-    try:
-        adata = sc.read_10x_h5(path)
-    except MemoryError:
-        raise
     except Exception as e:
         raise DataError(f"{path}: not a readable 10x Genomics .h5 file "
                         f"({type(e).__name__}: {_short(e)})") from None
-    adata.X = sp.csr_matrix(adata.X, dtype=np.float32)
+
+
+def _strings(node, key: str, path: Path, n: int) -> np.ndarray:
+    if key not in node or not hasattr(node[key], "shape"):
+        raise DataError(f"{path}: not a readable 10x Genomics .h5 file ({node.name}/{key} is "
+                        "missing)")
+    ds = node[key]
+    if ds.shape != (n,):
+        raise DataError(f"{path}: {ds.name} lists {ds.shape} entries but the matrix needs {n}; "
+                        "the file is corrupt")
+    if ds.dtype.kind not in ("S", "O", "U"):
+        return np.asarray(ds[()]).astype(str).astype(object)
+    return np.asarray(ds.asstr(errors="replace")[()], dtype=object)
+
+
+def _read_10x_group(f, path: Path) -> AnnData:
+    import anndata
+
+    if "matrix" in f:
+        g, v3 = f["matrix"], True
+    else:
+        groups = [k for k in f if not hasattr(f[k], "shape")]
+        if len(groups) != 1:
+            found = ", ".join(map(repr, groups)) or "none"
+            raise DataError(f"{path}: not a readable 10x Genomics .h5 file (expected a 'matrix' "
+                            f"group or one genome group; found {found})")
+        g, v3 = f[groups[0]], False
+    for part in ("data", "indices", "indptr", "shape", "barcodes"):
+        if part not in g:
+            raise DataError(f"{path}: not a readable 10x Genomics .h5 file ({g.name}/{part} is "
+                            "missing)")
+    n_genes, n_cells = (int(v) for v in g["shape"][()])
+    data = np.asarray(g["data"][()])
+    if data.dtype.kind not in "iuf" or data.ndim != 1:
+        raise DataError(f"{path}: {g.name}/data holds {data.dtype} values, not counts")
+    indices = np.asarray(g["indices"][()])
+    indptr = np.asarray(g["indptr"][()])
+    if indices.dtype.kind not in "iu" or indptr.dtype.kind not in "iu":
+        raise DataError(f"{path}: the index arrays of {g.name} are not integers; the file is "
+                        "corrupt")
+    if len(indices) and (int(indices.min()) < 0 or int(indices.max()) >= n_genes):
+        raise DataError(f"{path}: {g.name}/indices point outside the {n_genes:,} genes; the "
+                        "file is corrupt")
+    if len(indptr) > 1 and (np.diff(indptr) < 0).any():
+        raise DataError(f"{path}: {g.name}/indptr decreases; the file is corrupt")
+    x = sp.csr_matrix((data.astype(np.float32, copy=False), indices, indptr),
+                      shape=(n_cells, n_genes))
+    obs = pd.DataFrame(index=pd.Index(_strings(g, "barcodes", path, n_cells), dtype=object))
+    if v3:
+        fe = g["features"] if "features" in g else None
+        if fe is None or hasattr(fe, "shape"):
+            raise DataError(f"{path}: not a readable 10x Genomics .h5 file (no features group)")
+        var = pd.DataFrame(index=pd.Index(_strings(fe, "name", path, n_genes), dtype=object))
+        if "gene_id" in fe:  # probe-barcode matrix
+            var["gene_ids"] = _strings(fe, "gene_id", path, n_genes)
+            var["probe_ids"] = _strings(fe, "id", path, n_genes)
+        else:
+            var["gene_ids"] = _strings(fe, "id", path, n_genes)
+        var["feature_types"] = _strings(fe, "feature_type", path, n_genes)
+        for k in fe:
+            if k not in ("name", "id", "gene_id", "feature_type", "_all_tag_keys") and \
+                    hasattr(fe[k], "shape") and fe[k].shape == (n_genes,):
+                var[k] = np.asarray(fe[k][()]).astype(bool) if fe[k].dtype.kind == "b" \
+                    else _strings(fe, k, path, n_genes)
+    else:
+        var = pd.DataFrame(index=pd.Index(_strings(g, "gene_names", path, n_genes),
+                                          dtype=object))
+        var["gene_ids"] = _strings(g, "genes", path, n_genes)
+    adata = anndata.AnnData(X=x, obs=obs, var=var)
+    if "feature_types" in var:
+        gex = (var["feature_types"] == "Gene Expression").to_numpy()
+        if gex.any() and not gex.all():
+            adata = adata[:, np.flatnonzero(gex)].copy()
     return adata
 
 

@@ -14,6 +14,11 @@ types, attributes, storage sizes and the first and last entry of each ``indptr``
 
 from __future__ import annotations
 
+import json
+import queue
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 from ..errors import DataError
@@ -28,6 +33,114 @@ _SLACK = 1 << 20        # datasets below this size are never called implausible
 _VLEN_FILE_BYTES = 16   # one variable-length element in the file (length + heap address)
 _VLEN_MEM_BYTES = 64    # ... and as a Python string in memory
 _SPARSE = ("csr_matrix", "csc_matrix")
+_PROBE_TIMEOUT = 60  # seconds; a header walk of a healthy file takes well under one
+
+#: Runs in a child process: for each path read from stdin, touch every attribute and object
+#: header (and read small datasets), the parts of a file where a corrupt byte can crash the HDF5
+#: C library instead of raising; answer one line.
+_PROBE = r"""
+import json
+import sys
+
+import h5py
+
+def touch(name, obj):
+    for k in obj.attrs:
+        obj.attrs[k]
+    if isinstance(obj, h5py.Dataset):
+        obj.id.get_create_plist()
+        obj.id.get_storage_size()
+        if obj.size * obj.dtype.itemsize <= 65536:
+            obj[()]
+
+print("ready", flush=True)
+for line in sys.stdin:
+    try:
+        with h5py.File(json.loads(line), "r") as f:
+            touch("/", f)
+            f.visititems(touch)
+        answer = "ok"
+    except Exception:
+        answer = "error"
+    print(answer, flush=True)
+"""
+
+
+class _Prober:
+    """One long-lived child process that reads HDF5 headers first (restarted after a crash)."""
+
+    def __init__(self):
+        self.proc = None
+        self.lock = threading.Lock()
+        self.answers: queue.Queue = queue.Queue()
+
+    def _start(self) -> bool:
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-I", "-c", _PROBE], stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1)
+        except OSError:
+            self.proc = None
+            return False
+        self.answers = queue.Queue()
+        threading.Thread(target=self._pump, args=(self.proc, self.answers), daemon=True).start()
+        return self._answer() == "ready"
+
+    @staticmethod
+    def _pump(proc, answers) -> None:
+        for line in proc.stdout:
+            answers.put(line.strip())
+        answers.put(None)  # the child ended
+
+    def _answer(self) -> str | None:
+        try:
+            return self.answers.get(timeout=_PROBE_TIMEOUT)
+        except queue.Empty:
+            return "timeout"
+
+    def _stop(self) -> int | None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.kill()
+        try:
+            return proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # pragma: no cover
+            return None
+
+    def probe(self, path: Path) -> None:
+        with self.lock:
+            if (self.proc is None or self.proc.poll() is not None) and not self._start():
+                self._stop()
+                return  # no child (no interpreter, h5py not importable): skip the probe
+            try:
+                self.proc.stdin.write(json.dumps(str(path)) + "\n")
+                self.proc.stdin.flush()
+            except OSError:
+                self._stop()
+                return
+            answer = self._answer()
+            if answer in ("ok", "error"):
+                return  # "error": reading here raises it as a DataError with the details
+            rc = self._stop()
+        if answer == "timeout":
+            raise DataError(f"{path}: reading the structure of this HDF5 file did not finish "
+                            f"in {_PROBE_TIMEOUT} s; the file is corrupt")
+        raise DataError(f"{path}: reading the structure of this HDF5 file crashes the HDF5 "
+                        f"library (exit {rc}); the file is corrupt")
+
+
+_PROBER = _Prober()
+
+
+def probe_in_child(path: Path) -> None:
+    """Read the file's headers in a child process first: a corrupt byte that crashes (or hangs)
+    the HDF5 library then becomes a :class:`DataError` instead of killing this process. Skipped in
+    a frozen app (its executable is not a Python interpreter) and when no child can start."""
+    if getattr(sys, "frozen", False) or not sys.executable:
+        return
+    _PROBER.probe(path)
 
 
 def _attr(obj, name, default=None):

@@ -59,7 +59,7 @@ TABLE_SUFFIXES = (".csv", ".tsv", ".txt", ".csv.gz", ".tsv.gz", ".txt.gz")
 _CSV_CHUNK_ROWS = 2000
 
 
-_CHUNK_VALUES = 1 << 24   # values per parsed chunk (pandas holds them as float64: 128 MiB)
+_CHUNK_VALUES = 1 << 23   # values per parsed chunk (pandas holds them as float64: 64 MiB)
 TRAILING = "\x00trailing"  # the empty field after a trailing separator (dropped)
 _PARSE_ERRORS = (pd.errors.ParserError, UnicodeDecodeError, ValueError, csv.Error,
                  *STREAM_ERRORS)
@@ -230,7 +230,7 @@ def _read_rows(table: _Table, head: pd.DataFrame, report, check_fields: bool) ->
                 obs_cols = [c for c in chunk.columns if c not in set(gene_cols)]
             _check_gene_columns(table, chunk, gene_cols, done)
             obs_parts.append(chunk[obs_cols])
-            x_parts.append(sp.csr_matrix(chunk[gene_cols].to_numpy(dtype=np.float32)))
+            x_parts.append(sp.csr_matrix(_as_float32(table, chunk[gene_cols], done)))
             names.append(chunk.index.astype(str) if has_index else None)
             done += len(chunk)
             held += x_parts[-1].data.nbytes * 2 + 64 * len(chunk) * (len(obs_cols) + 1)
@@ -294,6 +294,18 @@ def _check_gene_columns(table: _Table, chunk: pd.DataFrame, gene_cols: list, don
         raise table.ragged(done + i + 1, gene=str(gene_cols[j]), cell=str(chunk.index[i]))
 
 
+def _as_float32(table: _Table, values: pd.DataFrame, done: int) -> np.ndarray:
+    """The values as float32; one beyond float32's range is refused, naming its row and column."""
+    x = values.to_numpy(dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        big = np.isfinite(x) & (np.abs(x) > np.finfo(np.float32).max)
+    if big.any():
+        i, j = (int(v[0]) for v in np.nonzero(big))
+        raise table.fail(f"data row {done + i + 1:,} (name {str(values.index[i])!r}), column "
+                         f"{str(values.columns[j])!r} holds {x[i, j]:.6g}, too large for a count")
+    return x.astype(np.float32)
+
+
 def _check_room(path: Path, held: int, n_rows: int) -> None:
     """The cells read so far must leave room for their final copy (stacking) and one chunk."""
     avail = io_common.available_memory()
@@ -325,7 +337,7 @@ def _read_transposed(table: _Table, chunks) -> AnnData:
             i, j = (int(v[0]) for v in np.nonzero(nan))
             raise table.ragged(done + i + 1, gene=str(chunk.index[i]),
                                cell=str(chunk.columns[j]))
-        parts.append(sp.csr_matrix(chunk.to_numpy(dtype=np.float32)))
+        parts.append(sp.csr_matrix(_as_float32(table, chunk, done)))
         genes.extend(str(g) for g in chunk.index)
         done += len(chunk)
         held += parts[-1].data.nbytes * 2 + 64 * len(chunk)

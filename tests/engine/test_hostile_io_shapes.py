@@ -366,3 +366,51 @@ def test_valid_sparse_file_still_reads(tmp_path: Path):
     p = tmp_path / "ok.h5ad"
     a.write_h5ad(p, compression="gzip")
     assert read_dataset(p).shape == (300, 80)
+
+
+def test_10x_indices_out_of_range_are_refused(tmp_path: Path):
+    """Found by the fuzz suite: scanpy subset such a matrix and scipy segfaulted."""
+    p = _tenx(tmp_path / "idx.h5")
+    with h5py.File(p, "a") as f:
+        f["matrix/indices"][1] = 3000
+    with pytest.raises(DataError, match=r"idx\.h5: /matrix/indices point outside the 3 genes"):
+        read_dataset(p)
+
+
+@pytest.mark.parametrize("probe, expected", [
+    ("import os, signal, sys\nprint('ready', flush=True)\nsys.stdin.readline()\n"
+     "os.kill(os.getpid(), signal.SIGSEGV)\n", r"crashes the HDF5 library \(exit -11\)"),
+    ("import sys, time\nprint('ready', flush=True)\nsys.stdin.readline()\ntime.sleep(60)\n",
+     r"did not finish in 2 s"),
+])
+def test_a_file_that_crashes_or_hangs_hdf5_is_a_data_error(tmp_path: Path, monkeypatch,
+                                                            probe: str, expected: str):
+    """Found by the fuzz suite: a flipped byte in an attribute message segfaults libhdf5 when
+    anndata reads it. The headers are read in a child process first, so this process survives."""
+    from engine.data import io_hdf5
+
+    p = tmp_path / "ok.h5ad"
+    ad.AnnData(np.ones((3, 2), np.float32)).write_h5ad(p)
+    monkeypatch.setattr(io_hdf5, "_PROBE", probe)
+    monkeypatch.setattr(io_hdf5, "_PROBE_TIMEOUT", 2)
+    monkeypatch.setattr(io_hdf5, "_PROBER", io_hdf5._Prober())
+    with pytest.raises(DataError, match=rf"ok\.h5ad: reading the structure of this HDF5 file "
+                                        rf"{expected}; the file is corrupt"):
+        read_dataset(p)
+
+
+def test_probe_child_is_reused_and_restarted(tmp_path: Path, monkeypatch):
+    from engine.data import io_hdf5
+
+    p = tmp_path / "ok.h5ad"
+    ad.AnnData(np.ones((3, 2), np.float32)).write_h5ad(p)
+    prober = io_hdf5._Prober()
+    monkeypatch.setattr(io_hdf5, "_PROBER", prober)
+    read_dataset(p)
+    first = prober.proc.pid
+    read_dataset(p)
+    assert prober.proc.pid == first  # one child for many files
+    prober.proc.kill()
+    prober.proc.wait()
+    assert read_dataset(p).shape == (3, 2)  # a dead child is replaced
+    assert prober.proc.pid != first
