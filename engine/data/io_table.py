@@ -234,7 +234,7 @@ def _read_rows(table: _Table, head: pd.DataFrame, report, check_fields: bool) ->
             names.append(chunk.index.astype(str) if has_index else None)
             done += len(chunk)
             held += x_parts[-1].data.nbytes * 2 + 64 * len(chunk) * (len(obs_cols) + 1)
-            _check_room(path, held, done)
+            _check_room(path, held, done, chunk.size * 16)
     except (PerturbStudioError, RaggedRow):
         raise
     except _PARSE_ERRORS as e:
@@ -306,10 +306,10 @@ def _as_float32(table: _Table, values: pd.DataFrame, done: int) -> np.ndarray:
     return x.astype(np.float32)
 
 
-def _check_room(path: Path, held: int, n_rows: int) -> None:
+def _check_room(path: Path, held: int, n_rows: int, chunk_bytes: int) -> None:
     """The cells read so far must leave room for their final copy (stacking) and one chunk."""
     avail = io_common.available_memory()
-    if avail is not None and held + (64 << 20) > avail:
+    if avail is not None and held + chunk_bytes > avail:
         raise ResourceError(f"{path}: after {n_rows:,} rows this table holds "
                             f"{fmt_bytes(held)} in memory and only {fmt_bytes(avail)} is left, "
                             "too little to finish reading it; use a machine with more memory, "
@@ -341,7 +341,7 @@ def _read_transposed(table: _Table, chunks) -> AnnData:
         genes.extend(str(g) for g in chunk.index)
         done += len(chunk)
         held += parts[-1].data.nbytes * 2 + 64 * len(chunk)
-        _check_room(table.path, held, done)
+        _check_room(table.path, held, done, chunk.size * 16)
     if cells is None:
         raise table.fail("the table has a header but no genes")
     x = sp.vstack(parts, format="csr").T.tocsr()

@@ -202,9 +202,9 @@ def test_table_larger_than_memory_left_is_a_resource_error(tmp_path: Path, monke
         f"c{i}," + ",".join(map(str, row)) + "\n" for i, row in enumerate(x))
     p = write(tmp_path / "big.csv", text)
     assert read_dataset(p).shape == (5000, 40)
-    monkeypatch.setattr(io_common, "available_memory", lambda: 32 << 20)
+    monkeypatch.setattr(io_common, "available_memory", lambda: 1 << 20)
     with pytest.raises(ResourceError, match=r"big\.csv: after 2,000 rows this table holds "
-                                            r".* in memory and only 32\.0 MiB is left"):
+                                            r".* in memory and only 1\.0 MiB is left"):
         read_dataset(p)
 
 
