@@ -32,8 +32,9 @@ VARIANTS = {
 def main(argv=None) -> int:
     import torch
 
-    from build_scripts.train_models import MODELS, TRAIN, clear_effects, evaluate_model, split
+    from build_scripts.train_models import MODELS, TRAIN, evaluate_model
     from engine import train_model
+    from engine.evaluate import clear_effects, split
 
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("model", choices=sorted(MODELS))

@@ -23,9 +23,10 @@ sys.path.insert(0, str(ROOT))
 def main(argv=None) -> int:
     import torch
 
-    from build_scripts.train_models import MODELS, split
+    from build_scripts.train_models import MODELS
     from engine import PerturbModel
     from engine.data.io import get_counts
+    from engine.evaluate import split
 
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("model", choices=sorted(MODELS))

@@ -4,7 +4,9 @@
 
 Fixed seeds; CPU, 2 threads. Each model is trained on a stratified 80 % of its file's cells (by
 condition group, seed 0) and evaluated on the other 20 % against the control / mean-shift /
-additive baselines (engine.evaluate). The data folder comes from PERTURB_STUDIO_DATA (default
+additive baselines. The split, the DE counts and every score come from engine.evaluate
+(split, clear_effects, evaluate_many); this script only picks the data and writes the cards. The
+data folder comes from PERTURB_STUDIO_DATA (default
 ../shared/data).
 """
 
@@ -26,18 +28,6 @@ DATA = Path(os.environ.get("PERTURB_STUDIO_DATA", ROOT / ".." / "shared" / "data
 NO_DOSE = ("No real drug + dose dataset was available to us, so no shipped model conditions on "
            "dose; dose conditioning is exercised only by tests on simulated data with a known "
            "dose-response. Bring sci-Plex-style data and train your own model for drugs.")
-
-
-def split(adata, schema, frac: float = 0.2, seed: int = 0):
-    """Stratified hold-out: ``frac`` of the cells of every condition group (at least 3)."""
-    codes, _ = schema.condition_codes(adata)
-    rng = np.random.default_rng(seed)
-    held = np.zeros(adata.n_obs, bool)
-    for c in np.unique(codes):
-        idx = np.flatnonzero(codes == c)
-        k = max(3, int(round(frac * len(idx)))) if len(idx) >= 10 else 0
-        held[rng.choice(idx, k, replace=False)] = True
-    return adata[~held].copy(), adata[held].copy()
 
 
 def kang():
@@ -153,61 +143,28 @@ MODELS = {"kang-ifnb-pbmc": kang, "crispr-k562-glioblastoma": crispr,
           "papalexi-thp1-ko": papalexi, "pbmc68k-celltypes": pbmc68k}
 
 
-def clear_effects(train, schema) -> dict:
-    """Number of differentially expressed genes of each perturbation, judged on the TRAINING
-    cells: genes with a Benjamini-Hochberg adjusted p < 0.05 (Welch t-test on log-normalised
-    values) between the perturbed cells and the control cells of their group. A perturbation
-    with at least 3 such genes counts as having a clear effect in the cards."""
-    from scipy.stats import false_discovery_control, ttest_ind
-
-    from engine.data.io import get_counts
-    from engine.evaluate import _group_key, lognorm
-
-    train = schema.filter(train)
-    codes, uniq = schema.condition_codes(train)
-    counts = get_counts(train)[0].tocsr()
-    out = {}
-    for i, c in enumerate(uniq):
-        if c.is_control:
-            continue
-        ctrl = [j for j, d in enumerate(uniq) if _group_key(d) == _group_key(c.control())]
-        a, b = codes == i, np.isin(codes, ctrl)
-        if a.sum() < 5 or b.sum() < 5:
-            continue
-        xa, xb = lognorm(counts[a]), lognorm(counts[b])
-        keep = (xa.var(0) + xb.var(0)) > 0
-        p = ttest_ind(xa[:, keep], xb[:, keep], equal_var=False).pvalue
-        n_de = int((false_discovery_control(np.nan_to_num(p, nan=1.0)) < 0.05).sum())
-        out[_group_key(c)] = n_de
-    return out
-
-
 def evaluate_model(model, test, schema, n_de: dict | None = None, min_de: int = 3,
                    reference=None) -> tuple[list[dict], list[dict], list[str]]:
-    """Per-condition results on held-out cells, and group summaries (all / singles / doubles /
-    perturbations with a clear effect)."""
+    """Per-condition results on held-out cells (engine.evaluate.evaluate_many), and group
+    summaries (all / singles / doubles / perturbations with a clear effect)."""
     from engine.cards import summarise
-    from engine.errors import DataError
-    from engine.evaluate import evaluate
+    from engine.evaluate import evaluate_many, group_key
 
     _, uniq = schema.condition_codes(schema.filter(test))
-    results, skipped = [], []
     conds = [c for c in uniq if not c.is_control] or \
             [c for c in uniq]                      # atlas model: score each population
-    for c in conds:
-        try:
-            r = evaluate(model, test, schema, c, mode="denovo", seed=0,
-                         reference=reference) if not c.is_control \
-                else _evaluate_population(model, test, schema, c, reference)
-        except DataError as e:                     # too few held-out cells for this group
-            print(f"  skip {c.label}: {e}")
-            skipped.append(c.label)
-            continue
+    skipped_why: list = []
+    evaluated = evaluate_many(model, test, schema, conds, mode="denovo", seed=0,
+                              reference=reference, skipped=skipped_why)
+    for c, why in skipped_why:                     # too few held-out cells for this group
+        print(f"  skip {c.label}: {why}")
+    skipped = [c.label for c, _ in skipped_why]
+    scored = [c for c in conds if not any(c is s for s, _ in skipped_why)]
+    results = []
+    for c, r in zip(scored, evaluated, strict=True):
         d = r.to_dict()
         if n_de is not None and not c.is_control:
-            from engine.evaluate import _group_key
-
-            d["n_de_genes_train"] = n_de.get(_group_key(model.space.complete(c)))
+            d["n_de_genes_train"] = n_de.get(group_key(model.space.complete(c)))
         results.append(d)
     summary = summarise(results, group="all conditions")
     if n_de is not None:
@@ -223,37 +180,13 @@ def evaluate_model(model, test, schema, n_de: dict | None = None, min_de: int = 
     return results, summary, skipped
 
 
-def _evaluate_population(model, test, schema, cond, reference=None):
-    """Atlas model: generated population vs held-out real cells of that type (no baseline
-    other than 'all other cells', reported as control)."""
-
-    from engine.data.io import get_counts
-    from engine.evaluate import EvalResult, fit_pca, lognorm, reference_cells, score
-
-    test = schema.filter(test)
-    codes, uniq = schema.condition_codes(test)
-    mapping = model.gene_mapping(test)
-    counts = get_counts(test)[0].tocsr()[:, mapping.index]
-    tmask = codes == uniq.index(cond)
-    X_t, X_o = lognorm(counts[tmask]), lognorm(counts[~tmask])
-    gen = lognorm(model.generate(cond, max(2000, int(tmask.sum())), seed=0).layers["counts"])
-    degs = np.argsort(-np.abs(X_t.mean(0) - X_o.mean(0)))[:100]
-    pca = fit_pca(counts)
-    rows = [{"method": "model", **score(gen, X_t, X_o, degs, pca)},
-            {"method": "control", **score(X_o, X_t, X_o, degs, pca)}]
-    ref = None if reference is None else reference_cells(model, reference, schema, cond)
-    if ref is not None:
-        rows.append({"method": "real_train", **score(ref, X_t, X_o, degs, pca)})
-    return EvalResult(cond.to_dict(), "denovo", int(tmask.sum()), int((~tmask).sum()), rows,
-                      [model.genes[i] for i in degs])
-
-
 def build(name: str, out_root: Path, *, evaluate_only: bool = False) -> dict:
     import torch
 
     from engine import PerturbModel, train_model
     from engine.cards import render_markdown, verdicts
     from engine.checkpoint import write_card
+    from engine.evaluate import clear_effects, split
 
     torch.set_num_threads(2)
     adata, schema, card = MODELS[name]()

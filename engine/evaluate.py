@@ -37,18 +37,35 @@ Baselines: ``control`` (no change), ``mean_shift`` (the average effect of the sa
 in the other cell types / contexts of ``real``, added to the target's control cells) and, for
 combinations, ``additive`` (the sum of the single-perturbation effects, taken in the same cell
 type when present there, else averaged over the others).
+
+The model cards (build_scripts/train_models.py) come from this module too: :func:`split` (the
+stratified hold-out), :func:`clear_effects` (DE genes per perturbation in the training cells),
+:func:`evaluate_population` (atlas models: a generated population against the held-out cells of
+that type) and :func:`evaluate_many` (every condition of a held-out set, with the real cells,
+the PCA and the reference prepared once; each result equals :func:`evaluate`'s).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .conditions.spec import Condition
+from .data.preprocess import log1p_normalize
 from .errors import ConditionError, DataError
+from .keys import LAYERS
 
 METRICS = ("r2_top100", "r2_all", "pearson_delta_top100", "pearson_delta_all", "energy_ratio")
+#: Fewest real cells of a target group and of its control for :func:`evaluate`.
+MIN_GROUP_CELLS = 5
+#: Fewest cells of a group and of its control for a baseline's effect to be measured.
+MIN_EFFECT_CELLS = 3
+
+__all__ = ["METRICS", "EvalResult", "evaluate", "evaluate_many", "evaluate_population",
+           "clear_effects", "split", "group_key", "lognorm", "score", "fit_pca",
+           "energy_distance", "reference_cells"]
 
 
 @dataclass
@@ -81,13 +98,21 @@ def _fmt(v) -> str:
 
 
 def lognorm(counts) -> np.ndarray:
-    """Dense log1p(normalize_total 1e4) of a (cells x genes) count matrix."""
+    """Dense float64 log1p(normalize_total 1e4) of a (cells x genes) count matrix: the space of
+    every score here (:func:`engine.data.preprocess.log1p_normalize` in float64, densified)."""
     import scipy.sparse as sp
 
     x = counts.toarray() if sp.issparse(counts) else np.asarray(counts)
-    x = x.astype(np.float64)
-    lib = x.sum(axis=1, keepdims=True)
-    return np.log1p(x / np.maximum(lib, 1.0) * 1e4)
+    return log1p_normalize(x, dtype=np.float64)
+
+
+def group_key(c: Condition) -> tuple:
+    """What makes two conditions the same evaluation group: cell type, the perturbations'
+    (target, type) pairs in order, and the context. Doses are not part of it."""
+    return (c.cell_type, tuple((p.target, p.type) for p in c.perturbations), c.context)
+
+
+_group_key = group_key          # the former private name (build scripts of older checkouts)
 
 
 def _pearson(a, b) -> float:
@@ -147,6 +172,115 @@ def fit_pca(counts, *, n_components: int = 30, max_cells: int = 3000, seed: int 
     return PCA(n_components=k, random_state=seed).fit(X)
 
 
+# -- the hold-out split and the cards' effect sizes ----------------------------------------------
+def split(adata, schema, frac: float = 0.2, seed: int = 0):
+    """Stratified hold-out: ``(train, test)`` copies of ``adata``, ``test`` holding ``frac`` of
+    the cells of every condition group (at least 3; none of a group with fewer than 10 cells).
+
+    Deterministic for a given ``seed``: groups are visited in the order of their condition codes
+    and each draws its cells from one ``numpy`` generator."""
+    codes, _ = schema.condition_codes(adata)
+    rng = np.random.default_rng(seed)
+    held = np.zeros(adata.n_obs, bool)
+    for c in np.unique(codes):
+        idx = np.flatnonzero(codes == c)
+        k = max(3, int(round(frac * len(idx)))) if len(idx) >= 10 else 0
+        held[rng.choice(idx, k, replace=False)] = True
+    return adata[~held].copy(), adata[held].copy()
+
+
+def clear_effects(train, schema, *, alpha: float = 0.05) -> dict:
+    """Number of differentially expressed genes of each perturbation, judged on the TRAINING
+    cells: genes with a Benjamini-Hochberg adjusted p < ``alpha`` (Welch t-test on
+    log-normalised values) between the perturbed cells and the control cells of their group.
+
+    Returns ``{group_key(condition): n_de_genes}`` for every perturbed condition with at least 5
+    cells and 5 control cells (conditions as the schema reads them, not completed to a model)."""
+    from scipy.stats import false_discovery_control, ttest_ind
+
+    from .data.io import get_counts
+
+    train = schema.filter(train)
+    codes, uniq = schema.condition_codes(train)
+    counts = get_counts(train)[0].tocsr()
+    out = {}
+    for i, c in enumerate(uniq):
+        if c.is_control:
+            continue
+        ctrl = [j for j, d in enumerate(uniq) if group_key(d) == group_key(c.control())]
+        a, b = codes == i, np.isin(codes, ctrl)
+        if a.sum() < MIN_GROUP_CELLS or b.sum() < MIN_GROUP_CELLS:
+            continue
+        xa, xb = lognorm(counts[a]), lognorm(counts[b])
+        keep = (xa.var(0) + xb.var(0)) > 0
+        p = ttest_ind(xa[:, keep], xb[:, keep], equal_var=False).pvalue
+        n_de = int((false_discovery_control(np.nan_to_num(p, nan=1.0)) < alpha).sum())
+        out[group_key(c)] = n_de
+    return out
+
+
+# -- real cells prepared once --------------------------------------------------------------------
+class _Cells:
+    """Real cells in the model's gene order (CSR counts), their condition codes and the
+    conditions completed to the model's conventions; group means are cached."""
+
+    def __init__(self, model, adata, schema, *, require_genes: bool = False) -> None:
+        from .data.io import get_counts
+
+        self.adata, self.codes, self.uniq = _group_masks(adata, schema, model)
+        mapping = model.gene_mapping(self.adata)
+        if require_genes and mapping.missing:
+            raise DataError(f"evaluation data lacks {len(mapping.missing)} model genes "
+                            f"(e.g. {', '.join(mapping.missing[:5])})")
+        self.counts = get_counts(self.adata)[0].tocsr()[:, mapping.index]
+        self.keys = [group_key(c) for c in self.uniq]
+        self._means: dict = {}
+
+    def rows(self, key) -> np.ndarray:
+        return np.isin(self.codes, [i for i, k in enumerate(self.keys) if k == key])
+
+    def cells(self, key, min_cells: int = MIN_GROUP_CELLS) -> np.ndarray | None:
+        """Log-normalised cells of the group ``key`` (None if fewer than ``min_cells``)."""
+        rows = self.rows(key)
+        return lognorm(self.counts[rows]) if rows.sum() >= min_cells else None
+
+    def effect(self, c: Condition) -> np.ndarray | None:
+        """Mean log-expression of ``c`` minus that of its control, or None if either has fewer
+        than 3 cells."""
+        key = group_key(c)
+        if key not in self._means:
+            tm, cm = self.rows(key), self.rows(group_key(c.control()))
+            self._means[key] = None if tm.sum() < MIN_EFFECT_CELLS or \
+                cm.sum() < MIN_EFFECT_CELLS else \
+                lognorm(self.counts[tm]).mean(0) - lognorm(self.counts[cm]).mean(0)
+        return self._means[key]
+
+    def mean_effect(self, cond: Condition, exclude_key) -> np.ndarray | None:
+        """Average effect of the same perturbation in the other cell types / contexts."""
+        pkey = tuple((p.target, p.type) for p in cond.perturbations)
+        effects = []
+        for c, key in zip(self.uniq, self.keys, strict=True):
+            if key == exclude_key or c.is_control:
+                continue
+            if tuple((p.target, p.type) for p in c.perturbations) == pkey:
+                e = self.effect(c)
+                if e is not None:
+                    effects.append(e)
+        return np.mean(effects, axis=0) if effects else None
+
+    def additive_effect(self, cond: Condition) -> np.ndarray | None:
+        total = 0.0
+        for p in cond.perturbations:
+            single = Condition.make(cond.cell_type, [p], cond.context_dict())
+            e = self.effect(single)
+            if e is None:
+                e = self.mean_effect(single, exclude_key=group_key(single))
+            if e is None:
+                return None
+            total = total + e
+        return total
+
+
 def _group_masks(real, schema, model):
     """Conditions of every real cell, completed to the model's vocabulary conventions."""
     real = schema.filter(real)
@@ -163,6 +297,95 @@ def _knows(model, c: Condition) -> bool:
         return False
 
 
+class _Prepared:
+    """What every condition of one evaluation shares: the real cells, their PCA, the reference."""
+
+    def __init__(self, model, real, schema, reference=None) -> None:
+        self.real = _Cells(model, real, schema, require_genes=True)
+        self._pca = None
+        self.ref = None if reference is None else _Cells(model, reference, schema)
+
+    @property
+    def pca(self):
+        if self._pca is None:
+            self._pca = fit_pca(self.real.counts)
+        return self._pca
+
+
+def _evaluate_one(model, prep: _Prepared, cond: Condition, *, mode, seed, steps, guidance,
+                  top_n, n_cells, progress, cancel) -> EvalResult:
+    real = prep.real
+    key = group_key(cond)
+    tmask, cmask = real.rows(key), real.rows(group_key(cond.control()))
+    if tmask.sum() < MIN_GROUP_CELLS or cmask.sum() < MIN_GROUP_CELLS:
+        raise DataError(f"need at least {MIN_GROUP_CELLS} real cells of {cond.label} and of its "
+                        f"control in the evaluation data; found {int(tmask.sum())} and "
+                        f"{int(cmask.sum())}")
+    X_t, X_c = lognorm(real.counts[tmask]), lognorm(real.counts[cmask])
+    degs = np.argsort(-np.abs(X_t.mean(0) - X_c.mean(0)))[:top_n]
+    pca = prep.pca
+
+    preds: dict[str, np.ndarray] = {}
+    n = int(n_cells or max(int(tmask.sum()), 2000))
+    if mode == "denovo":
+        gen = model.generate(cond, n, seed=seed, steps=steps, guidance=guidance,
+                             progress=progress, cancel=cancel)
+    else:
+        gen = model.perturb(real.adata[cmask], cond, seed=seed, steps=steps, guidance=guidance,
+                            progress=progress, cancel=cancel)
+    preds["model"] = lognorm(gen.layers[LAYERS.COUNTS])
+    preds["control"] = X_c
+    base = real
+    if prep.ref is not None:
+        base = prep.ref
+        ref = base.cells(key)
+        if ref is not None:
+            preds["real_train"] = ref
+    shift = base.mean_effect(cond, exclude_key=key)
+    if shift is not None:
+        preds["mean_shift"] = np.maximum(X_c + shift, 0.0)
+    if len(cond.perturbations) > 1:
+        add = base.additive_effect(cond)
+        if add is not None:
+            preds["additive"] = np.maximum(X_c + add, 0.0)
+        if prep.ref is not None:          # also the convention without a reference
+            add = real.additive_effect(cond)
+            if add is not None:
+                preds["additive_heldout"] = np.maximum(X_c + add, 0.0)
+    rows = [{"method": m, **score(p, X_t, X_c, degs, pca)} for m, p in preds.items()]
+    return EvalResult(cond.to_dict(), mode, int(tmask.sum()), int(cmask.sum()), rows,
+                      [model.genes[i] for i in degs])
+
+
+def _population_one(model, prep: _Prepared, cond: Condition, *, seed, steps, guidance, top_n,
+                    n_cells, progress, cancel) -> EvalResult:
+    """``cond`` as the caller gave it (generated and reported so); its completed form selects
+    the cells."""
+    real = prep.real
+    key = group_key(model.space.complete(cond))
+    tmask = real.rows(key)
+    if tmask.sum() == 0:
+        raise DataError(f"no real cells of {cond.label} in the evaluation data")
+    X_t, X_o = lognorm(real.counts[tmask]), lognorm(real.counts[~tmask])
+    n = int(n_cells or max(2000, int(tmask.sum())))
+    gen = lognorm(model.generate(cond, n, seed=seed, steps=steps, guidance=guidance,
+                                 progress=progress, cancel=cancel).layers[LAYERS.COUNTS])
+    degs = np.argsort(-np.abs(X_t.mean(0) - X_o.mean(0)))[:top_n]
+    pca = prep.pca
+    rows = [{"method": "model", **score(gen, X_t, X_o, degs, pca)},
+            {"method": "control", **score(X_o, X_t, X_o, degs, pca)}]
+    ref = None if prep.ref is None else prep.ref.cells(key)
+    if ref is not None:
+        rows.append({"method": "real_train", **score(ref, X_t, X_o, degs, pca)})
+    return EvalResult(cond.to_dict(), "denovo", int(tmask.sum()), int((~tmask).sum()), rows,
+                      [model.genes[i] for i in degs])
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in ("denovo", "perturb"):
+        raise ValueError(f"mode must be 'denovo' or 'perturb', got {mode!r}")
+
+
 def evaluate(model, real, schema, condition: Condition, *, mode: str = "denovo", seed: int = 0,
              steps: int | None = None, guidance: float | None = None, top_n: int = 100,
              n_cells: int | None = None, reference=None, progress=None,
@@ -171,117 +394,58 @@ def evaluate(model, real, schema, condition: Condition, *, mode: str = "denovo",
 
     ``reference``: optional other real cells (e.g. the training cells) whose cells of the same
     condition are scored as the ``real_train`` row."""
-    from .data.io import get_counts
-
-    if mode not in ("denovo", "perturb"):
-        raise ValueError(f"mode must be 'denovo' or 'perturb', got {mode!r}")
+    _check_mode(mode)
     cond = model.check_condition(condition)
-    real, codes, uniq = _group_masks(real, schema, model)
-    mapping = model.gene_mapping(real)
-    if mapping.missing:
-        raise DataError(f"evaluation data lacks {len(mapping.missing)} model genes "
-                        f"(e.g. {', '.join(mapping.missing[:5])})")
-    counts, _ = get_counts(real)
-    counts = counts.tocsr()[:, mapping.index]
-    key = _group_key(cond)
-    gid = {i for i, c in enumerate(uniq) if _group_key(c) == key}
-    cid = {i for i, c in enumerate(uniq) if _group_key(c) == _group_key(cond.control())}
-    tmask, cmask = np.isin(codes, list(gid)), np.isin(codes, list(cid))
-    if tmask.sum() < 5 or cmask.sum() < 5:
-        raise DataError(f"need at least 5 real cells of {cond.label} and of its control in the "
-                        f"evaluation data; found {int(tmask.sum())} and {int(cmask.sum())}")
-    X_t, X_c = lognorm(counts[tmask]), lognorm(counts[cmask])
-    degs = np.argsort(-np.abs(X_t.mean(0) - X_c.mean(0)))[:top_n]
-    pca = fit_pca(counts)
-
-    preds: dict[str, np.ndarray] = {}
-    n = int(n_cells or max(int(tmask.sum()), 2000))
-    if mode == "denovo":
-        gen = model.generate(cond, n, seed=seed, steps=steps, guidance=guidance,
-                             progress=progress, cancel=cancel)
-    else:
-        gen = model.perturb(real[cmask], cond, seed=seed, steps=steps, guidance=guidance,
-                            progress=progress, cancel=cancel)
-    preds["model"] = lognorm(gen.layers["counts"])
-    preds["control"] = X_c
-    b_counts, b_codes, b_uniq = counts, codes, uniq
-    if reference is not None:
-        b_counts, b_codes, b_uniq = _model_counts(model, reference, schema)
-        ref = _group_cells(b_counts, b_codes, b_uniq, key)
-        if ref is not None:
-            preds["real_train"] = ref
-    shift = _mean_effect(b_counts, b_codes, b_uniq, cond, exclude_key=key)
-    if shift is not None:
-        preds["mean_shift"] = np.maximum(X_c + shift, 0.0)
-    if len(cond.perturbations) > 1:
-        add = _additive_effect(b_counts, b_codes, b_uniq, cond)
-        if add is not None:
-            preds["additive"] = np.maximum(X_c + add, 0.0)
-        if reference is not None:          # also the convention without a reference
-            add = _additive_effect(counts, codes, uniq, cond)
-            if add is not None:
-                preds["additive_heldout"] = np.maximum(X_c + add, 0.0)
-    rows = [{"method": m, **score(p, X_t, X_c, degs, pca)} for m, p in preds.items()]
-    return EvalResult(cond.to_dict(), mode, int(tmask.sum()), int(cmask.sum()), rows,
-                      [model.genes[i] for i in degs])
+    prep = _Prepared(model, real, schema, reference)
+    return _evaluate_one(model, prep, cond, mode=mode, seed=seed, steps=steps, guidance=guidance,
+                         top_n=top_n, n_cells=n_cells, progress=progress, cancel=cancel)
 
 
-def _model_counts(model, adata, schema):
-    """(counts as CSR in the model's gene order, condition codes, completed conditions)."""
-    from .data.io import get_counts
+def evaluate_population(model, real, schema, condition: Condition, *, seed: int = 0,
+                        steps: int | None = None, guidance: float | None = None,
+                        top_n: int = 100, n_cells: int | None = None, reference=None,
+                        progress=None, cancel=None) -> EvalResult:
+    """Score a generated population (an atlas model's cell type, no perturbation) against the
+    real cells of that type in ``real``. There is no baseline but "all other real cells",
+    reported as the ``control`` row; DEGs rank the genes by |mean(type) - mean(others)|.
+    With ``reference``, its cells of the type are the ``real_train`` row."""
+    model.check_condition(condition)
+    prep = _Prepared(model, real, schema, reference)
+    return _population_one(model, prep, condition, seed=seed, steps=steps, guidance=guidance,
+                           top_n=top_n, n_cells=n_cells, progress=progress, cancel=cancel)
 
-    adata, codes, uniq = _group_masks(adata, schema, model)
-    return get_counts(adata)[0].tocsr()[:, model.gene_mapping(adata).index], codes, uniq
 
+def evaluate_many(model, real, schema, conditions: Iterable[Condition], *,
+                  mode: str = "denovo", seed: int = 0, steps: int | None = None,
+                  guidance: float | None = None, top_n: int = 100, n_cells: int | None = None,
+                  reference=None, skipped: list | None = None, progress=None,
+                  cancel=None) -> list[EvalResult]:
+    """:func:`evaluate` for many conditions, preparing the real cells (filter, gene mapping,
+    counts), their PCA and the reference once. Each result equals ``evaluate(model, real,
+    schema, condition, ...)`` with the same options. A control condition (a population of an
+    atlas model) is scored by :func:`evaluate_population` instead.
 
-def _group_cells(counts, codes, uniq, key) -> np.ndarray | None:
-    """Log-normalised cells of the group ``key`` (None if fewer than 5)."""
-    rows = np.isin(codes, [i for i, c in enumerate(uniq) if _group_key(c) == key])
-    return lognorm(counts[rows]) if rows.sum() >= 5 else None
+    Every condition is checked against the model before any work. ``skipped``: a list to which
+    ``(condition, reason)`` is appended for each condition with too few real cells, which is
+    then left out of the results; without it such a condition raises :class:`DataError`."""
+    _check_mode(mode)
+    given = list(conditions)
+    conds = [model.check_condition(c) for c in given]
+    prep = _Prepared(model, real, schema, reference)
+    out = []
+    opts = dict(seed=seed, steps=steps, guidance=guidance, top_n=top_n, n_cells=n_cells,
+                progress=progress, cancel=cancel)
+    for raw, cond in zip(given, conds, strict=True):
+        try:
+            out.append(_population_one(model, prep, raw, **opts) if cond.is_control
+                       else _evaluate_one(model, prep, cond, mode=mode, **opts))
+        except DataError as e:
+            if skipped is None:
+                raise
+            skipped.append((raw, str(e)))
+    return out
 
 
 def reference_cells(model, reference, schema, condition: Condition) -> np.ndarray | None:
     """Log-normalised real cells of ``condition`` in ``reference`` (None if fewer than 5)."""
-    return _group_cells(*_model_counts(model, reference, schema),
-                        _group_key(model.space.complete(condition)))
-
-
-def _group_key(c: Condition):
-    return (c.cell_type, tuple((p.target, p.type) for p in c.perturbations), c.context)
-
-
-def _effect(counts, codes, uniq, pert_cond: Condition) -> np.ndarray | None:
-    """Mean log-expression of ``pert_cond`` minus that of its control, or None if absent."""
-    gi = [i for i, c in enumerate(uniq) if _group_key(c) == _group_key(pert_cond)]
-    ci = [i for i, c in enumerate(uniq) if _group_key(c) == _group_key(pert_cond.control())]
-    tm, cm = np.isin(codes, gi), np.isin(codes, ci)
-    if tm.sum() < 3 or cm.sum() < 3:
-        return None
-    return lognorm(counts[tm]).mean(0) - lognorm(counts[cm]).mean(0)
-
-
-def _mean_effect(counts, codes, uniq, cond: Condition, exclude_key) -> np.ndarray | None:
-    """Average effect of the same perturbation in the other cell types / contexts."""
-    pkey = tuple((p.target, p.type) for p in cond.perturbations)
-    effects = []
-    for c in uniq:
-        if _group_key(c) == exclude_key or c.is_control:
-            continue
-        if tuple((p.target, p.type) for p in c.perturbations) == pkey:
-            e = _effect(counts, codes, uniq, c)
-            if e is not None:
-                effects.append(e)
-    return np.mean(effects, axis=0) if effects else None
-
-
-def _additive_effect(counts, codes, uniq, cond: Condition) -> np.ndarray | None:
-    total = 0.0
-    for p in cond.perturbations:
-        single = Condition.make(cond.cell_type, [p], cond.context_dict())
-        e = _effect(counts, codes, uniq, single)
-        if e is None:
-            e = _mean_effect(counts, codes, uniq, single, exclude_key=_group_key(single))
-        if e is None:
-            return None
-        total = total + e
-    return total
+    return _Cells(model, reference, schema).cells(group_key(model.space.complete(condition)))

@@ -3,6 +3,8 @@ reference row behave as documented."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -77,3 +79,127 @@ def test_cards_count_conditions_whose_energy_ratio_is_above_one():
     assert "for 2 of 4 conditions" in lines[-1]
     assert "above 1 for 2 (1 of them the same conditions)" in lines[-1]
     assert _energy_lines([res(0.5, 0.4)]) == []
+
+
+# -- the card code that moved here from build_scripts/train_models.py (issue 9 #5) -------------
+A = Condition.make("T", [Perturbation("A", "CRISPRa")])
+B_IN_B = Condition.make("B", [Perturbation("B", "CRISPRa")])
+
+
+def _group_sizes(adata, schema):
+    from engine.evaluate import group_key
+
+    codes, uniq = schema.condition_codes(adata)
+    return {group_key(c): int((codes == i).sum()) for i, c in enumerate(uniq)}
+
+
+def test_split_is_deterministic_and_stratified_per_group(synthetic, schema):
+    from engine.evaluate import split
+
+    synthetic.obs["perturbation"] = synthetic.obs["perturbation"].astype(str)
+    small = np.flatnonzero((synthetic.obs["perturbation"] == "B").to_numpy()
+                           & (synthetic.obs["cell_type"] == "B").to_numpy())[:8]
+    keep = np.flatnonzero((synthetic.obs["perturbation"] != "B").to_numpy()
+                          | (synthetic.obs["cell_type"] != "B").to_numpy())
+    data = synthetic[np.sort(np.concatenate([keep, small]))].copy()   # B|B: 8 cells only
+    train, test = split(data, schema, frac=0.2, seed=0)
+    train2, test2 = split(data, schema, frac=0.2, seed=0)
+    assert list(test.obs_names) == list(test2.obs_names)
+    assert list(train.obs_names) == list(train2.obs_names)
+    assert set(train.obs_names).isdisjoint(test.obs_names)
+    assert train.n_obs + test.n_obs == data.n_obs
+    held, total = _group_sizes(test, schema), _group_sizes(data, schema)
+    from engine.evaluate import group_key
+
+    for key, n in total.items():
+        if n < 10:
+            assert key not in held                          # too small to hold out from
+        else:
+            assert held[key] == max(3, round(0.2 * n))      # 8 of every 40-cell group
+    assert group_key(B_IN_B) not in held and total[group_key(B_IN_B)] == 8
+    other = split(data, schema, frac=0.2, seed=1)[1]
+    assert set(other.obs_names) != set(test.obs_names)      # the seed matters
+
+
+def test_clear_effects_finds_the_planted_effects_and_no_effect_where_none_is(synthetic, schema):
+    """A moves genes 10-19, B genes 20-29 (A+B both); 'C' is a relabelled half of the control
+    cells: no effect at all."""
+    from engine.evaluate import clear_effects, group_key
+
+    obs = synthetic.obs
+    obs["perturbation"] = obs["perturbation"].astype(str)
+    ctrl = np.flatnonzero((obs["perturbation"] == "control").to_numpy())
+    obs.iloc[ctrl[::2], obs.columns.get_loc("perturbation")] = "C"
+    n_de = clear_effects(synthetic, schema)
+    c_key = group_key(Condition.make("T", [Perturbation("C", "CRISPRa")]))
+    assert n_de[c_key] < 3                                   # not a clear effect
+    for cond in (A, B_IN_B, AB):       # >= the 10 planted genes (normalisation moves others)
+        assert n_de[group_key(cond)] >= 10, (cond.label, n_de[group_key(cond)])
+    assert all(k[1] for k in n_de)                           # controls are never counted
+
+
+def test_evaluate_many_equals_evaluate_per_condition(tiny_model, synthetic, schema):
+    from engine.evaluate import evaluate_many
+
+    held, ref = synthetic[::2].copy(), synthetic[1::2].copy()
+    conds = [A, AB, B_IN_B]
+    many = evaluate_many(tiny_model, held, schema, conds, seed=0, n_cells=200, reference=ref)
+    assert len(many) == 3
+    for c, r in zip(conds, many, strict=True):
+        one = evaluate(tiny_model, held, schema, c, seed=0, n_cells=200, reference=ref)
+        assert r.to_dict() == one.to_dict(), c.label
+    assert {x["method"] for x in many[1].rows} >= {"model", "control", "real_train",
+                                                   "additive", "additive_heldout"}
+
+
+def test_evaluate_many_skips_groups_with_too_few_cells_or_raises(tiny_model, synthetic, schema):
+    from engine import DataError
+    from engine.evaluate import evaluate_many
+
+    obs = synthetic.obs
+    few_a = np.flatnonzero(((obs["perturbation"] == "A") & (obs["cell_type"] == "T"))
+                           .to_numpy())[:3]
+    rest = np.flatnonzero(~((obs["perturbation"] == "A") & (obs["cell_type"] == "T"))
+                          .to_numpy())
+    data = synthetic[np.sort(np.concatenate([few_a, rest]))].copy()
+    skipped: list = []
+    out = evaluate_many(tiny_model, data, schema, [A, AB], seed=0, n_cells=100, skipped=skipped)
+    assert [r.condition for r in out] == [tiny_model.check_condition(AB).to_dict()]
+    assert len(skipped) == 1 and skipped[0][0] is A
+    assert "need at least 5 real cells of T | A (CRISPRa)" in skipped[0][1]
+    assert "found 3 and 40" in skipped[0][1]
+    with pytest.raises(DataError, match=re.escape("need at least 5 real cells of T | A (CRISPRa)")):
+        evaluate_many(tiny_model, data, schema, [AB, A], seed=0, n_cells=100)
+
+
+def test_population_scoring_of_a_control_condition(tiny_model, synthetic, schema):
+    """An atlas-style population (a control condition) is scored against all other real cells;
+    evaluate_many hands control conditions to evaluate_population."""
+    from engine.evaluate import evaluate_many, evaluate_population
+
+    pop = Condition.make("T", [])
+    r = evaluate_population(tiny_model, synthetic, schema, pop, seed=0, n_cells=200,
+                            reference=synthetic)
+    assert [x["method"] for x in r.rows] == ["model", "control", "real_train"]
+    assert r.n_real == 40 and r.n_control == synthetic.n_obs - 40      # T | control: 40 cells
+    assert r.rows[2]["r2_all"] == pytest.approx(1.0)                    # itself, as reference
+    assert r.rows[1]["energy_ratio"] == pytest.approx(1.0)
+    assert r.condition == pop.to_dict()
+    many = evaluate_many(tiny_model, synthetic, schema, [pop], seed=0, n_cells=200,
+                         reference=synthetic)
+    assert many[0].to_dict() == r.to_dict()
+
+
+def test_lognorm_is_the_engine_normalisation_in_float64(synthetic):
+    import scipy.sparse as sp
+
+    from engine.data.preprocess import log1p_normalize
+    from engine.evaluate import lognorm
+
+    x = synthetic.layers["counts"]
+    dense = lognorm(x)
+    assert dense.dtype == np.float64 and isinstance(dense, np.ndarray)
+    raw = x.toarray().astype(np.float64)
+    np.testing.assert_array_equal(dense, np.log1p(raw / raw.sum(1, keepdims=True) * 1e4))
+    np.testing.assert_allclose(log1p_normalize(x).toarray(), dense, rtol=1e-6, atol=1e-6)
+    assert sp.issparse(log1p_normalize(x))
