@@ -23,7 +23,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .data.preprocess import TARGET_SUM, log1p_normalize
 from .errors import DataError
+from .keys import LAYERS
 from .progress import Progress, ProgressFn, check_cancel
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -33,7 +35,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["differential_expression", "top_changed_genes", "embed_umap", "log_normalized",
            "gene_values", "shared_log_normalized"]
 
-_TARGET_SUM = 1e4
+_TARGET_SUM = TARGET_SUM
 
 
 # -- expression in log1p-normalised space -------------------------------------------------------
@@ -49,15 +51,10 @@ def _is_integer_valued(m: Any) -> bool:
 
 
 def _normalize_log1p(m: Any):
+    """CSR float32 log1p-normalised values (:func:`engine.data.preprocess.log1p_normalize`)."""
     import scipy.sparse as sp
 
-    m = sp.csr_matrix(m, dtype=np.float32) if not sp.issparse(m) else m.tocsr().astype(np.float32)
-    totals = np.asarray(m.sum(axis=1)).ravel()
-    scale = np.divide(_TARGET_SUM, totals, out=np.zeros_like(totals), where=totals > 0)
-    m = sp.diags(scale.astype(np.float32)) @ m
-    m = m.tocsr()
-    m.data = np.log1p(m.data)
-    return m
+    return log1p_normalize(m if sp.issparse(m) else sp.csr_matrix(m), _TARGET_SUM)
 
 
 def log_normalized(adata: AnnData, *, layer: str | None = None):
@@ -69,14 +66,14 @@ def log_normalized(adata: AnnData, *, layer: str | None = None):
             raise DataError(f"layer {layer!r} is not in this dataset; layers are: "
                             f"{', '.join(adata.layers.keys()) or 'none'}")
         m = adata.layers[layer]
-    elif "counts" in adata.layers:
-        m = adata.layers["counts"]
-        layer = "counts"
+    elif LAYERS.COUNTS in adata.layers:
+        m = adata.layers[LAYERS.COUNTS]
+        layer = LAYERS.COUNTS
     else:
         m = adata.X
     if m is None:
         raise DataError("this dataset has no expression matrix")
-    if layer == "counts" or _is_integer_valued(m):
+    if layer == LAYERS.COUNTS or _is_integer_valued(m):
         return _normalize_log1p(m)
     out = sp.csr_matrix(m, dtype=np.float32)
     return out
@@ -226,7 +223,7 @@ def gene_values(adata: AnnData, gene: str, *, layer: str | None = None) -> np.nd
     if gene not in adata.var_names:
         return np.zeros(adata.n_obs, dtype=np.float32)
     j = int(adata.var_names.get_loc(gene))
-    if layer is None and "counts" not in adata.layers and not _is_integer_valued(adata.X):
+    if layer is None and LAYERS.COUNTS not in adata.layers and not _is_integer_valued(adata.X):
         col = adata.X[:, j]
         return np.asarray(col.toarray() if hasattr(col, "toarray") else col,
                           dtype=np.float32).ravel()
