@@ -38,7 +38,12 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .errors import Cancelled, DataError, ResourceError
-from .memory import CSV_CHUNK_VALUES
+from .memory import (  # noqa: F401  (sizes on disk live in memory.py; re-exported here)
+    CSV_CHUNK_VALUES,
+    estimate_csv_bytes,
+    estimate_h5ad_bytes,
+    estimate_output_bytes,
+)
 from .progress import CancelToken, ProgressFn, Reporter, check_cancel
 
 if TYPE_CHECKING:
@@ -133,21 +138,6 @@ def preflight_output(path: str | os.PathLike, *, need_bytes: int | None = None) 
     if need_bytes is not None:
         check_free_space(folder, need_bytes, f"writing {path}")
     return path
-
-
-def estimate_output_bytes(n_cells: int, n_genes: int, density: float,
-                          path: str | os.PathLike) -> int:
-    """About the size of ``n_cells`` generated cells written to ``path``, before generating them
-    (for ``preflight_output(path, need_bytes=...)``): for h5ad the uncompressed upper bound that
-    :func:`write_h5ad` checks, for CSV the text (a twentieth of it for ``.gz``)."""
-    n, g = max(int(n_cells), 0), max(int(n_genes), 1)
-    nnz = n * g * min(max(float(density), 0.0), 1.0)
-    name = Path(path).name.lower()
-    if name.endswith(".h5ad"):
-        per_cell = 2 * 4 + 6 + 16 + _VLEN_OVERHEAD        # row pointers, labels, name
-        return int((nnz * 16 + n * per_cell + g * 64) * 1.02) + 2 * 2**20
-    text = 2 * n * g + 2 * nnz + 80 * n + 16 * g + 4096   # "0," per zero, digits, labels
-    return int(text // 20 if name.endswith(".gz") else text)
 
 
 # -- temporary files ----------------------------------------------------------------------------
@@ -411,74 +401,6 @@ def restore_uns(value: Any) -> Any:
     return value
 
 
-_VLEN_OVERHEAD = 48          # bytes per variable-length string in HDF5 (heap object + id)
-_ELEMENT_OVERHEAD = 8192     # object header, B-tree and attributes per dataset / group
-
-
-def _strings_bytes(values) -> int:
-    total = n = 0
-    for v in values:
-        total += len(str(v).encode("utf-8", "surrogatepass"))
-        n += 1
-    return total + n * _VLEN_OVERHEAD
-
-
-def _array_bytes(a: np.ndarray) -> int:
-    if a.dtype.kind in "OUS":
-        return _strings_bytes(a.ravel())
-    return int(a.nbytes)
-
-
-def _frame_bytes(df: pd.DataFrame) -> int:
-    total = _strings_bytes(df.index) + _strings_bytes(df.columns) + _ELEMENT_OVERHEAD
-    for _, col in df.items():
-        total += _ELEMENT_OVERHEAD
-        if isinstance(col.dtype, pd.CategoricalDtype):
-            total += int(col.cat.codes.nbytes) + _strings_bytes(col.cat.categories)
-        elif col.dtype.kind in "biufcmM":
-            total += int(col.to_numpy().nbytes)
-        else:                                       # strings (become categoricals), objects
-            total += _strings_bytes(col.to_numpy())
-    return total
-
-
-def _elem_bytes(x: Any, depth: int = 0) -> int:
-    if x is None or depth > 50:
-        return 0
-    if sp.issparse(x):
-        x = x if x.format in ("csr", "csc") else x.tocsr()
-        return int(x.data.nbytes + x.indices.nbytes + x.indptr.nbytes) + 3 * _ELEMENT_OVERHEAD
-    if isinstance(x, pd.DataFrame):
-        return _frame_bytes(x)
-    if isinstance(x, np.ndarray):
-        return _array_bytes(x) + _ELEMENT_OVERHEAD
-    if isinstance(x, Mapping):
-        return _ELEMENT_OVERHEAD + sum(_elem_bytes(v, depth + 1) + len(str(k)) + 64
-                                       for k, v in x.items())
-    if isinstance(x, str):
-        return len(x.encode("utf-8", "surrogatepass")) + _ELEMENT_OVERHEAD
-    if isinstance(x, bool | int | float | np.generic):
-        return _ELEMENT_OVERHEAD
-    if isinstance(x, list | tuple):
-        return _ELEMENT_OVERHEAD + sum(_elem_bytes(v, depth + 1) for v in x)
-    if hasattr(x, "nbytes"):                        # backed / dask / other array types
-        return int(x.nbytes) + _ELEMENT_OVERHEAD
-    return len(str(x)) + _ELEMENT_OVERHEAD
-
-
-def estimate_h5ad_bytes(adata: AnnData) -> int:
-    """An upper bound of the size of ``adata`` written as h5ad, compressed or not: every array
-    uncompressed (compression never makes a chunk larger than ~0.1 %), strings as HDF5 stores
-    them, plus per-element overhead and a 2 % margin."""
-    raw = adata.raw
-    total = sum(_elem_bytes(v) for v in (
-        adata.X, adata.obs, adata.var, dict(adata.obsm), dict(adata.varm), dict(adata.obsp),
-        dict(adata.varp), dict(adata.layers), dict(adata.uns)))
-    if raw is not None:
-        total += _elem_bytes(raw.X) + _elem_bytes(raw.var) + _elem_bytes(dict(raw.varm))
-    return int(total * 1.02) + 2 * 2**20
-
-
 _QUIET_LOCK = threading.Lock()
 _QUIET_DEPTH = 0
 _PREV_HOOK = None
@@ -600,37 +522,6 @@ def _is_integer_matrix(m) -> bool:
     data = m.data if sp.issparse(m) else np.asarray(m)
     data = np.asarray(data).ravel()[:1_000_000]
     return bool(np.all(np.isfinite(data)) and np.all(data == np.round(data)))
-
-
-def estimate_csv_bytes(adata: AnnData, m, as_int: bool, cols: list[str]) -> int:
-    """About the size of the uncompressed CSV: one character and a separator per zero, the
-    digits of each non-zero (counted exactly for integers, 12 for floats), names and labels."""
-    n, g = adata.n_obs, adata.n_vars
-    data = m.data if sp.issparse(m) else None
-    if data is None:
-        nnz = int(np.count_nonzero(np.asarray(m)))
-        extra = nnz * (8 if not as_int else 2)
-    elif as_int:
-        nnz, extra = len(data), 0
-        for start in range(0, len(data), 16_000_000):
-            d = np.abs(data[start:start + 16_000_000])
-            extra += sum(int(np.count_nonzero(d >= 10**k)) for k in range(1, 19))
-            extra += int(np.count_nonzero(data[start:start + 16_000_000] < 0))
-    else:
-        nnz = len(data)
-        extra = nnz * 8
-    labels = 0
-    for c in cols:
-        col = adata.obs[c]
-        if isinstance(col.dtype, pd.CategoricalDtype):
-            lens = np.array([len(str(v)) + 2 for v in col.cat.categories] or [0])
-            codes = col.cat.codes.to_numpy()
-            labels += int(lens[codes[codes >= 0]].sum()) + int((codes < 0).sum()) + n
-        else:
-            labels += n * 12
-    names = sum(len(str(v)) for v in adata.obs_names) + n
-    header = sum(len(str(v)) + 1 for v in adata.var_names) + 64 * (len(cols) + 1)
-    return int(2 * n * g + extra + labels + names + header) + 4096
 
 
 def write_csv(adata: AnnData, path: str | Path, *, layer: str = "counts",

@@ -15,18 +15,26 @@ non-zero counts = n * G * density), as measured by ``build_scripts/bench_memory_
 - per batch: the dense (batch, G) blocks of the decoder and of the NB sampler;
 - once: the libraries the first run imports (anndata, h5py, pandas) and torch's first-run
   buffers (``FIXED_BYTES``); the chunk buffers of the CSV writer (``CSV_BYTES_PER_VALUE``).
+
+The end of the module estimates sizes on disk (h5ad, CSV) for the free-space checks of
+:mod:`engine.export`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .errors import ResourceError
+
+if TYPE_CHECKING:
+    from anndata import AnnData
 
 GIB = 2**30
 MIB = 2**20
@@ -290,3 +298,128 @@ class CsrBuilder:
         counts = sp.csr_matrix((data, indices, indptr), shape=shape)
         x = sp.csr_matrix((xdata, indices.copy(), indptr.copy()), shape=shape)
         return counts, x
+
+
+# -- sizes on disk (for the free-space checks of engine.export) ------------------------------
+
+
+_VLEN_OVERHEAD = 48          # bytes per variable-length string in HDF5 (heap object + id)
+_ELEMENT_OVERHEAD = 8192     # object header, B-tree and attributes per dataset / group
+
+
+def _strings_bytes(values) -> int:
+    total = n = 0
+    for v in values:
+        total += len(str(v).encode("utf-8", "surrogatepass"))
+        n += 1
+    return total + n * _VLEN_OVERHEAD
+
+
+def _array_bytes(a: np.ndarray) -> int:
+    if a.dtype.kind in "OUS":
+        return _strings_bytes(a.ravel())
+    return int(a.nbytes)
+
+
+def _frame_bytes(df) -> int:
+    import pandas as pd
+
+    total = _strings_bytes(df.index) + _strings_bytes(df.columns) + _ELEMENT_OVERHEAD
+    for _, col in df.items():
+        total += _ELEMENT_OVERHEAD
+        if isinstance(col.dtype, pd.CategoricalDtype):
+            total += int(col.cat.codes.nbytes) + _strings_bytes(col.cat.categories)
+        elif col.dtype.kind in "biufcmM":
+            total += int(col.to_numpy().nbytes)
+        else:                                       # strings (become categoricals), objects
+            total += _strings_bytes(col.to_numpy())
+    return total
+
+
+def _elem_bytes(x: Any, depth: int = 0) -> int:
+    import pandas as pd
+    import scipy.sparse as sp
+
+    if x is None or depth > 50:
+        return 0
+    if sp.issparse(x):
+        x = x if x.format in ("csr", "csc") else x.tocsr()
+        return int(x.data.nbytes + x.indices.nbytes + x.indptr.nbytes) + 3 * _ELEMENT_OVERHEAD
+    if isinstance(x, pd.DataFrame):
+        return _frame_bytes(x)
+    if isinstance(x, np.ndarray):
+        return _array_bytes(x) + _ELEMENT_OVERHEAD
+    if isinstance(x, Mapping):
+        return _ELEMENT_OVERHEAD + sum(_elem_bytes(v, depth + 1) + len(str(k)) + 64
+                                       for k, v in x.items())
+    if isinstance(x, str):
+        return len(x.encode("utf-8", "surrogatepass")) + _ELEMENT_OVERHEAD
+    if isinstance(x, bool | int | float | np.generic):
+        return _ELEMENT_OVERHEAD
+    if isinstance(x, list | tuple):
+        return _ELEMENT_OVERHEAD + sum(_elem_bytes(v, depth + 1) for v in x)
+    if hasattr(x, "nbytes"):                        # backed / dask / other array types
+        return int(x.nbytes) + _ELEMENT_OVERHEAD
+    return len(str(x)) + _ELEMENT_OVERHEAD
+
+
+def estimate_h5ad_bytes(adata: AnnData) -> int:
+    """An upper bound of the size of ``adata`` written as h5ad, compressed or not: every array
+    uncompressed (compression never makes a chunk larger than ~0.1 %), strings as HDF5 stores
+    them, plus per-element overhead and a 2 % margin."""
+    raw = adata.raw
+    total = sum(_elem_bytes(v) for v in (
+        adata.X, adata.obs, adata.var, dict(adata.obsm), dict(adata.varm), dict(adata.obsp),
+        dict(adata.varp), dict(adata.layers), dict(adata.uns)))
+    if raw is not None:
+        total += _elem_bytes(raw.X) + _elem_bytes(raw.var) + _elem_bytes(dict(raw.varm))
+    return int(total * 1.02) + 2 * 2**20
+
+
+def estimate_output_bytes(n_cells: int, n_genes: int, density: float,
+                          path: str | os.PathLike) -> int:
+    """About the size of ``n_cells`` generated cells written to ``path``, before generating them
+    (for ``preflight_output(path, need_bytes=...)``): for h5ad the uncompressed upper bound that
+    :func:`write_h5ad` checks, for CSV the text (a twentieth of it for ``.gz``)."""
+    n, g = max(int(n_cells), 0), max(int(n_genes), 1)
+    nnz = n * g * min(max(float(density), 0.0), 1.0)
+    name = Path(path).name.lower()
+    if name.endswith(".h5ad"):
+        per_cell = 2 * 4 + 6 + 16 + _VLEN_OVERHEAD        # row pointers, labels, name
+        return int((nnz * 16 + n * per_cell + g * 64) * 1.02) + 2 * 2**20
+    text = 2 * n * g + 2 * nnz + 80 * n + 16 * g + 4096   # "0," per zero, digits, labels
+    return int(text // 20 if name.endswith(".gz") else text)
+
+
+def estimate_csv_bytes(adata: AnnData, m, as_int: bool, cols: list[str]) -> int:
+    """About the size of the uncompressed CSV: one character and a separator per zero, the
+    digits of each non-zero (counted exactly for integers, about 9 for floats), names, labels."""
+    import pandas as pd
+    import scipy.sparse as sp
+
+    n, g = adata.n_obs, adata.n_vars
+    data = m.data if sp.issparse(m) else None
+    if data is None:
+        nnz = int(np.count_nonzero(np.asarray(m)))
+        extra = nnz * (8 if not as_int else 2)
+    elif as_int:
+        nnz, extra = len(data), 0
+        for start in range(0, len(data), 16_000_000):
+            d = np.abs(data[start:start + 16_000_000])
+            extra += sum(int(np.count_nonzero(d >= 10**k)) for k in range(1, 19))
+            extra += int(np.count_nonzero(data[start:start + 16_000_000] < 0))
+    else:
+        nnz = len(data)
+        extra = nnz * 8
+    labels = 0
+    for c in cols:
+        col = adata.obs[c]
+        if isinstance(col.dtype, pd.CategoricalDtype):
+            lens = np.array([len(str(v)) + 2 for v in col.cat.categories] or [0])
+            codes = col.cat.codes.to_numpy()
+            labels += int(lens[codes[codes >= 0]].sum()) + int((codes < 0).sum()) + n
+        else:
+            labels += n * 12
+    names = sum(len(str(v)) for v in adata.obs_names) + n
+    header = sum(len(str(v)) + 1 for v in adata.var_names) + 64 * (len(cols) + 1)
+    return int(2 * n * g + extra + labels + names + header) + 4096
