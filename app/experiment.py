@@ -3,6 +3,7 @@ its matching control (generated control cells, or the user's own cells in 'pertu
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,11 +82,30 @@ class Experiment:
 
 
 def _context_columns(adata) -> list[str]:
-    prov = adata.uns.get("perturb_studio", {}) if hasattr(adata, "uns") else {}
-    levels = prov.get("context_levels") if isinstance(prov, dict) else None
-    if levels:
-        return [str(c) for c in levels if c in adata.obs]
+    """The obs columns that are context levels (a control matches its condition on them): as
+    the provenance lists them (``uns['perturb_studio']['context_levels']``, a list, or an array
+    after an h5ad round trip), else guessed from the columns when the provenance does not say
+    (written by an older engine, or a file from elsewhere)."""
+    levels = _provenance_levels(adata)
+    if levels is not None:
+        return [c for c in levels if c in adata.obs]
     known = {"condition", "cell_type", "perturbation", "perturbation_type", "dose", "is_control",
              "source_cell"}
     return [c for c in adata.obs.columns if c not in known and adata.obs[c].dtype.name in
             ("category", "object") and adata.obs[c].nunique() < 50]
+
+
+def _provenance_levels(adata) -> list[str] | None:
+    """``context_levels`` of the provenance as a list of names, or None when it is absent or
+    not a list of names."""
+    prov = adata.uns.get("perturb_studio") if hasattr(adata, "uns") else None
+    levels = prov.get("context_levels") if isinstance(prov, Mapping) else None
+    if levels is None:
+        return None
+    if isinstance(levels, str | bytes):
+        levels = [levels]
+    if isinstance(levels, np.ndarray):
+        levels = levels.ravel().tolist()
+    if not isinstance(levels, list | tuple) or not all(isinstance(v, str) for v in levels):
+        return None
+    return [str(v) for v in levels]

@@ -85,7 +85,8 @@ def run_tour(out_dir: str, *, n_cells: int = 1500, model: str = MODEL) -> int:
                 raise RuntimeError("no models installed")
             win.models_page.select(kang[0] if kang else names[0])
         info = win.models_page.current()
-        if win.model is None or win.model_info is None or win.model_info.name != info.name:
+        in_use = win.session.model_info
+        if win.model is None or in_use is None or in_use.name != info.name:
             got = _Flag(win.model_loaded)
             win.use_model(info)
             _wait(app, lambda: got.hit or errors.hit, 120, "the model to load")

@@ -31,6 +31,7 @@ from ..plots.embedding import EmbeddingPlot
 from ..plots.heatmap import HeatmapPlot
 from ..plots.volcano import VolcanoPlot
 from ..richtext import esc, plain
+from ..umap_table import category_order, describe_point, find_gene
 
 DE_COLUMNS = [("gene", "gene"), ("log2fc", "log2 fold change"), ("mean_a", "mean (generated)"),
               ("mean_b", "mean (control)"), ("pval", "p-value"), ("padj", "adjusted p")]
@@ -178,6 +179,7 @@ class ResultsPanel(QWidget):
         self.color_by.addItems(["condition", "cell type", "source"])
         self.color_by.setToolTip("What the colours show")
         self.color_by.currentTextChanged.connect(lambda t: self.color_requested.emit(t))
+        self.color_requested.connect(self.color_umap)
         self.gene = QLineEdit()
         self.gene.setPlaceholderText("colour by gene, e.g. ISG15")
         self.gene.setToolTip("Type a gene and press Enter to colour cells by its expression "
@@ -271,11 +273,15 @@ class ResultsPanel(QWidget):
         lay.addLayout(top)
         lay.addWidget(self.tabs, 1)
         self.de_frame = None
+        self.de_label = ""
+        self.embedding = None     # app.messages.Embedding shown in the UMAP
+        self._umap_gene = None    # (gene, values per point) while coloured by a gene
         self.set_experiment(None)
 
     # -- experiment -----------------------------------------------------------------------------
     def set_experiment(self, exp) -> None:
         self.exp = exp
+        self.embedding = self._umap_gene = None
         for b in (self.export_h5ad, self.export_csv, self.export_plot, self.export_de):
             b.setEnabled(exp is not None)
         self.compare.blockSignals(True)
@@ -340,6 +346,56 @@ class ResultsPanel(QWidget):
 
     def set_umap_status(self, text: str) -> None:
         self.umap_status.setText(text)
+
+    # -- UMAP -----------------------------------------------------------------------------------
+    def set_embedding(self, emb, data_name: str = "") -> None:
+        """Show the UMAP of ``emb`` (app.messages.Embedding); ``data_name``: the real cells'
+        file."""
+        self.embedding = emb
+        self.umap.set_coords(emb.coords)
+        self.umap.describe = self.describe_cell
+        n_gen, n_real = emb.n_generated, emb.n_real
+        self.set_umap_status(
+            f"{n_gen:,} generated cells" + (f" with {n_real:,} real cells from "
+                                             f"{data_name or 'your data'}" if n_real else
+                                             " (open a dataset to compare with real cells)")
+            + ". Hover over a dot for details.")
+        self.color_umap(self.color_by.currentText())
+
+    def describe_cell(self, i: int) -> str:
+        if self.embedding is None:
+            return ""
+        return describe_point(self.embedding.meta, i, self._umap_gene)
+
+    def color_umap(self, what: str) -> None:
+        """Colour the points by 'condition', 'cell type', 'source' or 'gene:NAME'."""
+        if self.embedding is None:
+            return
+        plot = self.umap
+        if what.startswith("gene:"):
+            from engine.analysis import gene_values
+
+            parts = self.embedding.parts
+            var_names = self.exp.adata.var_names if self.exp is not None else []
+            gene = find_gene(what[5:], parts, var_names)
+            if gene is None:
+                self.gene_msg.setText(f"{what[5:]}: not among the genes")
+                return
+            vals = np.concatenate([gene_values(a, gene) for a in parts.values()])
+            self._umap_gene = (gene, vals)
+            self.gene_msg.setText("")
+            plot.color_by_value(vals, title=f"{gene} (log normalised expression)")
+            return
+        self._umap_gene = None
+        col = {"condition": "condition", "cell type": "cell type", "source": "source"}[what]
+        values = self.embedding.meta[col].astype(str).to_numpy()
+        order, grey = category_order(values, col)
+        if col == "condition":
+            plot.color_by_category(values, order=order, grey=grey,
+                                   title="Generated cells by condition (real cells in grey)"
+                                   if grey else "Generated cells by condition")
+        else:
+            plot.color_by_category(values, order=order, title=f"Cells by {col}")
 
     def _compare_changed(self, label: str) -> None:
         if label and self.exp is not None:

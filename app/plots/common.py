@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -46,20 +45,16 @@ def export_scene(item, path: str | os.PathLike, *, width: int = 1400) -> Path:
     if suffix not in (".png", ".svg"):
         raise ValueError(f"cannot export a plot as {suffix or 'a file without extension'}; "
                          "use .png or .svg")
+    from engine.export import atomic_path
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=suffix) as tmp:
         if suffix == ".png":
             exp = ex.ImageExporter(item)
             exp.parameters()["width"] = int(width)
-            exp.export(tmp)
+            exp.export(str(tmp))
         else:
-            _render_svg(item, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+            _render_svg(item, str(tmp))
     return path
 
 

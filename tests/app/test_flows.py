@@ -21,7 +21,7 @@ def _load(qtbot, w, path):
 
 def _use_model(qtbot, w, name):
     assert w.models_page.select(name), [i.name for i in w.models_page.infos]
-    if w.model is not None and w.model.name == w.models_page.current().name:
+    if w.session.model is not None and w.session.model.name == w.models_page.current().name:
         return
     with qtbot.waitSignal(w.model_loaded, timeout=60_000):
         w.models_page.use_btn.click()
@@ -56,7 +56,7 @@ def test_load_real_kang_summary_and_role_form(qtbot, window, kang_file):
     assert d.role_combos["cell_type_key"].currentText() == "cell_type"
     assert d.role_combos["perturbation_key"].currentText() == "condition"
     assert d.control.currentText() == "control"
-    assert d.schema_ok and w.schema_ok
+    assert d.schema_ok and w.session.schema_ok
     # a wrong control label is flagged next to the field, and training is refused
     d.control.setCurrentText("bogus")
     assert not d.schema_ok
@@ -78,7 +78,7 @@ def test_bad_file_shows_error_and_app_stays_usable(qtbot, window, tmp_path, kang
     with qtbot.waitSignal(w.error_shown, timeout=30_000) as sig:
         w.load_dataset(str(bad))
     assert "broken.h5ad" in sig.args[0]
-    assert w.adata is None
+    assert w.session.adata is None
     box = w.findChild(type(w).__mro__[0].__base__.__base__, "error-box")  # QWidget lookup
     assert box is not None
     from app import settings
@@ -86,14 +86,14 @@ def test_bad_file_shows_error_and_app_stays_usable(qtbot, window, tmp_path, kang
     assert "broken.h5ad" in settings.log_path().read_text()
     box.close()
     _load(qtbot, w, kang_file)  # still usable
-    assert w.adata is not None and w.adata.n_obs == 2421
+    assert w.session.adata is not None and w.session.adata.n_obs == 2421
 
 
 def test_composer_flags_invalid_choices(qtbot, window, model_name):
     w = window
     _use_model(qtbot, w, model_name)
     c = w.compose_page
-    space = w.model.space
+    space = w.session.model.space
     assert [c.cell_type.itemText(i) for i in range(c.cell_type.count())] == space.cell_types
     row = c.perts.rows[0]
     row.target.setText("NOTAGENE")
@@ -131,7 +131,7 @@ def test_generate_heatmap_umap_export_and_reload(qtbot, window, model_name, kang
     with qtbot.waitSignals([w.generation_finished, w.heatmap_updated, w.de_updated],
                            timeout=120_000):
         c.generate_btn.click()
-    exp = w.experiment
+    exp = w.session.experiment
     assert exp.adata.n_obs == 4 * 60  # 2 conditions + 2 matching controls
     assert exp.saved_to and Path(exp.saved_to).exists()  # autosave to the output folder
     r = w.results_page
@@ -148,8 +148,7 @@ def test_generate_heatmap_umap_export_and_reload(qtbot, window, model_name, kang
         r.compare.setCurrentIndex(1)
     assert r.de_label == exp.labels[1]
     # UMAP with the real cells (it may be ready already: wait on the state, not the signal)
-    qtbot.waitUntil(lambda: r.umap.coords is not None and
-                    len(r.umap.coords) == exp.adata.n_obs + 2421, timeout=180_000)
+    qtbot.waitUntil(lambda: w.session.embedding is not None, timeout=180_000)
     coords = r.umap.coords
     assert coords.shape == (exp.adata.n_obs + 2421, 2) and np.isfinite(coords).all()
     r.tabs.setCurrentIndex(1)
@@ -157,7 +156,7 @@ def test_generate_heatmap_umap_export_and_reload(qtbot, window, model_name, kang
     r.gene.setText(str(exp.adata.var_names[0]).lower())  # case-insensitive
     r._gene_entered()
     assert r.umap.colorbar.isVisible() or not r.umap.legend.isVisible()
-    assert "cell" in w._describe_cell(0)
+    assert "cell" in w.results_page.describe_cell(0)
     # exports: h5ad (reload), CSV, plots PNG + SVG, DE table
     out = tmp_path / "exports"
     with qtbot.waitSignal(w.exported, timeout=60_000):
@@ -198,7 +197,7 @@ def test_cancel_mid_run_writes_nothing(qtbot, window, model_name, tmp_path):
     with qtbot.waitSignal(w.generation_cancelled, timeout=10_000):
         w.run_bar.cancel.click()
     qtbot.waitUntil(lambda: "run" not in w.jobs.jobs, timeout=30_000)
-    assert not finished and w.experiment is None
+    assert not finished and w.session.experiment is None
     out = tmp_path / "out"
     assert not [p for p in out.rglob("*") if p.is_file()]  # nothing written, not even temp files
     assert "Cancelled" in w.run_bar.label.text()
@@ -222,10 +221,10 @@ def test_perturb_my_cells(qtbot, window, model_name, kang_file):
     assert len(req.cell_index) == 40 and req.steps == 4 and not req.condition.is_control
     with qtbot.waitSignals([w.generation_finished, w.heatmap_updated], timeout=120_000):
         p.run_btn.click()
-    exp = w.experiment
+    exp = w.session.experiment
     assert exp.mode == "perturb" and exp.adata.n_obs == 40 and exp.source.n_obs == 40
     assert "source_cell" in exp.adata.obs
-    assert set(exp.adata.obs["source_cell"]) <= set(w.adata.obs_names)
+    assert set(exp.adata.obs["source_cell"]) <= set(w.session.adata.obs_names)
 
 
 def test_train_a_model_appears_with_card(qtbot, window, kang_file, monkeypatch):
@@ -245,7 +244,7 @@ def test_train_a_model_appears_with_card(qtbot, window, kang_file, monkeypatch):
     w.jobs.job_started.connect(lambda s: s == "run" and w.jobs.jobs["run"].progress.connect(
         lambda p: losses.append(p.loss)))
     with qtbot.waitSignal(w.training_finished, timeout=150_000):
-        w.train(req)
+        w.controller.train(req)
     assert any(x is not None for x in losses)
     assert t.loss.curves  # the loss curve was drawn
     info = w.models_page.current()
@@ -268,7 +267,7 @@ def test_settings_are_remembered(qtbot, window, model_name, kang_file):
     qtbot.addWidget(w2)
     with qtbot.waitSignal(w2.model_loaded, timeout=60_000):  # last model comes back
         w2.show()
-    assert w2.model.name == w.model.name
+    assert w2.session.model.name == w.session.model.name
     assert w2.data_page.recent.count() == 1
     qtbot.waitUntil(lambda: not w2.jobs.busy(), timeout=30_000)
 
@@ -380,7 +379,7 @@ def test_cancel_training_leaves_no_model(qtbot, window, kang_file, tmp_path):
     finished = []
     w.training_finished.connect(lambda: finished.append(1))
     with qtbot.waitSignal(w.jobs.job_started, timeout=10_000):
-        w.train(req)
+        w.controller.train(req)
     with qtbot.waitSignal(w.jobs.jobs["run"].progress, timeout=60_000):
         pass
     assert not w.train_page.train_btn.isEnabled()  # no second job while one runs
@@ -409,4 +408,4 @@ def test_drop_a_file_opens_it(qtbot, window, kang_file):
                       Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier)
     with qtbot.waitSignal(w.dataset_loaded, timeout=60_000):
         w.dropEvent(drop)
-    assert w.adata.n_obs == 2421
+    assert w.session.adata.n_obs == 2421

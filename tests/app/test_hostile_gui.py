@@ -70,11 +70,11 @@ def _relist(qtbot, w, *names) -> None:
 def test_autosave_path_stays_in_the_output_folder(qtbot, window, tmp_path, name):
     w = window
     w.act_autosave.setChecked(True)
-    w.model = SimpleNamespace(name=name)
+    w.session.model = SimpleNamespace(name=name)
     try:
-        p = w._autosave_path("generated")
+        p = w.controller.autosave_path("generated")
     finally:
-        w.model = None
+        w.session.model = None
     folder = (tmp_path / "out" / "perturb-studio").resolve()
     assert p.resolve().parent == folder  # a file directly in the folder, never elsewhere
     assert p.name.endswith("_generated.h5ad") and not p.name.startswith(".")
@@ -107,7 +107,7 @@ def test_hostile_model_name_is_shown_literally_and_saved_inside(qtbot, window, k
     assert w.models_page.select(EVIL)
     with qtbot.waitSignal(w.model_loaded, timeout=60_000):
         w.models_page.use_btn.click()
-    assert w.model.name == EVIL
+    assert w.session.model.name == EVIL
     assert f"In use: {EVIL}" in shown(w.models_page.active)
     assert w.model_label.text() == f"Model: {EVIL}"          # status bar
     assert w.model_label.textFormat() == Qt.TextFormat.PlainText
@@ -126,8 +126,9 @@ def test_hostile_model_name_is_shown_literally_and_saved_inside(qtbot, window, k
     c.steps.setValue(2)
     assert c.generate_btn.isEnabled(), c.check.text()
     c.generate_btn.click()
-    qtbot.waitUntil(lambda: w.experiment is not None and w._fg_slot is None, timeout=120_000)
-    saved = Path(w.experiment.saved_to)
+    qtbot.waitUntil(lambda: w.session.experiment is not None and w.session.busy is None,
+                    timeout=120_000)
+    saved = Path(w.session.experiment.saved_to)
     folder = tmp_path / "out" / "perturb-studio"
     assert saved.parent == folder and saved.is_file()
     assert saved.resolve().parent == folder.resolve()
@@ -147,7 +148,7 @@ def test_hostile_model_name_is_shown_literally_and_saved_inside(qtbot, window, k
     assert "model.safetensors" in sig.args[0]
     active = shown(w.models_page.active)
     assert "Could not load no<i>weights</i>" in active and f"In use: {EVIL}" in active
-    assert w.model.name == EVIL
+    assert w.session.model.name == EVIL
 
 
 def test_error_box_shows_messages_as_plain_text(qtbot, window):

@@ -40,7 +40,7 @@ def _load_and_capture(qtbot, w, path) -> tuple[str, str]:
     got = []
     w.load_dataset(str(path))
     w.jobs.jobs["load"].failed.connect(lambda m, d: got.append((m, d)))  # queued: not missed
-    qtbot.waitUntil(lambda: w._fg_slot is None and "load" not in w.jobs.jobs, timeout=60_000)
+    qtbot.waitUntil(lambda: w.session.busy is None and "load" not in w.jobs.jobs, timeout=60_000)
     assert got, f"{path} was not refused: {w.data_page.summary.text()}"
     return got[0]
 
@@ -60,7 +60,7 @@ def test_bad_dataset_shows_the_engine_error_and_keeps_the_loaded_one(qtbot, wind
     good = data_dir / GOOD
     with qtbot.waitSignal(w.dataset_loaded, timeout=60_000):
         w.load_dataset(str(good))
-    before, summary = w.adata, w.data_page.summary.text()
+    before, summary = w.session.adata, w.data_page.summary.text()
     bad = _hostile_file(kind, tmp_path, data_dir)
     msg, details = _load_and_capture(qtbot, w, bad)
     # the engine refused it with a DataError naming the file (not an unexpected exception)
@@ -71,7 +71,7 @@ def test_bad_dataset_shows_the_engine_error_and_keeps_the_loaded_one(qtbot, wind
     assert page.load_error.isVisibleTo(page)
     assert page.load_error.text().startswith(f"Could not open {bad.name}: {msg}")
     assert f"{GOOD} (opened before) is still the dataset in use." in page.load_error.text()
-    assert w.adata is before and page.adata is before and w.data_path == str(good)
+    assert w.session.adata is before and page.adata is before and w.session.data_path == str(good)
     assert page.summary.text() == summary            # not stuck at "Loading …"
     assert w.last_error == msg
     qtbot.waitUntil(lambda: not w.jobs.busy(), timeout=30_000)
@@ -80,7 +80,7 @@ def test_bad_dataset_shows_the_engine_error_and_keeps_the_loaded_one(qtbot, wind
     # still usable: the next good file loads and the error goes away
     with qtbot.waitSignal(w.dataset_loaded, timeout=60_000):
         w.load_dataset(str(data_dir / "pbmc68k_reduced_counts.h5ad"))
-    assert w.adata is not before and not page.load_error.isVisibleTo(page)
+    assert w.session.adata is not before and not page.load_error.isVisibleTo(page)
     assert "pbmc68k_reduced_counts.h5ad" in page.summary.text()
 
 
@@ -90,7 +90,7 @@ def test_bad_dataset_first_says_nothing_is_loaded(qtbot, window, tmp_path, data_
     msg, _details = _load_and_capture(qtbot, w, bad)
     page = w.data_page
     assert page.load_error.text() == f"Could not open empty.csv: {msg}\nNo dataset is loaded."
-    assert page.summary.text() == "No dataset loaded." and w.adata is None
+    assert page.summary.text() == "No dataset loaded." and w.session.adata is None
     # a file name that looks like HTML is shown as written
     odd = tmp_path / "<b>bold&amp;.csv"
     odd.write_text("")
@@ -144,7 +144,7 @@ def test_semicolon_csv_opens(qtbot, window, tmp_path, data_dir):
     _load_and_capture(qtbot, w, _hostile_file("empty.csv", tmp_path, data_dir))
     with qtbot.waitSignal(w.dataset_loaded, timeout=60_000):
         w.load_dataset(str(_hostile_file("semicolon.csv", tmp_path, data_dir)))
-    assert w.adata.n_obs == 2 and list(w.adata.var_names) == ["G1", "G2"]
+    assert w.session.adata.n_obs == 2 and list(w.session.adata.var_names) == ["G1", "G2"]
     assert not w.data_page.load_error.isVisibleTo(w.data_page)
 
 

@@ -1,0 +1,80 @@
+"""The table behind the UMAP: which cells are embedded together and what each point is.
+
+No Qt: :func:`umap_parts` runs on a worker thread (it subsamples and labels the cells), the
+rest is asked by the Results page when it colours the points or describes the one under the
+mouse.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: At most this many of the user's cells are embedded with the generated ones.
+MAX_REAL_CELLS = 20_000
+
+
+def umap_parts(experiment, real=None, schema=None, *, max_real: int = MAX_REAL_CELLS
+               ) -> tuple[dict[str, Any], Any]:
+    """The AnnData to embed (``{"generated": ..., "real": ...}``) and one row per cell of them,
+    in the same order: ``source`` (generated / real), ``condition`` (real cells: ``"real: "`` and
+    their perturbation label) and ``cell type`` ("" when unknown).
+
+    ``real`` (the loaded dataset, or None) is subsampled to ``max_real`` cells with a fixed seed,
+    so the same experiment always shows the same real cells.
+    """
+    import numpy as np
+    import pandas as pd
+
+    parts = {"generated": experiment.adata}
+    gen_obs = experiment.adata.obs
+    meta = [pd.DataFrame({
+        "source": "generated",
+        "condition": gen_obs["condition"].astype(str).to_numpy(),
+        "cell type": gen_obs["cell_type"].astype(str).to_numpy() if "cell_type" in gen_obs else "",
+    })]
+    if real is not None:
+        real_ad = real
+        if real.n_obs > max_real:
+            idx = np.sort(np.random.default_rng(0).choice(real.n_obs, max_real, replace=False))
+            real_ad = real[idx]
+        parts["real"] = real_ad
+        obs = real_ad.obs
+        pk = schema.perturbation_key if schema is not None else None
+        ck = schema.cell_type_key if schema is not None else None
+        cond = (obs[pk].astype(str).to_numpy() if pk and pk in obs
+                else np.full(real_ad.n_obs, "cells", dtype=object))
+        meta.append(pd.DataFrame({
+            "source": "real",
+            "condition": np.asarray(["real: " + str(c) for c in cond], dtype=object),
+            "cell type": obs[ck].astype(str).to_numpy() if ck and ck in obs else "",
+        }))
+    return parts, pd.concat(meta, ignore_index=True)
+
+
+def describe_point(meta, i: int, gene: tuple[str, Any] | None = None) -> str:
+    """One line about point ``i``: its source, condition, cell type (and the gene's value when
+    the points are coloured by a gene)."""
+    row = meta.iloc[i]
+    ct = f" · cell type {row['cell type']}" if row["cell type"] else ""
+    extra = f" · {gene[0]} = {gene[1][i]:.2f}" if gene is not None else ""
+    return f"cell {i:,} · {row['source']} · {row['condition']}{ct}{extra}"
+
+
+def find_gene(name: str, parts: dict[str, Any], var_names) -> str | None:
+    """``name`` as the embedded cells spell it (exact, else case-insensitive among
+    ``var_names``), or None when it is not a gene of them."""
+    if any(name in a.var_names for a in parts.values()):
+        return name
+    matches = [g for g in var_names if str(g).upper() == name.upper()]
+    return str(matches[0]) if matches else None
+
+
+def category_order(values, column: str) -> tuple[list[str], set[str]]:
+    """The legend order of the ``column`` values and those drawn in grey: by condition, the
+    generated conditions first and the real cells' (greyed) after."""
+    order = list(dict.fromkeys(values))
+    if column != "condition":
+        return order, set()
+    gen = [v for v in order if not v.startswith("real: ")]
+    real = [v for v in order if v.startswith("real: ")]
+    return gen + real, set(real)
