@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml constraints.txt
 	bash build_scripts/install_system_deps.sh
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev,bundle]"
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev,bundle,gui]"
 	touch $(STAMP)
 
 setup: $(STAMP)

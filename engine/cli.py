@@ -8,6 +8,19 @@ traceback). Every option is checked before a model is loaded or a file is read.
 
 Importing this module is cheap (no torch, numpy or anndata): ``app.__main__`` imports
 :data:`COMMANDS` from it.
+
+Two console scripts (pyproject.toml):
+
+- ``perturb-studio-cli`` (:func:`main`): the commands only; needs no Qt, so a cluster node can
+  install the engine alone (``pip install perturb-studio``).
+- ``perturb-studio`` (:func:`launch`): a command runs here; anything else (no arguments, a data
+  file, ``--selftest``) opens the window, found through the ``perturb_studio.gui`` entry point
+  group (the engine never imports ``app``). Without the ``gui`` extra that prints one line
+  saying how to install it and exits 2.
+
+``--backbone`` / ``--objective`` accept the names of the engine's registries
+(``engine.nn.blocks.BACKBONES``, ``engine.diffusion.schedules.OBJECTIVES``), read when the
+option is parsed (they import torch, which training needs anyway).
 """
 
 from __future__ import annotations
@@ -32,6 +45,39 @@ STEPS_MAX = 1000
 GUIDANCE_MAX = 20.0
 #: Output files ``generate -o`` writes, by suffix (engine.export.write_h5ad / write_csv).
 OUTPUT_SUFFIXES = (".h5ad", ".csv", ".csv.gz", ".tsv", ".tsv.gz")
+#: The entry point group where the window registers itself (pyproject.toml).
+GUI_ENTRY_POINTS = "perturb_studio.gui"
+#: The packages the window needs (the ``gui`` extra) and the line that says how to get them.
+GUI_MODULES = ("PySide6", "pyqtgraph")
+GUI_MISSING = ("error: the Perturb Studio window is not installed; install it with "
+               "`pip install 'perturb-studio[gui]'` (the commands work without it: "
+               "perturb-studio-cli --help)")
+
+
+def _registry_choice(what: str, module: str, registry: str):
+    """An argparse type: a name in the engine registry ``module.registry`` (imported when the
+    option is parsed, so building the parser stays cheap)."""
+
+    def names() -> list[str]:
+        import importlib
+
+        return sorted(getattr(importlib.import_module(module, __package__), registry))
+
+    def parse(text: str) -> str:
+        value = str(text).strip()
+        known = names()
+        if value not in known:
+            raise argparse.ArgumentTypeError(f"unknown {what} {_short(text)}; choose from "
+                                             f"{', '.join(known)}")
+        return value
+
+    parse.__name__ = what
+    parse.names = names
+    return parse
+
+
+BACKBONE = _registry_choice("backbone", ".nn.blocks", "BACKBONES")
+OBJECTIVE = _registry_choice("objective", ".diffusion.schedules", "OBJECTIVES")
 
 
 def _int_arg(lo: int, hi: int | None = None, *, extra: str = ""):
@@ -405,8 +451,11 @@ def build_parser() -> argparse.ArgumentParser:
     roles(t)
     t.add_argument("--exclude", action="append", type=_kv_list, metavar="KEY=VALUE[,KEY=VALUE]",
                    help="drop the cells matching all pairs (repeatable), e.g. to hold out a group")
-    t.add_argument("--backbone", choices=("mlp", "transformer"), default="mlp")
-    t.add_argument("--objective", choices=("rectified_flow", "ddpm"))
+    t.add_argument("--backbone", type=BACKBONE, default="mlp",
+                   help="network backbone, a name in engine.nn.blocks.BACKBONES (default mlp)")
+    t.add_argument("--objective", type=OBJECTIVE,
+                   help="training objective, a name in engine.diffusion.schedules.OBJECTIVES "
+                        "(default: the engine's)")
     t.add_argument("--name", help="model name (default: the folder name)")
     t.add_argument("--seed", type=_int_arg(0, SEED_MAX), default=0,
                    help=f"random seed, 0 to {SEED_MAX}")
@@ -500,6 +549,41 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: internal error ({type(e).__name__}: {msg}); please report this "
               "(PERTURB_STUDIO_DEBUG=1 shows the traceback)", file=sys.stderr)
         return 1
+
+
+def _gui_available() -> bool:
+    import importlib.util
+
+    try:
+        return all(importlib.util.find_spec(m) is not None for m in GUI_MODULES)
+    except (ImportError, ValueError):
+        return False
+
+
+def _gui_entry():
+    """The window's ``main(argv)`` from the entry point group, or None if none is installed."""
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=GUI_ENTRY_POINTS):
+        return ep.load()
+    return None
+
+
+def launch(argv: list[str] | None = None) -> int:
+    """``perturb-studio``: a command (or ``-h`` / ``--version``) runs :func:`main`; anything
+    else is handed to the window (:data:`GUI_ENTRY_POINTS`), which opens or explains what is
+    wrong with the arguments. Without the ``gui`` extra: one line, :data:`GUI_MISSING`, and
+    status 2 (a misspelt command still gets argparse's "invalid choice")."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and (argv[0] in COMMANDS or argv[0] in ("-h", "--help", "--version")):
+        return main(argv)
+    gui = _gui_entry() if _gui_available() else None
+    if gui is None:
+        if argv and not argv[0].startswith("-") and not os.path.exists(argv[0]):
+            return main(argv)                # e.g. "trian": argparse names the commands
+        print(GUI_MISSING, file=sys.stderr)
+        return 2
+    return int(gui(argv) or 0)
 
 
 if __name__ == "__main__":

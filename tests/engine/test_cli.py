@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import anndata as ad
+import pytest
 
 from engine.cli import main
 
@@ -68,3 +69,82 @@ def test_models_json_lists_shipped(capsys):
     assert main(["models", "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert all({"name", "conditions", "n_genes"} <= set(m) for m in listed)
+
+
+# -- entry points without Qt (issue 9 #7) -----------------------------------------------------
+def _pyproject() -> dict:
+    import tomllib
+    from pathlib import Path
+
+    return tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+
+
+def test_qt_is_an_extra_and_both_scripts_point_at_the_engine():
+    proj = _pyproject()["project"]
+    deps = " ".join(proj["dependencies"])
+    assert "PySide6" not in deps and "pyqtgraph" not in deps
+    gui = " ".join(proj["optional-dependencies"]["gui"])
+    assert "PySide6-Essentials" in gui and "pyqtgraph" in gui
+    assert proj["scripts"] == {"perturb-studio": "engine.cli:launch",
+                               "perturb-studio-cli": "engine.cli:main"}
+    target = proj["entry-points"]["perturb_studio.gui"]["app"]
+    assert target == "app.__main__:main"
+    import importlib
+
+    module, _, func = target.partition(":")
+    assert callable(getattr(importlib.import_module(module), func))
+
+
+def test_launch_without_arguments_opens_the_window_through_the_entry_point(monkeypatch):
+    import engine.cli as cli
+
+    seen = []
+    monkeypatch.setattr(cli, "_gui_available", lambda: True)
+    monkeypatch.setattr(cli, "_gui_entry", lambda: lambda argv: seen.append(argv) or 0)
+    assert cli.launch([]) == 0
+    assert cli.launch(["--selftest"]) == 0
+    assert seen == [[], ["--selftest"]]
+
+
+def test_launch_without_the_gui_extra_says_how_to_install_it(monkeypatch, capsys):
+    import importlib.util
+
+    import engine.cli as cli
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "PySide6" else real(name, *a))
+    monkeypatch.setattr(cli, "_gui_entry", lambda: pytest.fail("the window was looked up"))
+    assert cli.launch([]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert "window is not installed" in err[0] and "pip install 'perturb-studio[gui]'" in err[0]
+    # a misspelt command still gets argparse's list of commands, not the install line
+    assert cli.launch(["trian"]) == 2
+    assert "invalid choice: 'trian'" in capsys.readouterr().err
+
+
+def test_launch_runs_commands_without_looking_for_the_window(monkeypatch, capsys):
+    import engine.cli as cli
+
+    monkeypatch.setattr(cli, "_gui_entry", lambda: pytest.fail("the window was looked up"))
+    monkeypatch.setattr(cli, "_gui_available", lambda: pytest.fail("Qt was looked up"))
+    assert cli.launch(["models", "--json"]) == 0
+    assert isinstance(json.loads(capsys.readouterr().out), list)
+
+
+def test_backbone_and_objective_choices_come_from_the_engine_registries(tmp_path, capsys):
+    import engine.cli as cli
+    from engine.diffusion.schedules import OBJECTIVES
+    from engine.nn.blocks import BACKBONES
+
+    assert cli.BACKBONE.names() == sorted(BACKBONES)
+    assert cli.OBJECTIVE.names() == sorted(OBJECTIVES)
+    data = tmp_path / "x.h5ad"
+    rc = main(["train", str(data), "--out", str(tmp_path / "m"), "--backbone", "rnn"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert f"unknown backbone 'rnn'; choose from {', '.join(sorted(BACKBONES))}" in err
+    rc = main(["train", str(data), "--out", str(tmp_path / "m"), "--objective", "gan"])
+    assert rc == 2
+    assert "unknown objective 'gan'; choose from" in capsys.readouterr().err
