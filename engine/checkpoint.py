@@ -15,7 +15,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .config import FORMAT, MAX_NESTING, parameter_count, validate_config
+from .config import FORMAT, MAX_NESTING, parameter_count, upgrade_v1, validate_config
 from .config import FORMAT_VERSION as FORMAT_VERSION  # noqa: F401 - re-exported (engine.train)
 from .errors import ModelError, ResourceError
 
@@ -62,7 +62,8 @@ def _read_json(path: Path, limit: int, *, what: str, lenient: bool = False):
 def read_config(folder: str | os.PathLike) -> dict:
     """Read and fully validate ``config.json`` (:func:`engine.config.validate_config`) of a
     model folder; when the weights file is there, check that it is large enough for the
-    architecture the config describes. Nothing is built or allocated."""
+    architecture the config describes. Nothing is built or allocated. A v1 config is returned
+    in the v2 layout (:func:`engine.config.upgrade_v1`); the folder is not rewritten."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ModelError(f"model folder not found: {folder}")
@@ -81,7 +82,7 @@ def read_config(folder: str | os.PathLike) -> dict:
             raise ModelError(f"{weights} holds {size:,} bytes, but the architecture in "
                              f"{CONFIG} has {n:,} parameters ({4 * n:,} bytes of float32 "
                              "weights): the config and the weights do not belong together")
-    return config
+    return upgrade_v1(config)     # a v1 folder reads as the v2 layout (engine.config.upgrade_v1)
 
 
 def read_card(folder: str | os.PathLike) -> dict:

@@ -13,14 +13,16 @@ registries and that :func:`parameter_count` equals the parameters of the built m
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, NoReturn
 
 from .errors import ModelError
 
 FORMAT = "perturb-studio-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2                # 2: typed config (ModelConfig); 1 is read via upgrade_v1
 
 MAX_PARAMETERS = 200_000_000      # 800 MB of float32 weights; the shipped models have < 3M
 MAX_GENES = 100_000
@@ -44,8 +46,14 @@ BACKBONE_KW: dict[str, dict[str, tuple[str, float, float]]] = {
     "transformer": {"width": ("int", 1, 4_096), "depth": ("int", 0, 256),
                     "tokens": ("int", 1, 1_024), "heads": ("int", 1, 64)},
 }
-BACKBONE_DEFAULTS = {"mlp": {"width": 256, "depth": 4, "dropout": 0.0},
+# What an absent backbone_kw entry means: in a v2 config these defaults, which are also the
+# module constructors' (engine.nn.blocks) and what a default training writes; in a v1 config the
+# v1 module defaults (the MLP was 256 wide there, while v1 training wrote 128 explicitly).
+BACKBONE_DEFAULTS = {"mlp": {"width": 128, "depth": 4, "dropout": 0.0},
                      "transformer": {"width": 64, "depth": 3, "tokens": 8, "heads": 4}}
+V1_BACKBONE_DEFAULTS = {"mlp": {"width": 256, "depth": 4, "dropout": 0.0},
+                        "transformer": {"width": 64, "depth": 3, "tokens": 8, "heads": 4}}
+V1_SAMPLING_STEPS = 20            # engine.model.default_steps of v1 when sampling.steps is absent
 ARCH_INTS = {"latent_dim": (1, 1_024), "ae_hidden": (1, 16_384), "cond_dim": (1, 4_096)}
 ARCH_KEYS = {"latent_dim", "ae_hidden", "cond_dim", "backbone", "backbone_kw", "objective",
              "dispersion"}
@@ -96,7 +104,7 @@ def validate_config(config: dict, *, where: str) -> dict:
             v.string(key, config[key])
     genes = v.strings("genes", config["genes"], max_items=MAX_GENES, nonempty=True,
                       min_items=1)
-    arch = v.architecture(config["architecture"])
+    arch = v.architecture(config["architecture"], backbone_defaults(config))
     vocab = v.vocab(config["vocab"])
     v.space(config["space"], vocab)
     v.latent_stats(config["latent_stats"], arch["latent_dim"] + 1)
@@ -127,6 +135,11 @@ def _mlp(i: int, o: int) -> int:                      # engine.conditions.embedd
     return _linear(i, o) + _linear(o, o)
 
 
+def backbone_defaults(config: Mapping) -> dict:
+    """What absent ``backbone_kw`` entries mean for this config's format version."""
+    return V1_BACKBONE_DEFAULTS if config.get("format_version") == 1 else BACKBONE_DEFAULTS
+
+
 def parameter_count(config: Mapping) -> int:
     """Exact number of weights the modules of a (validated) config hold: the autoencoder
     (``engine.models.autoencoder``) plus the flow network (``engine.models.flow``), computed
@@ -147,7 +160,7 @@ def parameter_count(config: Mapping) -> int:
     time = _linear(FREQ_DIM, c) + _linear(c, c)
     s = d + 1
     name = arch["backbone"]
-    kw = {**BACKBONE_DEFAULTS[name], **arch.get("backbone_kw", {})}
+    kw = {**backbone_defaults(config)[name], **arch.get("backbone_kw", {})}
     w, depth = int(kw["width"]), int(kw["depth"])
     if name == "mlp":
         block = _linear(w, 2 * w) + _linear(2 * w, w) + _linear(c, 3 * w)
@@ -270,7 +283,7 @@ class _Validator:
             stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
 
     # -- sections ---------------------------------------------------------------------------
-    def architecture(self, arch: Any) -> dict:
+    def architecture(self, arch: Any, defaults: dict) -> dict:
         arch = self.mapping("architecture", arch, ARCH_KEYS,
                             ("latent_dim", "ae_hidden", "cond_dim", "backbone"))
         for key, (low, high) in ARCH_INTS.items():
@@ -297,7 +310,7 @@ class _Validator:
             else:
                 self.number(name, value, low, high)
         if backbone == "transformer":
-            full = {**BACKBONE_DEFAULTS[backbone], **kw}
+            full = {**defaults[backbone], **kw}
             if full["width"] % full["heads"]:
                 self.fail("architecture.backbone_kw", f"width {full['width']} must be a "
                           f"multiple of heads {full['heads']} (attention splits the width "
@@ -433,3 +446,167 @@ class _Validator:
         for key in ("context_keys", "drop_labels"):
             if schema.get(key) is not None:
                 self.strings(f"schema.{key}", schema[key], unique=False)
+
+
+# -- typed configuration ------------------------------------------------------------------------
+# One source of truth for every default: the fields below. ArchConfig's fields are the module
+# constructors' arguments (engine.models.autoencoder.NBAutoencoder, engine.models.flow
+# .LatentFlowNet); TrainConfig's are read by the phases of engine.train; SamplingConfig's by
+# engine.model. config.json (v2) stores them as ``architecture``, ``training.hyperparameters``
+# and ``sampling``.
+@dataclass
+class ArchConfig:
+    latent_dim: int = 32
+    ae_hidden: int = 128
+    cond_dim: int = 128
+    backbone: str = "mlp"
+    backbone_kw: dict = field(default_factory=dict)    # completed from BACKBONE_DEFAULTS
+    objective: str = "rectified_flow"
+    dispersion: str = "gene"
+
+    def __post_init__(self) -> None:
+        if self.backbone not in BACKBONE_KW:
+            raise ValueError(f"backbone must be one of {', '.join(BACKBONE_KW)}, got "
+                             f"{self.backbone!r}")
+        if self.objective not in OBJECTIVE_NAMES:
+            raise ValueError(f"objective must be one of {', '.join(OBJECTIVE_NAMES)}, got "
+                             f"{self.objective!r}")
+        if self.dispersion not in DISPERSION_NAMES:
+            raise ValueError(f"dispersion must be one of {', '.join(DISPERSION_NAMES)}, got "
+                             f"{self.dispersion!r}")
+        extra = sorted(set(self.backbone_kw) - set(BACKBONE_KW[self.backbone]))
+        if extra:
+            raise TypeError(f"the {self.backbone} backbone has no option {extra[0]!r}; its "
+                            f"options are: {', '.join(BACKBONE_KW[self.backbone])}")
+        self.backbone_kw = {**BACKBONE_DEFAULTS[self.backbone], **self.backbone_kw}
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TrainConfig:
+    max_genes: int = 5000
+    ae_epochs: int | None = None
+    # at 600 steps the autoencoder was the main source of infidelity; 10,000 steps (~40 s of CPU
+    # on 11k cells) raised the CRISPR model's held-out Pearson delta over clear effects from
+    # 0.752 to 0.834 (build_scripts/ablation.py, docs/results/ablation_crispr.txt)
+    ae_max_steps: int = 10000
+    ae_max_epochs: int = 600
+    ae_lr: float = 1e-3
+    kl_weight: float = 0.5
+    batch_size: int = 256
+    flow_steps: int = 3000
+    flow_batch: int = 256
+    flow_lr: float = 1e-3
+    p_uncond: float = 0.1
+    p_coarse: float = 0.1
+    ema: float = 0.998
+    latent_sampling: bool = True
+
+    def __post_init__(self) -> None:
+        if int(self.flow_steps) < 1 or int(self.ae_max_steps) < 1:
+            raise ValueError("ae_max_steps and flow_steps must be at least 1")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class SamplingConfig:
+    steps: int = 10
+    guidance: float = 1.0
+    batch_size: int = 2048
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# train_model(**overrides) names that are not field names of the same spelling
+_SAMPLING_OVERRIDES = {"steps": "steps", "guidance": "guidance"}
+_BACKBONE_OVERRIDES = {"width", "depth", "dropout", "tokens", "heads"}
+
+
+@dataclass
+class ModelConfig:
+    """The typed hyper-parameters of one model: architecture, training, sampling."""
+
+    arch: ArchConfig = field(default_factory=ArchConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+
+    @classmethod
+    def from_overrides(cls, backbone: str = "mlp", **overrides) -> ModelConfig:
+        """The config ``train_model(..., backbone=..., **overrides)`` trains: the defaults of
+        the fields, with the flat override names of ``train_model`` (``latent_dim``,
+        ``flow_steps``, ``steps``, ``width``, ...). ``width`` / ``depth`` / ``tokens`` /
+        ``heads`` / ``dropout`` go to the backbone (an option it lacks raises TypeError);
+        unknown names raise TypeError."""
+        arch_names = {f.name for f in fields(ArchConfig)} - {"backbone", "backbone_kw"}
+        train_names = {f.name for f in fields(TrainConfig)}
+        known = arch_names | train_names | set(_SAMPLING_OVERRIDES) | _BACKBONE_OVERRIDES
+        unknown = set(overrides) - known
+        if unknown:
+            raise TypeError(f"unknown training options: {sorted(unknown)}")
+        kw = {k: v for k, v in overrides.items() if k in _BACKBONE_OVERRIDES}
+        if backbone in BACKBONE_KW:
+            # width / depth given for the other backbone family: an option it lacks is an error
+            missing = sorted(set(kw) - set(BACKBONE_KW[backbone]))
+            if missing:
+                raise TypeError(f"the {backbone} backbone has no option {missing[0]!r}; its "
+                                f"options are: {', '.join(BACKBONE_KW[backbone])}")
+        arch = ArchConfig(backbone=backbone, backbone_kw=kw,
+                          **{k: v for k, v in overrides.items() if k in arch_names})
+        train = TrainConfig(**{k: v for k, v in overrides.items() if k in train_names})
+        sampling = SamplingConfig(**{_SAMPLING_OVERRIDES[k]: v for k, v in overrides.items()
+                                     if k in _SAMPLING_OVERRIDES})
+        return cls(arch, train, sampling)
+
+    def hyperparameters(self) -> dict:
+        """The flat record written to ``training.hyperparameters`` (the override names)."""
+        return {**self.train.to_dict(), **{k: v for k, v in self.arch.to_dict().items()
+                                           if k not in ("backbone", "backbone_kw")},
+                **self.arch.backbone_kw, "steps": self.sampling.steps,
+                "guidance": self.sampling.guidance}
+
+    def to_dict(self) -> dict:
+        """The config.json sections this class owns (v2 layout)."""
+        return {"architecture": self.arch.to_dict(), "sampling": self.sampling.to_dict(),
+                "training": {"hyperparameters": self.hyperparameters()}}
+
+    @classmethod
+    def from_dict(cls, config: Mapping) -> ModelConfig:
+        """Read a parsed ``config.json`` (v1 configs are upgraded first, :func:`upgrade_v1`).
+        Training options absent from the record (models trained elsewhere) take defaults."""
+        if config.get("format_version") == 1:
+            config = upgrade_v1(config)
+        arch = ArchConfig(**dict(config["architecture"]))
+        hp = (config.get("training") or {}).get("hyperparameters") or {}
+        train_names = {f.name for f in fields(TrainConfig)}
+        train = TrainConfig(**{k: v for k, v in hp.items() if k in train_names})
+        return cls(arch, train, SamplingConfig(**dict(config.get("sampling") or {})))
+
+
+def upgrade_v1(config: Mapping) -> dict:
+    """A v1 ``config.json`` (validated) as the v2 layout, meaning the same model.
+
+    v1 left entries out where its code had a fallback; v2 writes every entry. Filled in with the
+    v1 fallbacks: ``architecture.objective`` ("rectified_flow"), ``architecture.dispersion``
+    ("gene"), absent ``architecture.backbone_kw`` entries (:data:`V1_BACKBONE_DEFAULTS`: the v1
+    MLP module was 256 wide), ``sampling.steps`` (:data:`V1_SAMPLING_STEPS`), ``guidance`` 1.0
+    and ``batch_size`` 2048. Everything else is kept as it is. A config that is not v1 is
+    returned unchanged (a copy)."""
+    out = copy.deepcopy(dict(config))
+    if out.get("format_version") != 1:
+        return out
+    arch = dict(out["architecture"])
+    backbone = arch["backbone"]
+    arch.setdefault("objective", "rectified_flow")
+    arch.setdefault("dispersion", "gene")
+    arch["backbone_kw"] = {**V1_BACKBONE_DEFAULTS[backbone], **arch.get("backbone_kw", {})}
+    out["architecture"] = arch
+    out["sampling"] = {"steps": V1_SAMPLING_STEPS, "guidance": 1.0, "batch_size": 2048,
+                       **(out.get("sampling") or {})}
+    out["format_version"] = 2
+    out["upgraded_from"] = 1
+    return out

@@ -87,16 +87,20 @@ class PerturbModel:
     # -- construction ------------------------------------------------------------------------
     @staticmethod
     def build_modules(config: dict):
+        """The autoencoder and flow network of a config (v1 or v2), built from its
+        :class:`engine.config.ArchConfig`."""
+        from .config import ArchConfig, upgrade_v1
         from .models.autoencoder import NBAutoencoder
         from .models.flow import LatentFlowNet
 
-        arch, vocab = config["architecture"], Vocab.from_dict(config["vocab"])
-        ae = NBAutoencoder(len(config["genes"]), arch["latent_dim"], arch["ae_hidden"],
-                           dispersion=arch.get("dispersion", "gene"))
-        net = LatentFlowNet(arch["latent_dim"] + 1,
+        config = upgrade_v1(config) if config.get("format_version") == 1 else config
+        arch, vocab = ArchConfig(**config["architecture"]), Vocab.from_dict(config["vocab"])
+        ae = NBAutoencoder(len(config["genes"]), arch.latent_dim, arch.ae_hidden,
+                           dispersion=arch.dispersion)
+        net = LatentFlowNet(arch.latent_dim + 1,
                             [len(vocab.level_values[lv]) for lv in vocab.levels],
-                            len(vocab.targets), len(vocab.types), backbone=arch["backbone"],
-                            cond_dim=arch["cond_dim"], **arch.get("backbone_kw", {}))
+                            len(vocab.targets), len(vocab.types), backbone=arch.backbone,
+                            cond_dim=arch.cond_dim, **arch.backbone_kw)
         return ae, net
 
     @classmethod
@@ -150,11 +154,15 @@ class PerturbModel:
 
     @property
     def default_steps(self) -> int:
-        return int(self.config.get("sampling", {}).get("steps", 20))
+        from .config import SamplingConfig
+
+        return int(self.config.get("sampling", {}).get("steps", SamplingConfig.steps))
 
     @property
     def default_guidance(self) -> float:
-        return float(self.config.get("sampling", {}).get("guidance", 1.0))
+        from .config import SamplingConfig
+
+        return float(self.config.get("sampling", {}).get("guidance", SamplingConfig.guidance))
 
     # -- conditions ------------------------------------------------------------------------------
     def check_condition(self, condition: Condition) -> Condition:
@@ -238,7 +246,10 @@ class PerturbModel:
 
     def _batch_size(self) -> int:
         try:
-            size = int(self.config.get("sampling", {}).get("batch_size", 2048))
+            from .config import SamplingConfig
+
+            size = int(self.config.get("sampling", {}).get("batch_size",
+                                                           SamplingConfig.batch_size))
         except (TypeError, ValueError):
             size = 0
         if size < 1:

@@ -14,6 +14,7 @@ import os
 import platform
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,19 +22,9 @@ import numpy as np
 from . import __version__
 from .checkpoint import FORMAT, FORMAT_VERSION, check_destination
 from .conditions.vocab import Vocab, build_space
+from .config import ModelConfig, TrainConfig
 from .errors import DataError
 from .progress import CancelToken, ProgressFn, Reporter, check_cancel
-
-# ae_max_steps / ae_max_epochs: at 600 steps the autoencoder was the main source of infidelity;
-# 10,000 steps (~40 s of CPU on 11k cells) raised the CRISPR model's held-out Pearson delta over
-# clear effects from 0.752 to 0.834 and cut its energy ratio from 0.954 to 0.894
-# (build_scripts/ablation.py, docs/results/ablation_crispr.txt).
-DEFAULTS = dict(max_genes=5000, latent_dim=32, ae_hidden=128, ae_epochs=None, ae_max_steps=10000,
-                ae_max_epochs=600,
-                ae_lr=1e-3, kl_weight=0.5, batch_size=256, cond_dim=128, flow_steps=3000,
-                flow_batch=256, flow_lr=1e-3, p_uncond=0.1, p_coarse=0.1, ema=0.998,
-                objective="rectified_flow", steps=10, guidance=1.0, width=128, depth=4,
-                dispersion="gene", latent_sampling=True)
 
 
 def apply_excludes(adata, exclude: Sequence[Mapping[str, str]]):
@@ -94,7 +85,8 @@ def train_model(adata, schema, out_dir: str | os.PathLike | None = None, *,
                 data_file: str | None = None, overwrite: bool = False, **overrides):
     """Train a :class:`PerturbModel` on ``adata`` with the roles in ``schema``.
 
-    ``overrides`` change the hyper-parameters in :data:`DEFAULTS`. With ``out_dir`` the model
+    ``overrides`` change the defaults of :class:`engine.config.ModelConfig` by their flat
+    names (:meth:`ModelConfig.from_overrides`; unknown names raise TypeError). With ``out_dir`` the model
     folder is written (atomically) when training completes. ``out_dir`` is checked before any
     work (:func:`engine.checkpoint.check_destination`): it must be new, empty, or (only with
     ``overwrite``) an existing Perturb Studio model folder; anything else raises
@@ -108,15 +100,8 @@ def train_model(adata, schema, out_dir: str | os.PathLike | None = None, *,
 
     if out_dir is not None:
         check_destination(out_dir, overwrite=overwrite)
-    hp = dict(DEFAULTS)
-    unknown = set(overrides) - set(hp)
-    if unknown:
-        raise TypeError(f"unknown training options: {sorted(unknown)}")
-    hp.update(overrides)
-    if int(hp["flow_steps"]) < 1 or int(hp["ae_max_steps"]) < 1:
-        raise ValueError("ae_max_steps and flow_steps must be at least 1")
-    if backbone not in ("mlp", "transformer"):
-        raise ValueError(f"backbone must be 'mlp' or 'transformer', got {backbone!r}")
+    mc = ModelConfig.from_overrides(backbone, **overrides)
+    hp = mc.hyperparameters()
     t_start = time.perf_counter()
     dev = resolve_device(device)
     torch.manual_seed(seed)
@@ -128,7 +113,7 @@ def train_model(adata, schema, out_dir: str | os.PathLike | None = None, *,
     counts, counts_source = get_counts(adata)
     counts = counts.tocsr().astype(np.float32)
     targets = sorted({p.target for c in uniq for p in c.perturbations})
-    cols = select_genes(adata, counts, hp["max_genes"], keep=targets)
+    cols = select_genes(adata, counts, mc.train.max_genes, keep=targets)
     counts = counts[:, cols]
     genes = [str(g) for g in adata.var_names[cols]]
     lib = np.asarray(counts.sum(axis=1)).ravel()
@@ -143,14 +128,9 @@ def train_model(adata, schema, out_dir: str | os.PathLike | None = None, *,
     conds_arr = vocab.encode(uniq).take(codes)
     space = build_space(uniq, vocab, control_label=schema.control_label,
                         has_dose=schema.dose_key is not None)
-    arch = {"latent_dim": hp["latent_dim"], "ae_hidden": hp["ae_hidden"], "backbone": backbone,
-            "dispersion": hp["dispersion"],
-            "cond_dim": hp["cond_dim"], "objective": hp["objective"],
-            "backbone_kw": ({"width": hp["width"], "depth": hp["depth"]} if backbone == "mlp"
-                            else {"width": 64, "depth": 3, "tokens": 8, "heads": 4})}
     config = {"format": FORMAT, "format_version": FORMAT_VERSION, "engine_version": __version__,
               "name": name or (Path(out_dir).name if out_dir else "model"),
-              "genes": genes, "architecture": arch, "vocab": vocab.to_dict(),
+              "genes": genes, "architecture": mc.arch.to_dict(), "vocab": vocab.to_dict(),
               "space": space.to_dict(), "schema": schema.to_dict(),
               "preprocessing": {
                   "counts_source": counts_source,
@@ -159,120 +139,21 @@ def train_model(adata, schema, out_dir: str | os.PathLike | None = None, *,
                                      " + perturbed genes"),
                   "encoder_input": "log1p(counts / library * 1e4)",
                   "decoder": "negative binomial, mean = softmax(decoder(z)) * library, "
-                             + ("per-gene dispersion" if hp["dispersion"] == "gene" else
+                             + ("per-gene dispersion" if mc.arch.dispersion == "gene" else
                                 "dispersion per gene and cell (per-gene value + offset from z)")},
-              "sampling": {"steps": hp["steps"], "guidance": hp["guidance"], "batch_size": 2048},
+              "sampling": mc.sampling.to_dict(),
               "density": float(counts.nnz / max(counts.shape[0] * counts.shape[1], 1))}
     ae, net = PerturbModel.build_modules({**config, "latent_stats": {}})
     ae, net = ae.to(dev), net.to(dev)
 
-    # ---- phase 1: autoencoder ----------------------------------------------------------------
     gen = torch.Generator().manual_seed(seed)
-    bs = min(hp["batch_size"], n_cells)
-    per_epoch = max(n_cells // bs, 1)
-    epochs = hp["ae_epochs"] or max(5, min(int(hp["ae_max_epochs"]),
-                                            math.ceil(hp["ae_max_steps"] / per_epoch)))
-    ae_steps = epochs * per_epoch
-    report = Reporter(progress, ae_steps, "autoencoder", start=0.0, span=0.5)
-    opt = torch.optim.AdamW(ae.parameters(), lr=hp["ae_lr"], weight_decay=1e-4)
-    sched = _schedule(opt, hp["ae_lr"], ae_steps, warmup=0.1)
-    ae.train()
-    step, history = 0, {"autoencoder": [], "flow": []}
-    for _epoch in range(epochs):
-        order = torch.randperm(n_cells, generator=gen).numpy()
-        for b in range(per_epoch):
-            check_cancel(cancel)
-            idx = np.sort(order[b * bs:(b + 1) * bs])
-            x = torch.as_tensor(counts[idx].toarray(), device=dev)
-            kl_w = hp["kl_weight"] * min(1.0, step / max(0.3 * ae_steps, 1))
-            loss, _parts = ae.loss(x, kl_w)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(ae.parameters(), 10.0)
-            opt.step()
-            sched.step()
-            step += 1
-            if step % 10 == 0 or step == ae_steps:
-                lv = float(loss.detach()) / len(genes)
-                history["autoencoder"].append((step, lv))
-                report(step, loss=lv)
-    ae.eval()
-
-    # ---- latent states -----------------------------------------------------------------------
-    # With latent_sampling, the flow learns the aggregate posterior: every time a cell is drawn,
-    # its latent is a fresh sample of q(z | x), the distribution the decoder was trained to
-    # decode. Decoding posterior means instead loses, by Jensen's inequality, the expression of
-    # genes that are nearly off (K562 cells in the CRISPR data: 11 detected genes per cell
-    # instead of the real 15.5; build_scripts/detected_genes.py).
-    with torch.no_grad():
-        mus, sds, libs = [], [], []
-        for s in range(0, n_cells, 2048):
-            x = torch.as_tensor(counts[s:s + 2048].toarray(), device=dev)
-            mu, logvar = ae.encode(x)
-            mus.append(mu)
-            sds.append(torch.exp(0.5 * logvar) if hp["latent_sampling"] else torch.zeros_like(mu))
-            libs.append(torch.log(x.sum(1, keepdim=True).clamp_min(1)))
-        mus, sds, libs = torch.cat(mus), torch.cat(sds), torch.cat(libs)
-        spread = torch.cat([mus + sds * torch.randn(mus.shape, generator=gen).to(dev), libs], 1)
-    mean, std = spread.mean(0), spread.std(0).clamp_min(1e-3)
-
-    def latent_batch(idx):
-        i = idx.to(dev)
-        z = mus[i] + sds[i] * torch.randn(mus[i].shape, generator=gen).to(dev)
-        return ((torch.cat([z, libs[i]], 1) - mean) / std).float()
-
-    config["latent_stats"] = {"mean": mean.cpu().tolist(), "std": std.cpu().tolist()}
-
-    # ---- phase 2: latent generative model ------------------------------------------------------
-    from .diffusion.schedules import OBJECTIVES
-
-    objective = OBJECTIVES[hp["objective"]]()
-    fsteps, fbs = hp["flow_steps"], min(hp["flow_batch"], n_cells)
-    report = Reporter(progress, fsteps, "flow", start=0.5, span=0.5)
-    ema = copy.deepcopy(net).eval()
-    for p in ema.parameters():
-        p.requires_grad_(False)
-    opt = torch.optim.AdamW(net.parameters(), lr=hp["flow_lr"], weight_decay=0.0)
-    sched = _schedule(opt, hp["flow_lr"], fsteps, warmup=0.05)
-    lv_t = torch.as_tensor(conds_arr.levels)
-    tg_t = torch.as_tensor(conds_arr.targets)
-    ty_t = torch.as_tensor(conds_arr.types)
-    do_t = torch.as_tensor(conds_arr.doses)
-    n_levels = lv_t.shape[1]
-    net.train()
-    for step in range(1, fsteps + 1):
-        check_cancel(cancel)
-        idx = torch.randint(0, n_cells, (fbs,), generator=gen)
-        levels = lv_t[idx].clone()
-        null = torch.zeros(fbs, dtype=torch.bool)
-        u = torch.rand(fbs, generator=gen)
-        drop_all = u < hp["p_uncond"]
-        levels[drop_all] = 0
-        null |= drop_all
-        if n_levels:
-            coarse = (u >= hp["p_uncond"]) & (u < hp["p_uncond"] + hp["p_coarse"])
-            cut = torch.randint(0, n_levels, (fbs,), generator=gen)
-            mask = torch.arange(n_levels)[None, :] >= cut[:, None]
-            levels[coarse[:, None] & mask] = 0
-        x0 = latent_batch(idx)
-        noise = torch.randn(x0.shape, generator=gen).to(dev)
-        t = objective.sample_t(fbs, gen).to(dev)
-        xt, target = objective.corrupt(x0, noise, t)
-        c = net.embed(levels.to(dev), tg_t[idx].to(dev), ty_t[idx].to(dev),
-                      do_t[idx].to(dev), null.to(dev))
-        loss = torch.nn.functional.mse_loss(net(xt, t, c), target)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        with torch.no_grad():
-            decay = min(hp["ema"], (1 + step) / (10 + step))
-            for pe, pn in zip(ema.parameters(), net.parameters(), strict=False):
-                pe.lerp_(pn, 1 - decay)
-        if step % 20 == 0 or step == fsteps:
-            history["flow"].append((step, float(loss.detach())))
-            report(step, loss=float(loss.detach()))
+    epochs, ae_history = fit_autoencoder(ae, counts, mc.train, gen, dev, progress, cancel)
+    states = LatentStates.encode(ae, counts, mc.train, gen, dev)
+    config["latent_stats"] = {"mean": states.mean.cpu().tolist(),
+                              "std": states.std.cpu().tolist()}
+    ema, flow_history = fit_flow(net, states, conds_arr, mc, gen, dev, progress, cancel)
+    history = {"autoencoder": ae_history, "flow": flow_history}
+    fsteps = mc.train.flow_steps
     check_cancel(cancel)
 
     seconds = time.perf_counter() - t_start
@@ -290,3 +171,155 @@ def train_model(adata, schema, out_dir: str | os.PathLike | None = None, *,
     if out_dir is not None:
         model.save(out_dir, card=card, overwrite=overwrite)
     return model
+
+
+# -- phase 1: autoencoder ---------------------------------------------------------------------
+def fit_autoencoder(ae, counts, tc: TrainConfig, gen, dev: str, progress: ProgressFn | None,
+                    cancel: CancelToken | None) -> tuple[int, list]:
+    """Fit the VAE on the raw counts (CSR, cells x genes) in place; return the number of epochs
+    and the loss history [(step, loss per gene)]. Progress spans the first half."""
+    import torch
+
+    n_cells, n_genes = counts.shape
+    bs = min(tc.batch_size, n_cells)
+    per_epoch = max(n_cells // bs, 1)
+    epochs = tc.ae_epochs or max(5, min(int(tc.ae_max_epochs),
+                                        math.ceil(tc.ae_max_steps / per_epoch)))
+    ae_steps = epochs * per_epoch
+    report = Reporter(progress, ae_steps, "autoencoder", start=0.0, span=0.5)
+    opt = torch.optim.AdamW(ae.parameters(), lr=tc.ae_lr, weight_decay=1e-4)
+    sched = _schedule(opt, tc.ae_lr, ae_steps, warmup=0.1)
+    ae.train()
+    step, history = 0, []
+    for _epoch in range(epochs):
+        order = torch.randperm(n_cells, generator=gen).numpy()
+        for b in range(per_epoch):
+            check_cancel(cancel)
+            idx = np.sort(order[b * bs:(b + 1) * bs])
+            x = torch.as_tensor(counts[idx].toarray(), device=dev)
+            kl_w = tc.kl_weight * min(1.0, step / max(0.3 * ae_steps, 1))
+            loss, _parts = ae.loss(x, kl_w)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(ae.parameters(), 10.0)
+            opt.step()
+            sched.step()
+            step += 1
+            if step % 10 == 0 or step == ae_steps:
+                lv = float(loss.detach()) / n_genes
+                history.append((step, lv))
+                report(step, loss=lv)
+    ae.eval()
+    return int(epochs), history
+
+
+# -- latent states ----------------------------------------------------------------------------
+@dataclass
+class LatentStates:
+    """Every cell's posterior (mean, sd) and log library size, and the standardisation.
+
+    With ``latent_sampling``, the flow learns the aggregate posterior: every time a cell is
+    drawn, its latent is a fresh sample of q(z | x), the distribution the decoder was trained to
+    decode. Decoding posterior means instead loses, by Jensen's inequality, the expression of
+    genes that are nearly off (K562 cells in the CRISPR data: 11 detected genes per cell instead
+    of the real 15.5; build_scripts/detected_genes.py)."""
+
+    mus: object
+    sds: object
+    libs: object
+    mean: object
+    std: object
+    gen: object
+
+    @classmethod
+    def encode(cls, ae, counts, tc: TrainConfig, gen, dev: str) -> LatentStates:
+        import torch
+
+        with torch.no_grad():
+            mus, sds, libs = [], [], []
+            for s in range(0, counts.shape[0], 2048):
+                x = torch.as_tensor(counts[s:s + 2048].toarray(), device=dev)
+                mu, logvar = ae.encode(x)
+                mus.append(mu)
+                sds.append(torch.exp(0.5 * logvar) if tc.latent_sampling
+                           else torch.zeros_like(mu))
+                libs.append(torch.log(x.sum(1, keepdim=True).clamp_min(1)))
+            mus, sds, libs = torch.cat(mus), torch.cat(sds), torch.cat(libs)
+            spread = torch.cat([mus + sds * torch.randn(mus.shape, generator=gen).to(dev),
+                                libs], 1)
+        return cls(mus, sds, libs, spread.mean(0), spread.std(0).clamp_min(1e-3), gen)
+
+    def __len__(self) -> int:
+        return int(self.mus.shape[0])
+
+    def batch(self, idx):
+        """Standardised latent states of cells ``idx``, a fresh posterior sample each call."""
+        import torch
+
+        i = idx.to(self.mus.device)
+        z = self.mus[i] + self.sds[i] * torch.randn(self.mus[i].shape,
+                                                    generator=self.gen).to(self.mus.device)
+        return ((torch.cat([z, self.libs[i]], 1) - self.mean) / self.std).float()
+
+
+# -- phase 2: latent generative model ---------------------------------------------------------
+def fit_flow(net, states: LatentStates, conds_arr, mc: ModelConfig, gen, dev: str,
+             progress: ProgressFn | None, cancel: CancelToken | None):
+    """Fit the conditional velocity / noise network with classifier-free-guidance dropout (all
+    levels with ``p_uncond``, the finer levels with ``p_coarse``); return the exponential moving
+    average of its weights and the loss history. Progress spans the second half."""
+    import torch
+
+    from .diffusion.schedules import OBJECTIVES
+
+    tc = mc.train
+    objective = OBJECTIVES[mc.arch.objective]()
+    n_cells = len(states)
+    fsteps, fbs = tc.flow_steps, min(tc.flow_batch, n_cells)
+    report = Reporter(progress, fsteps, "flow", start=0.5, span=0.5)
+    ema = copy.deepcopy(net).eval()
+    for p in ema.parameters():
+        p.requires_grad_(False)
+    opt = torch.optim.AdamW(net.parameters(), lr=tc.flow_lr, weight_decay=0.0)
+    sched = _schedule(opt, tc.flow_lr, fsteps, warmup=0.05)
+    lv_t = torch.as_tensor(conds_arr.levels)
+    tg_t = torch.as_tensor(conds_arr.targets)
+    ty_t = torch.as_tensor(conds_arr.types)
+    do_t = torch.as_tensor(conds_arr.doses)
+    n_levels = lv_t.shape[1]
+    history = []
+    net.train()
+    for step in range(1, fsteps + 1):
+        check_cancel(cancel)
+        idx = torch.randint(0, n_cells, (fbs,), generator=gen)
+        levels = lv_t[idx].clone()
+        null = torch.zeros(fbs, dtype=torch.bool)
+        u = torch.rand(fbs, generator=gen)
+        drop_all = u < tc.p_uncond
+        levels[drop_all] = 0
+        null |= drop_all
+        if n_levels:
+            coarse = (u >= tc.p_uncond) & (u < tc.p_uncond + tc.p_coarse)
+            cut = torch.randint(0, n_levels, (fbs,), generator=gen)
+            mask = torch.arange(n_levels)[None, :] >= cut[:, None]
+            levels[coarse[:, None] & mask] = 0
+        x0 = states.batch(idx)
+        noise = torch.randn(x0.shape, generator=gen).to(dev)
+        t = objective.sample_t(fbs, gen).to(dev)
+        xt, target = objective.corrupt(x0, noise, t)
+        c = net.embed(levels.to(dev), tg_t[idx].to(dev), ty_t[idx].to(dev),
+                      do_t[idx].to(dev), null.to(dev))
+        loss = torch.nn.functional.mse_loss(net(xt, t, c), target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        with torch.no_grad():
+            decay = min(tc.ema, (1 + step) / (10 + step))
+            for pe, pn in zip(ema.parameters(), net.parameters(), strict=False):
+                pe.lerp_(pn, 1 - decay)
+        if step % 20 == 0 or step == fsteps:
+            history.append((step, float(loss.detach())))
+            report(step, loss=float(loss.detach()))
+    return ema, history

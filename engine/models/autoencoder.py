@@ -16,7 +16,7 @@ from torch import nn
 
 
 class NBAutoencoder(nn.Module):
-    def __init__(self, n_genes: int, latent_dim: int = 32, hidden: int = 256,
+    def __init__(self, n_genes: int, latent_dim: int = 32, hidden: int = 128,
                  dropout: float = 0.1, dispersion: str = "gene") -> None:
         super().__init__()
         if dispersion not in DISPERSIONS:

@@ -69,7 +69,7 @@ class FinalLayer(nn.Module):
 class MLPBackbone(nn.Module):
     """State vector in, same-size vector out; FiLM-conditioned residual MLP (fast on CPU)."""
 
-    def __init__(self, state_dim: int, cond_dim: int, width: int = 256, depth: int = 4,
+    def __init__(self, state_dim: int, cond_dim: int, width: int = 128, depth: int = 4,
                  dropout: float = 0.0) -> None:
         super().__init__()
         self.inp = nn.Linear(state_dim, width)
