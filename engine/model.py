@@ -192,20 +192,10 @@ class PerturbModel:
     # -- the sampling loop -----------------------------------------------------------------------
     def _integrate(self, x, c, c_null, guidance: float, grid: Sequence[float], on_step=None,
                    cancel: CancelToken | None = None):
-        import torch
+        """Drain the sampling generator (:func:`engine.diffusion.sampler.sample_progressive`)."""
+        from .diffusion.sampler import sample
 
-        with torch.no_grad():
-            for i in range(len(grid) - 1):
-                check_cancel(cancel)
-                t = torch.full((1,), grid[i], device=x.device)
-                pred = self.net(x, t, c)
-                if guidance != 1.0:
-                    pred_u = self.net(x, t, c_null)
-                    pred = pred_u + guidance * (pred - pred_u)
-                x = self.objective.step(x, pred, grid[i], grid[i + 1])
-                if on_step is not None:
-                    on_step(i + 1)
-        return x
+        return sample(self.net, self.objective, x, c, c_null, guidance, grid, on_step, cancel)
 
     def _decode_counts(self, state, generator):
         """Latent state (B, d+1) -> NB counts as (flat indices, values) and per-row nnz."""
