@@ -24,6 +24,7 @@ from .checkpoint import CONFIG, WEIGHTS, load_weights, read_card, read_config, s
 from .conditions.spec import Condition, ConditionSpace
 from .conditions.vocab import CELL_TYPE_LEVEL, CondArrays, Vocab
 from .errors import ConditionError, DataError, ModelError, PerturbStudioError, ResourceError
+from .keys import LAYERS, OBS, UNS
 from .memory import (
     CsrBuilder,
     MemoryEstimate,
@@ -315,7 +316,7 @@ class PerturbModel:
                     report(done)
             check_cancel(cancel)
             adata = self._assemble(builder, labels)
-        adata.uns["perturb_studio"] = self._provenance("denovo", conds, seed, steps, guidance)
+        adata.uns[UNS.PROVENANCE] = self._provenance("denovo", conds, seed, steps, guidance)
         return adata
 
     # -- mode 2: perturb given cells ----------------------------------------------------------------
@@ -373,12 +374,12 @@ class PerturbModel:
                 report(done)
             del x0
             adata = self._assemble(builder, labels)
-            adata.obs["source_cell"] = np.asarray(cells.obs_names, dtype=str)
+            adata.obs[OBS.SOURCE_CELL] = np.asarray(cells.obs_names, dtype=str)
             adata.obs_names = [f"{s}-{cond.perturbation_label}" for s in cells.obs_names]
         prov = self._provenance("perturb", [cond], seed, steps, guidance)
         prov.update(genes_found=len(mapping.found), genes_missing=len(mapping.missing),
                     source_cells=int(n))
-        adata.uns["perturb_studio"] = prov
+        adata.uns[UNS.PROVENANCE] = prov
         return adata
 
     def encode(self, cells) -> np.ndarray:
@@ -435,32 +436,36 @@ class PerturbModel:
         obs = self._obs(labels)
         obs.index = pd.Index([f"gen{i}" for i in range(counts.shape[0])])
         adata = ad.AnnData(X=X, obs=obs, var=pd.DataFrame(index=pd.Index(self.genes)))
-        adata.layers["counts"] = counts
+        adata.layers[LAYERS.COUNTS] = counts
         return adata
+
+    @property
+    def context_levels(self) -> list[str]:
+        """The context levels (obs columns beside the cell type) the model's cells carry."""
+        return [lv for lv in self.vocab.levels if lv != CELL_TYPE_LEVEL]
 
     def _obs(self, labels):
         """Per-cell labels as categoricals, built from one code per batch (no per-cell objects)."""
         import pandas as pd
 
-        levels = [lv for lv in self.vocab.levels if lv != CELL_TYPE_LEVEL]
+        levels = self.context_levels
         rows = []
         for cond, _ in labels:
             ctx = cond.context_dict()
-            row = {"condition": cond.label, "cell_type": cond.cell_type or "",
-                   "perturbation": cond.perturbation_label,
-                   "perturbation_type": "+".join(p.type or "" for p in cond.perturbations),
-                   "dose": "+".join("" if p.dose is None else f"{p.dose:g}"
-                                    for p in cond.perturbations),
-                   "is_control": cond.is_control}
+            row = {OBS.CONDITION: cond.label, OBS.CELL_TYPE: cond.cell_type or "",
+                   OBS.PERTURBATION: cond.perturbation_label,
+                   OBS.PERTURBATION_TYPE: "+".join(p.type or "" for p in cond.perturbations),
+                   OBS.DOSE: "+".join("" if p.dose is None else f"{p.dose:g}"
+                                      for p in cond.perturbations),
+                   OBS.IS_CONTROL: cond.is_control}
             row.update({lv: ctx.get(lv, "") for lv in levels})
             rows.append(row)
         sizes = np.array([b for _, b in labels], np.int64)
-        keys = ["condition", "cell_type", "perturbation", "perturbation_type", "dose",
-                "is_control", *levels]
+        keys = [*OBS.CONDITION_COLUMNS, OBS.IS_CONTROL, *levels]
         cols = {}
         for k in keys:
             values = [r[k] for r in rows]
-            if k == "is_control":
+            if k == OBS.IS_CONTROL:
                 cols[k] = np.repeat(np.array(values, bool), sizes)
                 continue
             cats = sorted(set(values))
@@ -481,6 +486,7 @@ class PerturbModel:
                 "objective": self.objective.name,
                 "backbone": self.config["architecture"]["backbone"],
                 "conditions_json": json.dumps([c.to_dict() for c in conds]),
+                "context_levels": list(self.context_levels),
                 "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}
 
 

@@ -55,3 +55,14 @@ def test_model_generation_reports_progress_through_the_sampler(tiny_model):
     tiny_model.generate(Condition(cell_type=tiny_model.space.cell_types[0]), 10, seed=0,
                         steps=4, progress=lambda *a, **k: done.append(a))
     assert done
+
+
+def test_provenance_lists_the_context_levels(tiny_model):
+    from engine import Condition
+    from engine.keys import UNS
+
+    a = tiny_model.generate(Condition(cell_type=tiny_model.space.cell_types[0]), 5, seed=0,
+                            steps=2)
+    levels = a.uns[UNS.PROVENANCE]["context_levels"]
+    assert levels == [lv for lv in tiny_model.vocab.levels if lv != "cell_type"]
+    assert all(lv in a.obs for lv in levels)
