@@ -28,7 +28,8 @@ _EXPORTS = {
     "PerturbModel": "model", "GeneMapping": "model",
     "list_models": "registry", "import_model": "install", "ModelInfo": "registry",
     "user_models_dir": "registry", "shipped_models_dir": "registry",
-    "train_model": "train", "device_info": "device",
+    "train_model": "train", "device_info": "device", "broken_models": "registry",
+    "ModelConfig": "config", "BACKBONE_NAMES": "config", "OBJECTIVE_NAMES": "config",
     # analysis and evaluation
     "differential_expression": "analysis", "top_changed_genes": "analysis",
     "embed_umap": "analysis", "evaluate": "evaluate", "EvalResult": "evaluate",

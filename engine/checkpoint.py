@@ -306,6 +306,9 @@ def save_folder(folder: str | os.PathLike, config: dict, state: dict, card: dict
                             f"{free / 2**20:.1f} MiB is free on that disk; nothing was written")
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o777 & ~mask)                # mkdtemp makes 0700; a model is shareable
     except OSError as e:
         raise ModelError(f"{folder}: cannot write in {folder.parent} ({e.strerror or e})") \
             from None
@@ -313,6 +316,7 @@ def save_folder(folder: str | os.PathLike, config: dict, state: dict, card: dict
     try:
         save_file({k: v.detach().cpu().contiguous() for k, v in state.items()},
                   str(tmp / WEIGHTS), metadata={"format": FORMAT})
+        os.chmod(tmp / WEIGHTS, 0o666 & ~mask)
         for name, text in texts.items():
             (tmp / name).write_text(text, encoding="utf-8")
         folder = check_destination(folder, overwrite=overwrite)   # nothing changed meanwhile

@@ -46,6 +46,7 @@ BACKBONE_KW: dict[str, dict[str, tuple[str, float, float]]] = {
     "transformer": {"width": ("int", 1, 4_096), "depth": ("int", 0, 256),
                     "tokens": ("int", 1, 1_024), "heads": ("int", 1, 64)},
 }
+BACKBONE_NAMES = tuple(BACKBONE_KW)                     # engine.nn.blocks.BACKBONES
 # What an absent backbone_kw entry means: in a v2 config these defaults, which are also the
 # module constructors' (engine.nn.blocks) and what a default training writes; in a v1 config the
 # v1 module defaults (the MLP was 256 wide there, while v1 training wrote 128 explicitly).

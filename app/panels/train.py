@@ -47,8 +47,10 @@ class TrainPanel(QWidget):
         self.name_msg = plain(QLabel())
         self.name_msg.setStyleSheet("color:#b00020")
         self.backbone = QComboBox()
-        self.backbone.addItem("mlp", "mlp")
-        self.backbone.addItem("transformer", "transformer")
+        import engine
+
+        for name in engine.BACKBONE_NAMES:          # the engine's backbone registry
+            self.backbone.addItem(name, name)
         self.backbone.setToolTip("Network inside the model: 'mlp' is fast; 'transformer' is "
                                  "larger and slower")
         self.preset = QComboBox()

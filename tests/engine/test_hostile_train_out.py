@@ -117,3 +117,16 @@ def test_cli_train_out_refused_with_exit_2(tmp_path, synthetic, capsys, monkeypa
     assert main(["train", str(data), "--out", ".", "--quiet"]) == 2
     assert "current folder" in capsys.readouterr().err
     assert os.path.exists(tmp_path / "D" / "thesis.txt")
+
+
+def test_saved_model_folder_follows_the_umask(tmp_path):
+    import torch
+
+    d = tmp_path / "m"
+    old = os.umask(0o022)
+    try:
+        save_folder(d, {"format": "perturb-studio-model"}, {"w": torch.zeros(1)}, {})
+    finally:
+        os.umask(old)
+    assert d.stat().st_mode & 0o777 == 0o755
+    assert (d / "model.safetensors").stat().st_mode & 0o777 == 0o644
