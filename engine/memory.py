@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .data.io_common import available_memory
 from .errors import ResourceError
 
 if TYPE_CHECKING:
@@ -129,71 +130,6 @@ def check_generation_memory(n_cells: int, n_genes: int, density: float, *, what:
             f"only {avail / GIB:.1f} GiB is available; generate fewer cells per run ({hint}) "
             "or split the experiment into several runs")
     return est
-
-
-def available_memory() -> int | None:
-    """Memory this process can still use, in bytes: MemAvailable, capped by a cgroup limit."""
-    avail = None
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    avail = int(line.split()[1]) * 1024
-                    break
-    except (OSError, ValueError, IndexError):
-        pass
-    if avail is None:
-        try:
-            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (ValueError, OSError, AttributeError):
-            avail = _windows_available()
-    limit = _cgroup_room()
-    if limit is not None:
-        avail = limit if avail is None else min(avail, limit)
-    return avail
-
-
-def _cgroup_room() -> int | None:
-    """Room left under a cgroup v2 / v1 memory limit, or None without one."""
-    for limit_f, usage_f in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-                             ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
-                              "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
-        try:
-            with open(limit_f) as f:
-                raw = f.read().strip()
-            if raw == "max":
-                return None
-            limit = int(raw)
-            with open(usage_f) as f:
-                usage = int(f.read().strip())
-        except (OSError, ValueError):
-            continue
-        if limit >= 2**60:                      # v1 "no limit"
-            return None
-        return max(limit - usage, 0)
-    return None
-
-
-def _windows_available() -> int | None:
-    try:
-        import ctypes
-
-        class _Status(ctypes.Structure):
-            _fields_ = [("dwLength", ctypes.c_ulong), ("dwMemoryLoad", ctypes.c_ulong),
-                        ("ullTotalPhys", ctypes.c_ulonglong), ("ullAvailPhys", ctypes.c_ulonglong),
-                        ("ullTotalPageFile", ctypes.c_ulonglong),
-                        ("ullAvailPageFile", ctypes.c_ulonglong),
-                        ("ullTotalVirtual", ctypes.c_ulonglong),
-                        ("ullAvailVirtual", ctypes.c_ulonglong),
-                        ("sullAvailExtendedVirtual", ctypes.c_ulonglong)]
-
-        st = _Status()
-        st.dwLength = ctypes.sizeof(_Status)
-        if ctypes.windll.kernel32.GlobalMemoryStatusEx(ctypes.byref(st)):  # type: ignore[attr-defined]
-            return int(st.ullAvailPhys)
-    except (AttributeError, OSError, ImportError):
-        pass
-    return None
 
 
 # -- running out of memory -------------------------------------------------------------------

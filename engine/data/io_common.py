@@ -40,25 +40,46 @@ def fmt_bytes(n: float) -> str:
     return f"{n:.1f} TiB"  # pragma: no cover
 
 
-def _read_int(path: str) -> int | None:
-    try:
-        with open(path) as f:
-            text = f.read().strip()
-    except OSError:
-        return None
-    return int(text) if text.isdigit() else None
-
-
 def _cgroup_room() -> int | None:
-    """Bytes left under this process's cgroup memory limit (v2 or v1), None if unlimited."""
-    limit = _read_int("/sys/fs/cgroup/memory.max")
-    if limit is not None:
-        used = _read_int("/sys/fs/cgroup/memory.current") or 0
-        return max(limit - used, 0)
-    limit = _read_int("/sys/fs/cgroup/memory/memory.limit_in_bytes")
-    if limit is not None and limit < 1 << 60:
-        used = _read_int("/sys/fs/cgroup/memory/memory.usage_in_bytes") or 0
-        return max(limit - used, 0)
+    """Room left under a cgroup v2 / v1 memory limit, or None without one."""
+    for limit_f, usage_f in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                             ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                              "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        try:
+            with open(limit_f) as f:
+                raw = f.read().strip()
+            if raw == "max":
+                return None
+            limit = int(raw)
+            with open(usage_f) as f:
+                usage = int(f.read().strip())
+        except (OSError, ValueError):
+            continue
+        if limit >= 2**60:                      # v1 "no limit"
+            return None
+        return max(limit - usage, 0)
+    return None
+
+
+def _windows_available() -> int | None:
+    try:
+        import ctypes
+
+        class _Status(ctypes.Structure):
+            _fields_ = [("dwLength", ctypes.c_ulong), ("dwMemoryLoad", ctypes.c_ulong),
+                        ("ullTotalPhys", ctypes.c_ulonglong), ("ullAvailPhys", ctypes.c_ulonglong),
+                        ("ullTotalPageFile", ctypes.c_ulonglong),
+                        ("ullAvailPageFile", ctypes.c_ulonglong),
+                        ("ullTotalVirtual", ctypes.c_ulonglong),
+                        ("ullAvailVirtual", ctypes.c_ulonglong),
+                        ("sullAvailExtendedVirtual", ctypes.c_ulonglong)]
+
+        st = _Status()
+        st.dwLength = ctypes.sizeof(_Status)
+        if ctypes.windll.kernel32.GlobalMemoryStatusEx(ctypes.byref(st)):  # type: ignore[attr-defined]
+            return int(st.ullAvailPhys)
+    except (AttributeError, OSError, ImportError):
+        pass
     return None
 
 
@@ -80,7 +101,7 @@ def available_memory() -> int | None:
         try:
             avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
         except (ValueError, OSError, AttributeError):
-            avail = None
+            avail = _windows_available()
     room = _cgroup_room()
     if room is not None:
         avail = room if avail is None else min(avail, room)
