@@ -23,6 +23,7 @@ class ObsKeys:
     DOSE: Final = "dose"                        # "1", "1+0.5", "" without dose
     IS_CONTROL: Final = "is_control"
     SOURCE_CELL: Final = "source_cell"          # perturb mode: the input cell it came from
+    MEMBER: Final = "member"                    # the ensemble member that generated the cell
 
     #: The condition columns written for every generated cell, in this order (context levels
     #: follow as their own columns, then ``is_control``).

@@ -1,0 +1,510 @@
+"""Predicted effects with their uncertainty, their baseline and their evidence.
+
+A model is an ensemble of ``K`` members (``config["ensemble"]``): the members share the
+autoencoder (a change of coordinates between expression and latent space) and each has its own
+conditional flow, trained with its own seed on a bootstrap of the cells of every condition.
+Generating ``n`` cells draws ``n / K`` cells from each member and records the member in
+``obs["member"]``. For a condition and its matching control, each member's *effect* is its
+mean log1p(normalize_total 1e4) expression of the condition minus that of the control; the
+spread of the member effects is the model's uncertainty about the effect (deep ensembles,
+Lakshminarayanan et al. 2017). It does not shrink with the number of generated cells: the
+Monte-Carlo noise of each member's mean (which does) is estimated from the cells and removed
+from the between-member variance, as in a random-effects meta-analysis.
+
+The 90 % interval is ``effect +- z * scale * s`` where ``s`` is that between-member standard
+deviation (plus the Monte-Carlo error of the pooled mean) and ``scale`` is a calibration factor
+per evidence class, measured on held-out cells by ``build_scripts/calibrate.py`` and stored in
+``config["ensemble"]["calibration"]``. ``tests/engine/test_effects.py`` checks the coverage on
+simulated data with a known truth.
+
+Nothing here computes a p-value between groups of generated cells: such a test only measures
+how many cells were drawn.
+
+Public API: :func:`predict_effects`, :func:`effects_from_cells`, :func:`real_effect`,
+:func:`classify`, :class:`EffectResult`, :class:`Evidence`, :class:`Baseline`,
+:class:`RealEffect`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .conditions.spec import Condition
+from .errors import ConditionError, DataError
+
+LN2 = math.log(2.0)
+#: Interval level of every effect interval.
+INTERVAL = 0.9
+#: Standard normal quantile of the two-sided 90 % interval.
+Z90 = 1.6448536269514722
+
+#: Evidence classes, from the strongest to the weakest, and how each reads in plain words.
+EVIDENCE_LABELS = {
+    "population": "measured in training (an unperturbed population)",
+    "measured": "measured in training",
+    "new_combination": "new combination of measured parts",
+    "new_cell_type": "new cell type for this perturbation",
+    "new_combination_new_cell_type": "new combination, in a cell type where not every part "
+                                     "was measured",
+    "beyond_evidence": "beyond the training evidence (a part was never measured this way)",
+}
+EVIDENCE_KINDS = tuple(EVIDENCE_LABELS)
+
+
+# -- evidence ---------------------------------------------------------------------------------
+@dataclass
+class Evidence:
+    """How much the training data says about a condition, and how well the model did on that
+    kind of condition on held-out cells (from the card)."""
+
+    kind: str                              # one of EVIDENCE_KINDS
+    label: str                             # plain words
+    score: dict | None = None              # the card's held-out metrics for this kind
+    baseline_score: dict | None = None     # the best baseline's, on the same conditions
+    below_baseline: bool = False           # the model scored below that baseline
+    verdict: str = ""                      # one plain sentence
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "label": self.label, "score": self.score,
+                "baseline_score": self.baseline_score, "below_baseline": self.below_baseline,
+                "verdict": self.verdict}
+
+
+def _pkey(p) -> tuple:
+    return (p["target"], p.get("type")) if isinstance(p, dict) else (p.target, p.type)
+
+
+def _ctx(d) -> tuple:
+    return tuple(sorted((d.get("context") or {}).items()))
+
+
+def classify(space, cond: Condition) -> str:
+    """The evidence class of a (completed, valid) condition in a model's training space."""
+    seen = space.seen
+    if space.is_seen(cond):
+        return "population" if cond.is_control else "measured"
+    if cond.is_control:
+        return "new_cell_type"                      # an unseen context of a known type
+    parts = [_pkey(p) for p in cond.perturbations]
+    singles_here = set()
+    singles_anywhere = set()
+    for d in seen:
+        ps = d.get("perturbations") or []
+        if len(ps) != 1:
+            continue
+        k = _pkey(ps[0])
+        singles_anywhere.add(k)
+        if d.get("cell_type") == cond.cell_type and _ctx(d) == cond.context:
+            singles_here.add(k)
+    combo = tuple(sorted(parts))
+    combo_elsewhere = any(tuple(sorted(_pkey(p) for p in d.get("perturbations") or [])) == combo
+                          for d in seen)
+    if len(parts) == 1 or combo_elsewhere:
+        if combo_elsewhere:
+            return "new_cell_type"
+        return "beyond_evidence"
+    if all(k in singles_here for k in parts):
+        return "new_combination"
+    if all(k in singles_anywhere for k in parts):
+        return "new_combination_new_cell_type"
+    return "beyond_evidence"
+
+
+def _verdict(kind: str, score: dict | None, base: dict | None, below: bool) -> str:
+    if kind in ("population", "measured"):
+        if score is None:
+            return ("Measured in training; this model was not scored on held-out cells, so how "
+                    "close it comes is unknown.")
+        return (f"Measured in training: on held-out cells of such conditions the model reached "
+                f"R2 {score['r2_top100']:.2f} on the top-100 changed genes"
+                + (f" (real training cells {score['yardstick']:.2f})"
+                   if score.get("yardstick") is not None else "") + ".")
+    what = EVIDENCE_LABELS[kind]
+    if score is None:
+        return (f"{what[0].upper()}{what[1:]}: this model was not tested on such conditions; "
+                "treat the prediction as a hypothesis and check it against the baseline.")
+    s = (f"{what[0].upper()}{what[1:]}: on held-out tests of this kind the model reached R2 "
+         f"{score['r2_top100']:.2f}")
+    if base is not None:
+        s += f", the {base['name'].replace('_', ' ')} baseline {base['r2_top100']:.2f}"
+    s += "."
+    if below:
+        s += " The simple baseline did better: prefer it, and treat the model as a second opinion."
+    return s
+
+
+def evidence_for(model, cond: Condition) -> Evidence:
+    """The :class:`Evidence` of ``cond`` (valid for ``model``), with the card's score for its
+    class. Cheap: no generation."""
+    cond = model.check_condition(cond)
+    kind = classify(model.space, cond)
+    table = (model.card or {}).get("evidence") or {}
+    entry = table.get(kind) if isinstance(table, dict) else None
+    score = base = None
+    below = False
+    if isinstance(entry, dict):
+        score = entry.get("model") if isinstance(entry.get("model"), dict) else None
+        base = entry.get("baseline") if isinstance(entry.get("baseline"), dict) else None
+        try:
+            below = bool(score and base and
+                         float(score["r2_top100"]) < float(base["r2_top100"]))
+        except (KeyError, TypeError, ValueError):
+            below = False
+        if score is not None and "r2_top100" not in score:
+            score = None
+    verdict = entry.get("verdict") if isinstance(entry, dict) and \
+        isinstance(entry.get("verdict"), str) else _verdict(kind, score, base, below)
+    return Evidence(kind, EVIDENCE_LABELS[kind], score, base, below, verdict)
+
+
+# -- effects ----------------------------------------------------------------------------------
+@dataclass
+class Baseline:
+    name: str                               # "additive" or "mean_shift"
+    effect: np.ndarray                      # (G,) log1p-space effect
+    detail: str = ""                        # what it was computed from
+
+
+@dataclass
+class EffectResult:
+    """A predicted effect per gene with its 90 % interval, its baseline and its evidence.
+
+    ``effect``, ``low``, ``high`` and ``baseline.effect`` are differences of mean
+    log1p(normalize_total 1e4) expression (natural log); ``log2fc`` and friends divide by ln 2
+    (a difference of mean log2(1 + x)). With a single-member model there is no interval:
+    ``low`` and ``high`` are NaN and ``has_interval`` is False."""
+
+    condition: Condition
+    control: Condition
+    genes: list[str]
+    effect: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    member_effects: np.ndarray               # (K, G)
+    mean: np.ndarray                         # (G,) predicted mean of the condition
+    control_mean: np.ndarray                 # (G,) predicted mean of the control
+    evidence: Evidence
+    baseline: Baseline | None = None
+    n_cells: int = 0                         # generated cells of the condition (all members)
+    interval: float = INTERVAL
+    calibration: float = 1.0                 # the scale applied to the member spread
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def members(self) -> int:
+        return int(self.member_effects.shape[0])
+
+    @property
+    def has_interval(self) -> bool:
+        return self.members > 1 and bool(np.isfinite(self.low).any())
+
+    @property
+    def verdict(self) -> str:
+        return self.evidence.verdict
+
+    @property
+    def sign_agreement(self) -> np.ndarray:
+        """Fraction of members whose effect has the sign of the ensemble's effect, per gene."""
+        s = np.sign(self.effect)[None, :]
+        return (np.sign(self.member_effects) == s).mean(0)
+
+    @property
+    def members_agree(self) -> np.ndarray:
+        """True where every member gives the effect's sign (and the effect is not zero)."""
+        return (self.sign_agreement == 1.0) & (self.effect != 0)
+
+    @property
+    def log2fc(self) -> np.ndarray:
+        return self.effect / LN2
+
+    @property
+    def log2_low(self) -> np.ndarray:
+        return self.low / LN2
+
+    @property
+    def log2_high(self) -> np.ndarray:
+        return self.high / LN2
+
+    @property
+    def width(self) -> np.ndarray:
+        return self.high - self.low
+
+    @property
+    def confidence(self) -> np.ndarray:
+        """|effect| / interval width (NaN without an interval): above ~0.5 the interval
+        excludes zero."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.abs(self.effect) / np.maximum(self.width, 1e-12)
+
+    def to_json(self) -> dict:
+        """The ``perturb-studio effects --json`` object (these names are an interface)."""
+        def lst(a):
+            return [None if not np.isfinite(v) else round(float(v), 6) for v in a]
+
+        return {"model": self.extra.get("model", ""),
+                "condition": self.condition.to_dict(), "control": self.control.to_dict(),
+                "genes": list(self.genes), "effect": lst(self.effect),
+                "low": lst(self.low), "high": lst(self.high), "interval": self.interval,
+                "members": self.members, "members_agree": [bool(v) for v in self.members_agree],
+                "baseline": None if self.baseline is None else
+                {"name": self.baseline.name, "effect": lst(self.baseline.effect),
+                 "detail": self.baseline.detail},
+                "evidence": self.evidence.to_dict(), "verdict": self.verdict,
+                "n_cells": int(self.n_cells), "calibration": self.calibration,
+                "units": "difference of mean log1p(normalize_total 1e4) expression "
+                         "(natural log); divide by ln 2 for log2 fold change",
+                **{k: v for k, v in self.extra.items() if k != "model"}}
+
+    def table(self):
+        """One row per gene, largest |effect| first, in log2 units."""
+        import pandas as pd
+
+        df = pd.DataFrame({
+            "gene": self.genes, "log2fc": self.log2fc, "low": self.log2_low,
+            "high": self.log2_high, "members_agree": self.members_agree,
+            "sign_agreement": self.sign_agreement,
+            "baseline_log2fc": (self.baseline.effect / LN2 if self.baseline is not None
+                                else np.full(len(self.genes), np.nan)),
+            "confidence": self.confidence,
+            "mean": self.mean, "control_mean": self.control_mean})
+        return df.iloc[np.argsort(-np.abs(self.effect), kind="stable")].reset_index(drop=True)
+
+
+@dataclass
+class RealEffect:
+    """The effect measured in real cells: mean log-expression of the condition minus its
+    control, per model gene (NaN where the gene is missing), with its standard error."""
+
+    effect: np.ndarray
+    se: np.ndarray
+    n_cells: int
+    n_control: int
+
+
+def member_means(adata, members: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-member mean, variance of the mean (Monte-Carlo), and cell count of generated cells
+    (log1p-normalised), ``(K, G)``, ``(K, G)``, ``(K,)``."""
+    from .analysis import log_normalized
+    from .keys import OBS
+
+    x = log_normalized(adata)
+    if OBS.MEMBER in adata.obs:
+        m = np.asarray(adata.obs[OBS.MEMBER]).astype(np.int64)
+    else:
+        m = np.zeros(adata.n_obs, np.int64)
+    g = x.shape[1]
+    means = np.zeros((members, g))
+    var = np.zeros((members, g))
+    n = np.zeros(members, np.int64)
+    for k in range(members):
+        rows = np.flatnonzero(m == k)
+        n[k] = len(rows)
+        if not len(rows):
+            continue
+        xk = x[rows]
+        mu = np.asarray(xk.mean(0)).ravel()
+        sq = np.asarray(xk.multiply(xk).mean(0)).ravel() if hasattr(xk, "multiply") \
+            else (np.asarray(xk) ** 2).mean(0)
+        means[k] = mu
+        var[k] = np.maximum(sq - mu ** 2, 0.0) / max(len(rows) - 1, 1)
+    return means, var, n
+
+
+def interval_from_members(member_effects: np.ndarray, mc_var: np.ndarray, scale: float,
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(effect, low, high)`` from ``K`` member effects (K, G) and the Monte-Carlo variance of
+    each (K, G): the between-member variance less the mean Monte-Carlo variance (the
+    epistemic part, which does not shrink with more cells), plus the Monte-Carlo variance of
+    the pooled mean, times ``scale`` (the calibration)."""
+    k = member_effects.shape[0]
+    effect = member_effects.mean(0)
+    if k < 2:
+        nan = np.full(effect.shape, np.nan)
+        return effect, nan, nan
+    between = member_effects.var(0, ddof=1)
+    mc = mc_var.mean(0)
+    epistemic = np.maximum(between - mc, 0.0)
+    half = Z90 * scale * np.sqrt(epistemic + mc / k)
+    return effect, effect - half, effect + half
+
+
+def effects_from_cells(model, adata, condition: Condition, *,
+                       control: Condition | None = None) -> EffectResult:
+    """The :class:`EffectResult` of ``condition`` from generated cells that hold both it and its
+    control (as :meth:`PerturbModel.generate_many` writes them, ``obs["member"]`` included)."""
+    from .keys import OBS
+
+    cond = model.check_condition(condition)
+    ctrl = model.check_condition(control or cond.control())
+    labels = np.asarray(adata.obs[OBS.CONDITION]).astype(str)
+    rows_t = labels == cond.label
+    rows_c = labels == ctrl.label
+    if not rows_t.any() or not rows_c.any():
+        raise DataError(f"the generated cells hold no cells of {cond.label!r} or of its control "
+                        f"{ctrl.label!r}; generate both (include the control)")
+    k = model.members
+    mt, vt, nt = member_means(adata[rows_t], k)
+    mc, vc, nc = member_means(adata[rows_c], k)
+    ok = (nt > 0) & (nc > 0)
+    if not ok.any():
+        raise DataError("no ensemble member generated both the condition and its control")
+    member_effects = mt[ok] - mc[ok]
+    scale = model.calibration(classify(model.space, cond))
+    effect, low, high = interval_from_members(member_effects, vt[ok] + vc[ok], scale)
+    w = nt[ok] / nt[ok].sum()
+    return EffectResult(cond, ctrl, list(model.genes), effect, low, high, member_effects,
+                        (mt[ok] * w[:, None]).sum(0), (mc[ok] * w[:, None]).sum(0),
+                        evidence_for(model, cond), baseline_for(model, cond),
+                        n_cells=int(nt.sum()), calibration=float(scale),
+                        extra={"model": model.name})
+
+
+def predict_effects(model, condition: Condition, *, n: int = 2000, seed: int = 0,
+                    steps: int | None = None, guidance: float | None = None, progress=None,
+                    cancel=None) -> EffectResult:
+    """Generate ``n`` cells of ``condition`` and ``n`` of its control (``n / K`` from each member)
+    and return the predicted effect with its interval, baseline and evidence."""
+    cond = model.check_condition(condition)
+    adata = model.generate_many([cond], n, include_control=True, seed=seed, steps=steps,
+                                guidance=guidance, progress=progress, cancel=cancel)
+    res = effects_from_cells(model, adata, cond)
+    res.extra.update(seed=int(seed), steps=adata.uns["perturb_studio"]["steps"],
+                     guidance=adata.uns["perturb_studio"]["guidance"])
+    return res
+
+
+# -- baselines from the model's own training statistics ----------------------------------------
+def baseline_for(model, cond: Condition) -> Baseline | None:
+    """``additive`` for a combination whose parts were measured (in this cell type, else
+    averaged over the others), ``mean_shift`` for a perturbation measured in other cell types or
+    contexts, else None. Effects come from the training group means stored with the model."""
+    stats = model.group_stats()
+    if stats is None or cond.is_control:
+        return None
+    if len(cond.perturbations) > 1:
+        total = 0.0
+        where = []
+        for p in cond.perturbations:
+            single = Condition.make(cond.cell_type, [p], cond.context_dict())
+            e = stats.effect(single)
+            if e is None:
+                e = stats.mean_effect(single, exclude=True)
+                where.append(f"{p.target}: other cell types")
+            else:
+                where.append(f"{p.target}: this cell type")
+            if e is None:
+                return None
+            total = total + e
+        return Baseline("additive", np.asarray(total), "sum of the measured single effects ("
+                        + "; ".join(where) + ")")
+    if stats.effect(cond) is not None:       # measured here: the baseline is the data itself
+        e = stats.mean_effect(cond, exclude=True)
+        return None if e is None else Baseline(
+            "mean_shift", e, "average effect of the same perturbation in the other cell types "
+                             "or contexts of the training data")
+    e = stats.mean_effect(cond, exclude=True)
+    return None if e is None else Baseline(
+        "mean_shift", e, "average effect of the same perturbation in the cell types or "
+                         "contexts where it was measured")
+
+
+def _key(c: Condition) -> tuple:
+    return (c.cell_type, tuple(sorted((p.target, p.type) for p in c.perturbations)), c.context)
+
+
+@dataclass
+class GroupStats:
+    """Mean log1p-normalised expression of every training condition group, over the model's
+    genes (stored with the model in ``reference.safetensors``)."""
+
+    conditions: list[Condition]
+    means: np.ndarray        # (groups, G)
+    counts: np.ndarray       # (groups,) training cells
+
+    def __post_init__(self) -> None:
+        self._index = {_key(c): i for i, c in enumerate(self.conditions)}
+
+    def mean(self, c: Condition) -> np.ndarray | None:
+        i = self._index.get(_key(c))
+        return None if i is None or self.counts[i] < 3 else self.means[i]
+
+    def effect(self, c: Condition) -> np.ndarray | None:
+        a, b = self.mean(c), self.mean(c.control())
+        return None if a is None or b is None else a - b
+
+    def mean_effect(self, c: Condition, *, exclude: bool) -> np.ndarray | None:
+        pk = tuple(sorted((p.target, p.type) for p in c.perturbations))
+        own = _key(c)
+        effects = []
+        for d in self.conditions:
+            if d.is_control or tuple(sorted((p.target, p.type) for p in d.perturbations)) != pk:
+                continue
+            if exclude and _key(d) == own:
+                continue
+            e = self.effect(d)
+            if e is not None:
+                effects.append(e)
+        return np.mean(effects, axis=0) if effects else None
+
+
+def real_effect(model, adata, schema, condition: Condition, *,
+                min_cells: int = 3) -> RealEffect | None:
+    """The effect of ``condition`` measured in real cells (``adata`` with roles ``schema``), in
+    the model's gene order; None when fewer than ``min_cells`` cells of the condition or of its
+    control are there."""
+    from .evaluate import group_key, lognorm
+    from .data.io import get_counts
+
+    cond = model.check_condition(condition)
+    real = schema.filter(adata)
+    codes, uniq = schema.condition_codes(real)
+    keys = []
+    for c in uniq:
+        try:
+            keys.append(group_key(model.space.complete(c)))
+        except ConditionError:
+            keys.append(None)
+    want, want_c = group_key(cond), group_key(cond.control())
+    t = np.isin(codes, [i for i, k in enumerate(keys) if k == want])
+    c = np.isin(codes, [i for i, k in enumerate(keys) if k == want_c])
+    if t.sum() < min_cells or c.sum() < min_cells:
+        return None
+    mapping = model.gene_mapping(real)
+    counts = get_counts(real)[0].tocsr()
+    full = lognorm(counts[np.flatnonzero(t | c)])   # normalised over all genes of the data
+    sub = np.full((full.shape[0], len(model.genes)), np.nan)
+    ok = mapping.index >= 0
+    sub[:, ok] = full[:, mapping.index[ok]]
+    rt = t[t | c]
+    xt, xc = sub[rt], sub[~rt]
+    eff = xt.mean(0) - xc.mean(0)
+    se = np.sqrt(xt.var(0, ddof=1) / len(xt) + xc.var(0, ddof=1) / len(xc))
+    return RealEffect(eff, se, int(len(xt)), int(len(xc)))
+
+
+def coverage(pred: EffectResult, real: RealEffect, *, top: int = 100,
+             noise_aware: bool = False) -> dict:
+    """Coverage of the real effect by the predicted interval on the ``top`` genes with the
+    largest real effect. With ``noise_aware`` the interval is widened by the real effect's own
+    sampling error (what a replicate of the held-out cells would measure)."""
+    ok = np.isfinite(real.effect) & np.isfinite(pred.low)
+    idx = np.flatnonzero(ok)
+    idx = idx[np.argsort(-np.abs(real.effect[idx]))[:top]]
+    half = (pred.high - pred.low)[idx] / 2
+    centre = pred.effect[idx]
+    if noise_aware:
+        half = np.sqrt(half ** 2 + (Z90 * real.se[idx]) ** 2)
+    inside = np.abs(real.effect[idx] - centre) <= half
+    return {"coverage": float(inside.mean()) if len(idx) else float("nan"),
+            "median_width": float(np.median(2 * half)) if len(idx) else float("nan"),
+            "median_abs_real": float(np.median(np.abs(real.effect[idx]))) if len(idx)
+            else float("nan"), "genes": int(len(idx))}
+
+
+__all__ = ["Baseline", "EffectResult", "Evidence", "GroupStats", "RealEffect", "INTERVAL",
+           "EVIDENCE_KINDS", "EVIDENCE_LABELS", "baseline_for", "classify", "coverage",
+           "effects_from_cells", "evidence_for", "interval_from_members", "member_means",
+           "predict_effects", "real_effect"]
