@@ -33,6 +33,10 @@ _EXPORTS = {
     # analysis and evaluation
     "differential_expression": "analysis", "top_changed_genes": "analysis",
     "embed_umap": "analysis", "evaluate": "evaluate", "EvalResult": "evaluate",
+    # predicted effects with their uncertainty, baseline and evidence
+    "predict_effects": "effects", "effects_from_cells": "effects", "real_effect": "effects",
+    "EffectResult": "effects", "Evidence": "effects", "RealEffect": "effects",
+    "coverage": "effects",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -20,7 +20,9 @@ from .config import FORMAT_VERSION as FORMAT_VERSION  # noqa: F401 - re-exported
 from .errors import ModelError, ResourceError
 
 CONFIG, WEIGHTS, CARD, CARD_MD = "config.json", "model.safetensors", "card.json", "CARD.md"
-MODEL_FILES = (CONFIG, WEIGHTS, CARD, CARD_MD)      # all a model folder is made of
+REFERENCE = "reference.safetensors"   # real training cells + group means (engine.reference)
+MODEL_FILES = (CONFIG, WEIGHTS, CARD, CARD_MD, REFERENCE)   # all a model folder is made of
+MAX_REFERENCE_BYTES = 256 << 20       # reference.safetensors (shipped: < 2 MB)
 MAX_CONFIG_BYTES = 16 << 20        # a config.json larger than this is refused (shipped: 62 KB)
 MAX_CARD_BYTES = 16 << 20          # card.json / CARD.md (shipped: < 160 KB)
 MAX_HEADER_BYTES = 100 << 20       # safetensors' own limit on the JSON header
@@ -276,7 +278,8 @@ def _state_bytes(state: dict) -> int:
 
 
 def save_folder(folder: str | os.PathLike, config: dict, state: dict, card: dict,
-                card_md: str | None = None, *, overwrite: bool = False) -> Path:
+                card_md: str | None = None, *, overwrite: bool = False,
+                extra: dict[str, bytes] | None = None) -> Path:
     """Write the whole folder atomically: build it next to the target, then rename into place.
 
     The destination is checked first with :func:`check_destination`: only a missing or empty
@@ -296,7 +299,11 @@ def save_folder(folder: str | os.PathLike, config: dict, state: dict, card: dict
     texts = {CONFIG: json.dumps(config, indent=1), CARD: json.dumps(card, indent=1)}
     if card_md:
         texts[CARD_MD] = card_md
+    extra = dict(extra or {})
+    if set(extra) - {REFERENCE}:
+        raise ValueError(f"unknown model files {sorted(set(extra) - {REFERENCE})}")
     need = _state_bytes(state) + sum(len(t.encode("utf-8")) for t in texts.values()) + (1 << 20)
+    need += sum(len(b) for b in extra.values())
     try:
         free = shutil.disk_usage(folder.parent).free
     except OSError:
@@ -319,6 +326,9 @@ def save_folder(folder: str | os.PathLike, config: dict, state: dict, card: dict
         os.chmod(tmp / WEIGHTS, 0o666 & ~mask)
         for name, text in texts.items():
             (tmp / name).write_text(text, encoding="utf-8")
+        for name, data in extra.items():
+            (tmp / name).write_bytes(data)
+            os.chmod(tmp / name, 0o666 & ~mask)
         folder = check_destination(folder, overwrite=overwrite)   # nothing changed meanwhile
         if folder.exists():
             if is_model_folder(folder):

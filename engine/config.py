@@ -22,7 +22,10 @@ from typing import Any, NoReturn
 from .errors import ModelError
 
 FORMAT = "perturb-studio-model"
-FORMAT_VERSION = 2                # 2: typed config (ModelConfig); 1 is read via upgrade_v1
+FORMAT_VERSION = 3                # 3: ensembles (``ensemble``, member-prefixed flow weights);
+                                  # 2: typed config (ModelConfig), read as one member;
+                                  # 1 is read via upgrade_v1
+MAX_MEMBERS = 64                  # ensemble members of one model
 
 MAX_PARAMETERS = 200_000_000      # 800 MB of float32 weights; the shipped models have < 3M
 MAX_GENES = 100_000
@@ -65,6 +68,9 @@ SPACE_KEYS = {"cell_types", "targets", "perturbation_types", "target_types", "co
               "context_values", "has_dose", "dose_range", "max_perturbations", "control_label",
               "seen", "simulated_dose"}
 SAMPLING_KEYS = {"steps", "guidance", "batch_size"}
+ENSEMBLE_KEYS = {"members", "seeds", "bootstrap", "shared", "calibration", "calibration_note"}
+EVIDENCE_KINDS = ("population", "measured", "new_combination", "new_cell_type",
+                  "new_combination_new_cell_type", "beyond_evidence")   # engine.effects
 
 _MISSING = object()
 
@@ -111,6 +117,8 @@ def validate_config(config: dict, *, where: str) -> dict:
     v.latent_stats(config["latent_stats"], arch["latent_dim"] + 1)
     if "sampling" in config:
         v.sampling(config["sampling"])
+    if "ensemble" in config:
+        v.ensemble(config["ensemble"])
     if "density" in config:
         v.number("density", config["density"], 0.0, 1.0, low_open=True)
     if config.get("schema") is not None:
@@ -141,10 +149,17 @@ def backbone_defaults(config: Mapping) -> dict:
     return V1_BACKBONE_DEFAULTS if config.get("format_version") == 1 else BACKBONE_DEFAULTS
 
 
+def ensemble_members(config: Mapping) -> int:
+    """Members of a (validated) config's ensemble: 1 without an ``ensemble`` entry (v1, v2)."""
+    ens = config.get("ensemble")
+    return int(ens["members"]) if isinstance(ens, Mapping) else 1
+
+
 def parameter_count(config: Mapping) -> int:
     """Exact number of weights the modules of a (validated) config hold: the autoencoder
-    (``engine.models.autoencoder``) plus the flow network (``engine.models.flow``), computed
-    from the sizes alone, so a budget can be enforced before anything is allocated."""
+    (``engine.models.autoencoder``) plus one flow network (``engine.models.flow``) per ensemble
+    member, computed from the sizes alone, so a budget can be enforced before anything is
+    allocated."""
     arch, vocab = config["architecture"], config["vocab"]
     g, d, h, c = (len(config["genes"]), int(arch["latent_dim"]), int(arch["ae_hidden"]),
                   int(arch["cond_dim"]))
@@ -172,7 +187,7 @@ def parameter_count(config: Mapping) -> int:
                  + _linear(w, 2 * w) + _linear(2 * w, w) + _linear(c, 6 * w))
         net = (_linear(s, k * w) + k * w + depth * block + _linear(c, 2 * w) + _linear(w, w)
                + _linear(k * w, s))
-    return ae + cond + time + net
+    return ae + ensemble_members(config) * (cond + time + net)
 
 
 # -- checking ---------------------------------------------------------------------------------
@@ -439,6 +454,27 @@ class _Validator:
         if "batch_size" in sampling:
             self.integer("sampling.batch_size", sampling["batch_size"], 1, MAX_BATCH)
 
+    def ensemble(self, ens: Any) -> None:
+        ens = self.mapping("ensemble", ens, ENSEMBLE_KEYS, ("members",))
+        k = self.integer("ensemble.members", ens["members"], 1, MAX_MEMBERS)
+        if "seeds" in ens:
+            seeds = ens["seeds"]
+            if not isinstance(seeds, list) or len(seeds) != k:
+                self.fail("ensemble.seeds", f"must be a list of {k} whole numbers (one per "
+                          f"member), got {_kind(seeds)}")
+            for i, x in enumerate(seeds):
+                self.integer(f"ensemble.seeds[{i}]", x, 0, 2**63 - 1)
+        if "bootstrap" in ens:
+            self.boolean("ensemble.bootstrap", ens["bootstrap"])
+        if "shared" in ens:
+            self.string("ensemble.shared", ens["shared"])
+        if "calibration_note" in ens:
+            self.string("ensemble.calibration_note", ens["calibration_note"])
+        cal = self.mapping("ensemble.calibration", ens.get("calibration", {}),
+                           set(EVIDENCE_KINDS) | {"default"})
+        for kind, x in cal.items():
+            self.number(f"ensemble.calibration.{kind}", x, 0.0, 1e3, low_open=True)
+
     def schema(self, schema: Any) -> None:
         schema = self.mapping("schema", schema)          # unknown keys: ignored by Schema
         for key in ("cell_type_key", "perturbation_key", "perturbation_type_key", "dose_key",
@@ -504,10 +540,18 @@ class TrainConfig:
     p_coarse: float = 0.1
     ema: float = 0.998
     latent_sampling: bool = True
+    # an ensemble of flow networks sharing the autoencoder, each on its own seed and its own
+    # bootstrap of the cells of every condition: the spread of their predictions is the
+    # model's uncertainty (engine.effects). 1 = a single network, trained on the cells as they
+    # are (the format-2 model).
+    members: int = 5
+    bootstrap: bool = True
 
     def __post_init__(self) -> None:
         if int(self.flow_steps) < 1 or int(self.ae_max_steps) < 1:
             raise ValueError("ae_max_steps and flow_steps must be at least 1")
+        if isinstance(self.members, bool) or not 1 <= int(self.members) <= MAX_MEMBERS:
+            raise ValueError(f"members must be a whole number from 1 to {MAX_MEMBERS}")
 
     def to_dict(self) -> dict:
         return asdict(self)

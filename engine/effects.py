@@ -287,10 +287,11 @@ class RealEffect:
 def member_means(adata, members: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-member mean, variance of the mean (Monte-Carlo), and cell count of generated cells
     (log1p-normalised), ``(K, G)``, ``(K, G)``, ``(K,)``."""
-    from .analysis import log_normalized
+    from .data.io import get_counts
+    from .data.preprocess import log1p_normalize
     from .keys import OBS
 
-    x = log_normalized(adata)
+    x = log1p_normalize(get_counts(adata)[0].tocsr(), dtype=np.float64)
     if OBS.MEMBER in adata.obs:
         m = np.asarray(adata.obs[OBS.MEMBER]).astype(np.int64)
     else:
@@ -411,52 +412,18 @@ def baseline_for(model, cond: Condition) -> Baseline | None:
                          "contexts where it was measured")
 
 
-def _key(c: Condition) -> tuple:
-    return (c.cell_type, tuple(sorted((p.target, p.type) for p in c.perturbations)), c.context)
-
-
-@dataclass
-class GroupStats:
-    """Mean log1p-normalised expression of every training condition group, over the model's
-    genes (stored with the model in ``reference.safetensors``)."""
-
-    conditions: list[Condition]
-    means: np.ndarray        # (groups, G)
-    counts: np.ndarray       # (groups,) training cells
-
-    def __post_init__(self) -> None:
-        self._index = {_key(c): i for i, c in enumerate(self.conditions)}
-
-    def mean(self, c: Condition) -> np.ndarray | None:
-        i = self._index.get(_key(c))
-        return None if i is None or self.counts[i] < 3 else self.means[i]
-
-    def effect(self, c: Condition) -> np.ndarray | None:
-        a, b = self.mean(c), self.mean(c.control())
-        return None if a is None or b is None else a - b
-
-    def mean_effect(self, c: Condition, *, exclude: bool) -> np.ndarray | None:
-        pk = tuple(sorted((p.target, p.type) for p in c.perturbations))
-        own = _key(c)
-        effects = []
-        for d in self.conditions:
-            if d.is_control or tuple(sorted((p.target, p.type) for p in d.perturbations)) != pk:
-                continue
-            if exclude and _key(d) == own:
-                continue
-            e = self.effect(d)
-            if e is not None:
-                effects.append(e)
-        return np.mean(effects, axis=0) if effects else None
-
-
 def real_effect(model, adata, schema, condition: Condition, *,
                 min_cells: int = 3) -> RealEffect | None:
     """The effect of ``condition`` measured in real cells (``adata`` with roles ``schema``), in
     the model's gene order; None when fewer than ``min_cells`` cells of the condition or of its
     control are there."""
-    from .evaluate import group_key, lognorm
+    import scipy.sparse as sp
+
     from .data.io import get_counts
+    from .data.preprocess import log1p_normalize
+
+    def group_key(c: Condition) -> tuple:
+        return (c.cell_type, tuple((p.target, p.type) for p in c.perturbations), c.context)
 
     cond = model.check_condition(condition)
     real = schema.filter(adata)
@@ -474,7 +441,8 @@ def real_effect(model, adata, schema, condition: Condition, *,
         return None
     mapping = model.gene_mapping(real)
     counts = get_counts(real)[0].tocsr()
-    full = lognorm(counts[np.flatnonzero(t | c)])   # normalised over all genes of the data
+    block = log1p_normalize(counts[np.flatnonzero(t | c)], dtype=np.float64)
+    full = block.toarray() if sp.issparse(block) else np.asarray(block)  # all the data's genes
     sub = np.full((full.shape[0], len(model.genes)), np.nan)
     ok = mapping.index >= 0
     sub[:, ok] = full[:, mapping.index[ok]]
@@ -504,7 +472,7 @@ def coverage(pred: EffectResult, real: RealEffect, *, top: int = 100,
             else float("nan"), "genes": int(len(idx))}
 
 
-__all__ = ["Baseline", "EffectResult", "Evidence", "GroupStats", "RealEffect", "INTERVAL",
+__all__ = ["Baseline", "EffectResult", "Evidence", "RealEffect", "INTERVAL",
            "EVIDENCE_KINDS", "EVIDENCE_LABELS", "baseline_for", "classify", "coverage",
            "effects_from_cells", "evidence_for", "interval_from_members", "member_means",
            "predict_effects", "real_effect"]

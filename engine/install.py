@@ -25,7 +25,9 @@ from .checkpoint import (
     CONFIG,
     MAX_CARD_BYTES,
     MAX_CONFIG_BYTES,
+    MAX_REFERENCE_BYTES,
     MODEL_FILES,
+    REFERENCE,
     WEIGHTS,
 )
 from .errors import ModelError, ResourceError
@@ -35,7 +37,7 @@ MAX_WEIGHTS_BYTES = 2 << 30        # 2 GiB; the parameter budget (engine.config)
 MAX_ENTRIES = 10_000               # entries of the source folder that are looked at
 MAX_NAME_LENGTH = 100
 LIMITS = {CONFIG: MAX_CONFIG_BYTES, WEIGHTS: MAX_WEIGHTS_BYTES, CARD: MAX_CARD_BYTES,
-          CARD_MD: MAX_CARD_BYTES}
+          CARD_MD: MAX_CARD_BYTES, REFERENCE: MAX_REFERENCE_BYTES}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
 _RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)),
              *(f"LPT{i}" for i in range(1, 10))}       # Windows device names
@@ -192,7 +194,8 @@ def import_model(folder: str | os.PathLike, *, name: str | None = None) -> Model
     try:
         for fname, st in found.items():
             _copy(src / fname, tmp / fname, st, LIMITS[fname])
-        PerturbModel.load(tmp, device="cpu")     # exactly the bytes that will be installed
+        # exactly the bytes that will be installed, the reference cells included
+        _ = PerturbModel.load(tmp, device="cpu").reference
         if dest.exists() or dest.is_symlink():
             raise ModelError(f"a model named {name!r} was installed at {dest} meanwhile")
         os.rename(tmp, dest)

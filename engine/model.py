@@ -20,7 +20,15 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .checkpoint import CONFIG, WEIGHTS, load_weights, read_card, read_config, sha256
+from .checkpoint import (
+    CONFIG,
+    REFERENCE,
+    WEIGHTS,
+    load_weights,
+    read_card,
+    read_config,
+    sha256,
+)
 from .conditions.spec import Condition, ConditionSpace
 from .conditions.vocab import CELL_TYPE_LEVEL, CondArrays, Vocab
 from .errors import ConditionError, DataError, ModelError, PerturbStudioError, ResourceError
@@ -65,7 +73,9 @@ class PerturbModel:
     """A trained latent generative model of single-cell expression under conditions."""
 
     def __init__(self, config: dict, autoencoder, net, *, path: Path | None = None,
-                 card: dict | None = None, device: str = "cpu") -> None:
+                 card: dict | None = None, device: str = "cpu", reference=None) -> None:
+        """``net``: the flow network, or a list of them (one per ensemble member, sharing the
+        autoencoder; see :mod:`engine.effects`)."""
         import torch
 
         from .diffusion.schedules import OBJECTIVES
@@ -76,7 +86,9 @@ class PerturbModel:
         self.space = ConditionSpace.from_dict(config["space"])
         self.device = device
         self.autoencoder = autoencoder.to(device).eval()
-        self.net = net.to(device).eval()
+        nets = list(net) if isinstance(net, list | tuple) else [net]
+        self.nets = [m.to(device).eval() for m in nets]
+        self.net = self.nets[0]
         arch = config["architecture"]
         self.objective = OBJECTIVES[arch.get("objective", "rectified_flow")]()
         stats = config["latent_stats"]
@@ -84,6 +96,8 @@ class PerturbModel:
         self._std = torch.tensor(stats["std"], dtype=torch.float32, device=device)
         self.latent_dim = int(arch["latent_dim"])
         self._weights_sha = config.get("_weights_sha256", "")
+        self._reference = reference          # engine.reference.Reference, loaded lazily
+        self._reference_loaded = reference is not None or path is None
 
     # -- construction ------------------------------------------------------------------------
     @staticmethod
@@ -98,11 +112,26 @@ class PerturbModel:
         arch, vocab = ArchConfig(**config["architecture"]), Vocab.from_dict(config["vocab"])
         ae = NBAutoencoder(len(config["genes"]), arch.latent_dim, arch.ae_hidden,
                            dispersion=arch.dispersion)
-        net = LatentFlowNet(arch.latent_dim + 1,
-                            [len(vocab.level_values[lv]) for lv in vocab.levels],
-                            len(vocab.targets), len(vocab.types), backbone=arch.backbone,
-                            cond_dim=arch.cond_dim, **arch.backbone_kw)
-        return ae, net
+        return ae, PerturbModel.build_net(config)
+
+    @staticmethod
+    def build_net(config: dict):
+        """One (freshly initialised) flow network of a config: an ensemble member."""
+        from .config import ArchConfig, upgrade_v1
+        from .models.flow import LatentFlowNet
+
+        config = upgrade_v1(config) if config.get("format_version") == 1 else config
+        arch, vocab = ArchConfig(**config["architecture"]), Vocab.from_dict(config["vocab"])
+        return LatentFlowNet(arch.latent_dim + 1,
+                             [len(vocab.level_values[lv]) for lv in vocab.levels],
+                             len(vocab.targets), len(vocab.types), backbone=arch.backbone,
+                             cond_dim=arch.cond_dim, **arch.backbone_kw)
+
+    @staticmethod
+    def member_prefix(k: int, members: int) -> str:
+        """Weights of member ``k``: ``net.`` for a single-member model (formats 1-2 and K = 1),
+        ``members.<k>.net.`` in an ensemble."""
+        return "net." if members == 1 else f"members.{k}.net."
 
     @classmethod
     def load(cls, name_or_dir: str | os.PathLike, *, device: str = "auto") -> PerturbModel:
@@ -112,27 +141,37 @@ class PerturbModel:
         from .device import resolve_device
         from .registry import resolve_model
 
+        from .config import ensemble_members
+
         folder = resolve_model(name_or_dir)
         config = read_config(folder)
+        k = ensemble_members(config)
         try:
             ae, net = cls.build_modules(config)
+            nets = [net] + [cls.build_net(config) for _ in range(k - 1)]
         except (KeyError, TypeError, ValueError) as e:
             raise ModelError(f"{folder / CONFIG}: architecture entry is invalid ({e!r})") from None
-        expected = {f"autoencoder.{k}": v.shape for k, v in ae.state_dict().items()}
-        expected.update({f"net.{k}": v.shape for k, v in net.state_dict().items()})
+        expected = {f"autoencoder.{n}": v.shape for n, v in ae.state_dict().items()}
+        for i, m in enumerate(nets):
+            pre = cls.member_prefix(i, k)
+            expected.update({f"{pre}{n}": v.shape for n, v in m.state_dict().items()})
         state = load_weights(folder, expected)
-        ae.load_state_dict({k[12:]: v for k, v in state.items() if k.startswith("autoencoder.")})
-        net.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("net.")})
+        ae.load_state_dict({n[12:]: v for n, v in state.items() if n.startswith("autoencoder.")})
+        for i, m in enumerate(nets):
+            pre = cls.member_prefix(i, k)
+            m.load_state_dict({n[len(pre):]: v for n, v in state.items() if n.startswith(pre)})
         for t in state.values():
             if not torch.isfinite(t).all():
                 raise ModelError(f"{folder / WEIGHTS} contains NaN or infinite weights")
         config = dict(config, _weights_sha256=sha256(folder / WEIGHTS))
-        return cls(config, ae, net, path=folder, card=read_card(folder),
+        return cls(config, ae, nets, path=folder, card=read_card(folder),
                    device=resolve_device(device))
 
     def state_dict(self) -> dict:
         out = {f"autoencoder.{k}": v for k, v in self.autoencoder.state_dict().items()}
-        out.update({f"net.{k}": v for k, v in self.net.state_dict().items()})
+        for i, m in enumerate(self.nets):
+            pre = self.member_prefix(i, len(self.nets))
+            out.update({f"{pre}{k}": v for k, v in m.state_dict().items()})
         return out
 
     def save(self, folder: str | os.PathLike, *, card: dict | None = None,
@@ -142,11 +181,62 @@ class PerturbModel:
         from .checkpoint import save_folder
 
         config = {k: v for k, v in self.config.items() if not k.startswith("_")}
+        reference = self.reference           # read before the folder it may come from moves
         self.path = save_folder(folder, config, self.state_dict(), card or self.card, card_md,
-                                overwrite=overwrite)
+                                overwrite=overwrite,
+                                extra={} if reference is None else
+                                {REFERENCE: reference.to_bytes()})
         self.card = card or self.card
         self._weights_sha = sha256(self.path / WEIGHTS)
         return self.path
+
+    # -- ensemble, evidence and reference cells ------------------------------------------------
+    @property
+    def members(self) -> int:
+        """Ensemble members (1 for models of formats 1-2 and single-member models)."""
+        return len(self.nets)
+
+    def calibration(self, kind: str) -> float:
+        """The factor applied to the member spread for evidence class ``kind`` (measured on
+        held-out cells, ``config["ensemble"]["calibration"]``; 1 where none was measured)."""
+        cal = (self.config.get("ensemble") or {}).get("calibration") or {}
+        return float(cal.get(kind, cal.get("default", 1.0)))
+
+    def evidence(self, condition: Condition):
+        """How much the training data says about ``condition`` and how the model did on that
+        kind of condition (:class:`engine.effects.Evidence`); no generation."""
+        from .effects import evidence_for
+
+        return evidence_for(self, condition)
+
+    @property
+    def reference(self):
+        """The :class:`engine.reference.Reference` stored with the model (real training cells
+        and training group means), or None. Read from the folder on first use."""
+        if not self._reference_loaded:
+            from .reference import read_reference
+
+            self._reference_loaded = True
+            self._reference = None if self.path is None else read_reference(self.path,
+                                                                            self.genes)
+        return self._reference
+
+    @property
+    def n_reference_cells(self) -> int:
+        ref = self.reference
+        return 0 if ref is None else ref.n_cells
+
+    def reference_cells(self):
+        """Up to 2,000 real training cells stored with the model (an AnnData with the obs
+        columns of generated cells, counts in ``layers["counts"]``), or None."""
+        ref = self.reference
+        return None if ref is None or ref.n_cells == 0 else ref.to_anndata(self)
+
+    def group_stats(self):
+        """Mean expression of every training condition group (:class:`engine.effects.GroupStats`)
+        or None for a model saved without a reference."""
+        ref = self.reference
+        return None if ref is None else ref.group_stats()
 
     # -- properties ----------------------------------------------------------------------------
     @property
@@ -172,31 +262,35 @@ class PerturbModel:
         self.space.validate(condition)
         return self.space.complete(condition)
 
-    def _embed(self, arrays: CondArrays):
+    def _embed(self, arrays: CondArrays, net=None):
         import torch
 
         dev = self.device
+        net = self.net if net is None else net
         with torch.no_grad():
-            return self.net.embed(torch.as_tensor(arrays.levels, device=dev),
+            return net.embed(torch.as_tensor(arrays.levels, device=dev),
                                   torch.as_tensor(arrays.targets, device=dev),
                                   torch.as_tensor(arrays.types, device=dev),
                                   torch.as_tensor(arrays.doses, device=dev),
                                   torch.as_tensor(arrays.null, device=dev))
 
-    def _cond_pair(self, condition: Condition):
-        """Embedding of the condition and of the "unconditional" null (for guidance), (1, C)."""
+    def _cond_pair(self, condition: Condition, net=None):
+        """Embedding of the condition and of the "unconditional" null (for guidance), (1, C),
+        by ``net`` (an ensemble member; the first by default)."""
         arr = self.vocab.encode([condition])
         null = CondArrays(np.zeros_like(arr.levels), arr.targets, arr.types, arr.doses,
                           np.ones(1, bool))
-        return self._embed(arr), self._embed(null)
+        return self._embed(arr, net), self._embed(null, net)
 
     # -- the sampling loop -----------------------------------------------------------------------
     def _integrate(self, x, c, c_null, guidance: float, grid: Sequence[float], on_step=None,
-                   cancel: CancelToken | None = None):
-        """Drain the sampling generator (:func:`engine.diffusion.sampler.sample_progressive`)."""
+                   cancel: CancelToken | None = None, net=None):
+        """Drain the sampling generator (:func:`engine.diffusion.sampler.sample_progressive`)
+        with ``net`` (an ensemble member; the first by default)."""
         from .diffusion.sampler import sample
 
-        return sample(self.net, self.objective, x, c, c_null, guidance, grid, on_step, cancel)
+        return sample(self.net if net is None else net, self.objective, x, c, c_null, guidance,
+                      grid, on_step, cancel)
 
     def _decode_counts(self, state, generator):
         """Latent state (B, d+1) -> NB counts as (flat indices, values) and per-row nnz."""
@@ -213,6 +307,16 @@ class PerturbModel:
     def _batches(self, n: int) -> list[int]:
         size = self._batch_size()
         return [min(size, n - i) for i in range(0, n, size)]
+
+    def _member_batches(self, n: int) -> list[tuple[int, int]]:
+        """``(member, batch size)`` for ``n`` cells: ``n / K`` cells from each member (the first
+        ``n % K`` members one more), each member's share in batches."""
+        k = self.members
+        out = []
+        for m in range(k):
+            share = n // k + (1 if m < n % k else 0)
+            out.extend((m, b) for b in self._batches(share) if b)
+        return out
 
     @property
     def density(self) -> float:
@@ -301,17 +405,19 @@ class PerturbModel:
         with out_of_memory_as_resource_error(f"generating {total:,} cells", est):
             builder = self._builder(total)
             for cond in conds:
-                c, c_null = self._cond_pair(cond)
-                for b in self._batches(n):
+                pairs = [self._cond_pair(cond, net) for net in self.nets]
+                for m, b in self._member_batches(n):
+                    c, c_null = pairs[m]
                     x = torch.randn(b, d, generator=g_cpu).to(self.device)
 
                     def on_step(k, _b=b, _done=done):
                         report(_done + int(_b * k / (steps + 1)))
 
-                    x = self._integrate(x, c, c_null, guidance, grid, on_step, cancel)
+                    x = self._integrate(x, c, c_null, guidance, grid, on_step, cancel,
+                                        net=self.nets[m])
                     check_cancel(cancel)
                     builder.add(*self._decode_counts(x, g_dev))
-                    labels.append((cond, b))
+                    labels.append((cond, b, m))
                     done += b
                     report(done)
             check_cancel(cancel)
@@ -346,8 +452,9 @@ class PerturbModel:
             raise DataError("the given cells are empty (0 cells); nothing to perturb")
         _check_not_empty(counts, mapping, cells.obs_names)
         est = self._check_memory(n, perturb=True)
-        c_src, c_src_null = self._cond_pair(cond.control())
-        c_tgt, c_tgt_null = self._cond_pair(cond)
+        src = [self._cond_pair(cond.control(), net) for net in self.nets]
+        tgt = [self._cond_pair(cond, net) for net in self.nets]
+        k_members = self.members
         grid = self.objective.grid(steps)
         total = 2 * steps
         report = Reporter(progress, n, "perturbing cells")
@@ -364,12 +471,20 @@ class PerturbModel:
                 def on_step(k, _b=b, _done=done):
                     report(_done + int(_b * k / (total + 1)))
 
-                x = self._integrate(x, c_src, c_src_null, 1.0, grid[::-1], on_step, cancel)
-                x = self._integrate(x, c_tgt, c_tgt_null, guidance, grid,
-                                    lambda k, f=on_step: f(k + steps), cancel)
+                # cell i goes through member i % K (round robin: no member sees one block)
+                member = (np.arange(start, start + b) % k_members)
+                for m in range(k_members):
+                    sel = torch.as_tensor(np.flatnonzero(member == m), device=self.device)
+                    if not len(sel):
+                        continue
+                    net = self.nets[m]
+                    xm = self._integrate(x[sel], *src[m], 1.0, grid[::-1], on_step, cancel,
+                                         net=net)
+                    x[sel] = self._integrate(xm, *tgt[m], guidance, grid,
+                                             lambda k, f=on_step: f(k + steps), cancel, net=net)
                 check_cancel(cancel)
                 builder.add(*self._decode_counts(x, g_dev))
-                labels.append((cond, b))
+                labels.append((cond, b, member))
                 done += b
                 report(done)
             del x0
@@ -450,7 +565,7 @@ class PerturbModel:
 
         levels = self.context_levels
         rows = []
-        for cond, _ in labels:
+        for cond, *_ in labels:
             ctx = cond.context_dict()
             row = {OBS.CONDITION: cond.label, OBS.CELL_TYPE: cond.cell_type or "",
                    OBS.PERTURBATION: cond.perturbation_label,
@@ -460,7 +575,7 @@ class PerturbModel:
                    OBS.IS_CONTROL: cond.is_control}
             row.update({lv: ctx.get(lv, "") for lv in levels})
             rows.append(row)
-        sizes = np.array([b for _, b in labels], np.int64)
+        sizes = np.array([lab[1] for lab in labels], np.int64)
         keys = [*OBS.CONDITION_COLUMNS, OBS.IS_CONTROL, *levels]
         cols = {}
         for k in keys:
@@ -472,6 +587,11 @@ class PerturbModel:
             code = {v: i for i, v in enumerate(cats)}
             codes = np.repeat(np.array([code[v] for v in values], np.int64), sizes)
             cols[k] = pd.Categorical.from_codes(codes, categories=cats)
+        # the ensemble member of each cell: one per batch (generate) or one per cell (perturb)
+        cols[OBS.MEMBER] = np.concatenate(
+            [np.broadcast_to(np.asarray(m, np.int16), (b,)) if np.ndim(m) == 0
+             else np.asarray(m, np.int16) for _, b, m in labels]) if labels else \
+            np.zeros(0, np.int16)
         return pd.DataFrame(cols)
 
     def _provenance(self, mode: str, conds, seed, steps, guidance) -> dict:
@@ -485,6 +605,7 @@ class PerturbModel:
                 "seed": int(seed), "steps": int(steps), "guidance": float(guidance),
                 "objective": self.objective.name,
                 "backbone": self.config["architecture"]["backbone"],
+                "ensemble_members": int(self.members),
                 "conditions_json": json.dumps([c.to_dict() for c in conds]),
                 "context_levels": list(self.context_levels),
                 "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}

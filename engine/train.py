@@ -9,6 +9,7 @@ average. Nothing is written unless training finishes; cancel raises :class:`Canc
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import os
 import platform
@@ -25,6 +26,23 @@ from .conditions.vocab import Vocab, build_space
 from .config import ModelConfig, TrainConfig
 from .errors import DataError
 from .progress import CancelToken, ProgressFn, Reporter, check_cancel
+from .reference import Reference
+
+
+def member_seeds(seed: int, members: int) -> list[int]:
+    """The seed of each ensemble member: the run's seed, then seed + 1000 * k."""
+    return [int(seed)] + [int(seed) + 1000 * k for k in range(1, members)]
+
+
+def bootstrap_rows(codes: np.ndarray, seed: int) -> np.ndarray:
+    """A bootstrap of the cells within each condition: for every condition group, as many of
+    its cells drawn with replacement as it has (so every condition keeps its weight)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for c in np.unique(codes):
+        rows = np.flatnonzero(codes == c)
+        out.append(rng.choice(rows, len(rows), replace=True))
+    return np.sort(np.concatenate(out))
 
 
 def apply_excludes(adata, exclude: Sequence[Mapping[str, str]]):
@@ -143,6 +161,12 @@ def train_model(adata, schema, out_dir: str | os.PathLike | None = None, *,
                                 "dispersion per gene and cell (per-gene value + offset from z)")},
               "sampling": mc.sampling.to_dict(),
               "density": float(counts.nnz / max(counts.shape[0] * counts.shape[1], 1))}
+    k_members = int(mc.train.members)
+    seeds = member_seeds(seed, k_members)
+    if k_members > 1:
+        config["ensemble"] = {"members": k_members, "seeds": seeds,
+                              "bootstrap": bool(mc.train.bootstrap), "shared": "autoencoder",
+                              "calibration": {}}
     ae, net = PerturbModel.build_modules({**config, "latent_stats": {}})
     ae, net = ae.to(dev), net.to(dev)
 
@@ -151,23 +175,41 @@ def train_model(adata, schema, out_dir: str | os.PathLike | None = None, *,
     states = LatentStates.encode(ae, counts, mc.train, gen, dev)
     config["latent_stats"] = {"mean": states.mean.cpu().tolist(),
                               "std": states.std.cpu().tolist()}
-    ema, flow_history = fit_flow(net, states, conds_arr, mc, gen, dev, progress, cancel)
-    history = {"autoencoder": ae_history, "flow": flow_history}
+    emas, flow_history = [], {}
+    for m in range(k_members):
+        if m == 0:                   # member 0 continues the run (K = 1: exactly as before)
+            m_net, m_gen, m_states = net, gen, states
+        else:
+            torch.manual_seed(seeds[m])
+            m_net = PerturbModel.build_net(config).to(dev)
+            m_gen = torch.Generator().manual_seed(seeds[m])
+            m_states = dataclasses.replace(states, gen=m_gen)
+        pool = bootstrap_rows(codes, seeds[m]) if k_members > 1 and mc.train.bootstrap \
+            else None
+        span = 0.5 / k_members
+        ema, hist = fit_flow(m_net, m_states, conds_arr, mc, m_gen, dev, progress, cancel,
+                             pool=pool, start=0.5 + m * span, span=span,
+                             phase="flow" if k_members == 1 else
+                             f"flow (member {m + 1} of {k_members})")
+        emas.append(ema.cpu())
+        flow_history["flow" if m == 0 else f"flow_member{m}"] = hist
+    history = {"autoencoder": ae_history, **flow_history}
     fsteps = mc.train.flow_steps
     check_cancel(cancel)
+    reference = Reference.build(counts, codes, [space.complete(c) for c in uniq], seed=seed)
 
     seconds = time.perf_counter() - t_start
     config["training"] = {
         "data_file": data_file or "", "n_cells": int(n_cells), "n_genes": len(genes),
         "n_conditions": len(uniq), "exclude": [dict(r) for r in exclude], "seed": int(seed),
         "device": dev, "seconds": round(seconds, 1), "ae_epochs": int(epochs),
-        "flow_steps": int(fsteps), "torch": str(torch.__version__), "threads": torch.get_num_threads(),
+        "flow_steps": int(fsteps), "members": k_members, "torch": str(torch.__version__), "threads": torch.get_num_threads(),
         "hardware": f"{platform.machine()} {platform.processor() or ''}".strip(),
         "hyperparameters": {k: v for k, v in hp.items()}}
     card = {"name": config["name"], "training": config["training"],
             "conditions": space.to_dict(), "genes": genes, "metrics": [],
             "loss_history": history}
-    model = PerturbModel(config, ae.cpu(), ema.cpu(), card=card, device=dev)
+    model = PerturbModel(config, ae.cpu(), emas, card=card, device=dev, reference=reference)
     if out_dir is not None:
         model.save(out_dir, card=card, overwrite=overwrite)
     return model
@@ -264,19 +306,25 @@ class LatentStates:
 
 # -- phase 2: latent generative model ---------------------------------------------------------
 def fit_flow(net, states: LatentStates, conds_arr, mc: ModelConfig, gen, dev: str,
-             progress: ProgressFn | None, cancel: CancelToken | None):
+             progress: ProgressFn | None, cancel: CancelToken | None, *,
+             pool: np.ndarray | None = None, start: float = 0.5, span: float = 0.5,
+             phase: str = "flow"):
     """Fit the conditional velocity / noise network with classifier-free-guidance dropout (all
     levels with ``p_uncond``, the finer levels with ``p_coarse``); return the exponential moving
-    average of its weights and the loss history. Progress spans the second half."""
+    average of its weights and the loss history. Progress spans ``start`` .. ``start + span``.
+
+    ``pool``: the rows to draw minibatches from (an ensemble member's bootstrap,
+    :func:`bootstrap_rows`); all cells when None."""
     import torch
 
     from .diffusion.schedules import OBJECTIVES
 
     tc = mc.train
     objective = OBJECTIVES[mc.arch.objective]()
-    n_cells = len(states)
+    n_cells = len(states) if pool is None else len(pool)
+    pool_t = None if pool is None else torch.as_tensor(pool, dtype=torch.int64)
     fsteps, fbs = tc.flow_steps, min(tc.flow_batch, n_cells)
-    report = Reporter(progress, fsteps, "flow", start=0.5, span=0.5)
+    report = Reporter(progress, fsteps, phase, start=start, span=span)
     ema = copy.deepcopy(net).eval()
     for p in ema.parameters():
         p.requires_grad_(False)
@@ -292,6 +340,8 @@ def fit_flow(net, states: LatentStates, conds_arr, mc: ModelConfig, gen, dev: st
     for step in range(1, fsteps + 1):
         check_cancel(cancel)
         idx = torch.randint(0, n_cells, (fbs,), generator=gen)
+        if pool_t is not None:
+            idx = pool_t[idx]
         levels = lv_t[idx].clone()
         null = torch.zeros(fbs, dtype=torch.bool)
         u = torch.rand(fbs, generator=gen)
