@@ -34,8 +34,9 @@ def build_actions(win, pages) -> None:
                          "Save the generated counts as a CSV table")
     win.act_save_plot = A("Save &plot…", lambda: win.export("plot"), "Ctrl+P",
                           "Save the plot on the Results page as PNG or SVG")
-    win.act_save_de = A("Save &DE table…", lambda: win.export("de"), None,
-                        "Save the differential-expression table as CSV")
+    win.act_save_de = A("Save &effect table…", lambda: win.export("de"), None,
+                        "Save the effect table (per gene: effect, 90% interval, baseline, real "
+                        "effect) as CSV")
     win.act_outdir = A("Output &folder…", win.choose_output_dir, None,
                        "Folder where results are saved")
     win.act_autosave = A("Save every result automatically", win.toggle_autosave, None,

@@ -38,12 +38,14 @@ from .messages import (
 )
 from .paths import path_inside, safe_filename
 from .session import Session
-from .umap_table import umap_parts
+from .umap_table import choose_real_cells, umap_parts
 from .workers import JobRunner
 
 log = logging.getLogger(__name__)
 
 ERROR_TITLE = "Something went wrong"
+#: Baselines and real effects are added to the heatmap for at most this many conditions.
+MAX_EXTRA_CONDITIONS = 8
 DEVICE_KINDS = {"cuda": "GPU", "mps": "GPU (Apple)", "cpu": "CPU"}
 
 
@@ -295,8 +297,9 @@ class Controller(QObject):
             return autosave(adata, out)
 
         def done(r: RunOutput):
-            self._show_experiment(Experiment.from_generated(r.adata, model_name=model.name,
-                                                            saved_to=r.saved_to), r.save_error)
+            self._show_experiment(Experiment.from_generated(
+                r.adata, model_name=model.name, saved_to=r.saved_to, model=model,
+                conditions=_checked(model, req.conditions)), r.save_error)
 
         self._start_fg("run", f"Generating {req.n_total:,} cells…", fn, on_finished=done,
                        on_cancelled=self.generation_cancelled.emit)
@@ -317,8 +320,9 @@ class Controller(QObject):
             return autosave(adata, out)
 
         def done(r: RunOutput):
-            self._show_experiment(Experiment.from_perturbed(r.adata, cells, model_name=model.name,
-                                                            saved_to=r.saved_to), r.save_error)
+            self._show_experiment(Experiment.from_perturbed(
+                r.adata, cells, model_name=model.name, saved_to=r.saved_to, model=model,
+                conditions=_checked(model, [req.condition])), r.save_error)
 
         self._start_fg("run", f"Perturbing {cells.n_obs:,} cells…", fn, on_finished=done,
                        on_cancelled=self.generation_cancelled.emit)
@@ -334,25 +338,60 @@ class Controller(QObject):
                         save_error.details)
 
     # -- analysis --------------------------------------------------------------------------------
+    def _real_data(self):
+        """The open dataset, its column roles and its file name (None, None, "" when no dataset
+        is open or its roles are not set)."""
+        s = self.session
+        if s.adata is None or s.schema is None or not s.schema_ok:
+            return None, None, ""
+        return s.adata, s.schema, Path(s.data_path or "").name
+
     def analyse(self) -> None:
-        """The heatmap of the genes that change most, and the DE table of the first condition."""
+        """The heatmap of the genes that change most (with each condition's baseline and real
+        effect as extra rows), and the effects of the first condition."""
         exp = self.session.experiment
         if exp is None:
             return
+        dataset, schema, data_name = self._real_data()
+        key = id(dataset)
 
         def fn(progress, cancel):
             import engine
+
+            from .effect_table import compute_effects, effect_view, heatmap_extras
 
             groups = {k: exp.group(k) for k in exp.labels}
             controls = {k: exp.control(k) for k in exp.labels}
             genes, mat = engine.top_changed_genes(groups, controls, n=30)
             first = exp.labels[0]
-            de = engine.differential_expression(groups[first], controls[first])
-            return Analysis(genes, mat, exp.labels, heatmap_note(exp), DiffExpr(first, de))
+            effects, extras_note = {}, ""
+            if exp.mode == "denovo" and not exp.only_controls and exp.conditions:
+                labels = [k for k in exp.labels if k in exp.conditions]
+                if len(labels) > MAX_EXTRA_CONDITIONS:
+                    extras_note = (f"Baselines and real cells are added for at most "
+                                   f"{MAX_EXTRA_CONDITIONS} conditions ({len(labels)} here).")
+                    labels = [k for k in labels if k == first]
+                for k in labels:
+                    try:
+                        effects[k] = compute_effects(exp.model, exp, k, dataset, schema)
+                    except engine.PerturbStudioError:   # said on the DE tab when shown
+                        log.exception("no effects for %s", k)
+            view = effect_view(exp.model, exp, first, cached=effects.get(first),
+                               data_name=data_name)
+            extras = heatmap_extras(genes, {k: v[0] for k, v in effects.items()},
+                                    {k: v[1] for k, v in effects.items()})
+            if effects and not extras and not extras_note:
+                extras_note = ("No baseline and no real cells for these conditions: nothing "
+                               "to add.")
+            return Analysis(genes, mat, exp.labels, heatmap_note(exp),
+                            DiffExpr(first, view.frame, view), tuple(extras), extras_note), effects
 
-        def done(a: Analysis):
+        def done(result):
+            a, effects = result
             if exp is not self.session.experiment:
                 return
+            for k, v in effects.items():
+                exp.effects[(k, key)] = v
             self.session.set_analysis(a)
             self.heatmap_updated.emit()
             self.session.set_de(a.de)
@@ -362,36 +401,47 @@ class Controller(QObject):
                         on_failed=lambda m, d: self._error(m, d))
 
     def compute_de(self, label: str) -> None:
+        """The effects of ``label`` (the DE tab), on a worker."""
         exp = self.session.experiment
         if exp is None or label not in exp.groups:
             return
+        dataset, schema, data_name = self._real_data()
+        key = (label, id(dataset))
+        cached = exp.effects.get(key)
 
         def fn(progress, cancel):
-            import engine
+            from .effect_table import effect_view
 
-            return DiffExpr(label, engine.differential_expression(exp.group(label),
-                                                                  exp.control(label)))
+            view = effect_view(exp.model, exp, label, dataset=dataset, schema=schema,
+                               cached=cached, data_name=data_name)
+            return DiffExpr(label, view.frame, view)
 
         def done(de: DiffExpr):
             if exp is self.session.experiment:
+                if de.view is not None and de.view.result is not None:
+                    exp.effects[key] = (de.view.result, de.view.real, "")
                 self.session.set_de(de)
                 self.de_updated.emit()
 
         self.jobs.start("de", fn, on_finished=done, on_failed=lambda m, d: self._error(m, d))
 
     def compute_umap(self) -> None:
-        """Embed the generated cells with (a sample of) the real ones, in the UMAP helper
-        process (app.embed_process) unless PERTURB_STUDIO_UMAP_IN_THREAD=1."""
+        """Embed the generated cells with real ones, in the UMAP helper process
+        (app.embed_process) unless PERTURB_STUDIO_UMAP_IN_THREAD=1: the open dataset when its
+        genes match the model's, else the model's own reference cells (app.umap_table)."""
         s = self.session
         exp = s.experiment
         if exp is None:
             return
         real, schema = s.adata, s.schema
+        data_name = Path(s.data_path or "").name
         if exp.mode == "perturb" and real is None:
             real = exp.source  # the whole dataset is shown when open: where should cells go?
+            data_name = "your cells"
 
         def fn(progress, cancel):
-            parts, meta = umap_parts(exp, real, schema)
+            choice = choose_real_cells(exp.model, real, schema, data_name=data_name)
+            parts, meta = umap_parts(exp, choice.adata, choice)
             if os.environ.get("PERTURB_STUDIO_UMAP_IN_THREAD") == "1":
                 import engine
 
@@ -400,8 +450,8 @@ class Controller(QObject):
                 from .embed_process import server
 
                 coords, _labels = server().embed(parts, progress=progress, cancel=cancel)
-            return Embedding(coords, meta, parts)
-
+            n_gen = int((meta["source"] == "generated").sum())
+            return Embedding(coords, meta, parts, choice.status(n_gen, len(meta) - n_gen))
         def prog(p):
             self.umap_status.emit(f"Computing the UMAP in the background: {p.phase} "
                                   f"({int(100 * p.fraction)}%)…")
@@ -490,6 +540,19 @@ class Controller(QObject):
         self.status.emit(f"Saved {path}", 8000)
         self.exported.emit(path)
         return path
+
+
+def _checked(model, conditions) -> list:
+    """The conditions as the model completes them (their labels are those of the cells)."""
+    from engine.errors import PerturbStudioError
+
+    out = []
+    for c in conditions:
+        try:
+            out.append(model.check_condition(c))
+        except PerturbStudioError:
+            out.append(c)
+    return out
 
 
 def heatmap_note(exp: Experiment) -> str:

@@ -106,7 +106,7 @@ SAVE_KINDS = {
     "h5ad": ("Save cells", "AnnData (*.h5ad)", ".h5ad"),
     "csv": ("Save cells", "CSV table (*.csv)", ".csv"),
     "plot": ("Save plot", "PNG image (*.png);;SVG vector image (*.svg)", ".png"),
-    "de": ("Save DE table", "CSV table (*.csv)", ".csv"),
+    "de": ("Save effect table", "CSV table (*.csv)", ".csv"),
 }
 
 

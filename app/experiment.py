@@ -20,10 +20,15 @@ class Experiment:
     source: Any = None               # perturb mode: the user's starting cells (AnnData)
     saved_to: str | None = None
     only_controls: bool = False      # no perturbation: populations are compared with each other
+    conditions: dict[str, Any] = field(default_factory=dict)  # label -> engine Condition
+    model: Any = None                # the engine PerturbModel that made the cells
+    effects: dict = field(default_factory=dict)   # (label, dataset id) -> effects (app.controller)
 
     @classmethod
-    def from_generated(cls, adata, *, model_name: str = "", saved_to: str | None = None
-                       ) -> Experiment:
+    def from_generated(cls, adata, *, model_name: str = "", saved_to: str | None = None,
+                       conditions=(), model=None) -> Experiment:
+        """``conditions``: the engine Conditions asked for (matched to the cells by label);
+        ``model``: the PerturbModel that made them (for the effects and the UMAP's genes)."""
         obs = adata.obs
         labels = obs["condition"].astype(str).to_numpy()
         is_ctrl = obs["is_control"].to_numpy().astype(bool) if "is_control" in obs else \
@@ -44,17 +49,19 @@ class Experiment:
                 rows = np.flatnonzero(labels == label)
                 groups[label] = rows
                 controls[label] = np.flatnonzero(labels != label) if len(uniq) > 1 else rows
-        exp = cls(adata, "denovo", model_name, groups, controls, saved_to=saved_to)
-        exp.only_controls = only_controls
+        exp = cls(adata, "denovo", model_name, groups, controls, saved_to=saved_to,
+                  only_controls=only_controls, model=model,
+                  conditions={c.label: c for c in conditions if c.label in groups})
         return exp
 
     @classmethod
     def from_perturbed(cls, adata, source, *, model_name: str = "",
-                       saved_to: str | None = None) -> Experiment:
+                       saved_to: str | None = None, conditions=(), model=None) -> Experiment:
         labels = adata.obs["condition"].astype(str).to_numpy()
         groups = {lab: np.flatnonzero(labels == lab) for lab in dict.fromkeys(labels)}
         return cls(adata, "perturb", model_name, groups,
-                   {k: np.arange(source.n_obs) for k in groups}, source=source, saved_to=saved_to)
+                   {k: np.arange(source.n_obs) for k in groups}, source=source, saved_to=saved_to,
+                   model=model, conditions={c.label: c for c in conditions if c.label in groups})
 
     @property
     def labels(self) -> list[str]:

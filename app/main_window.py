@@ -47,7 +47,7 @@ PAGES = [("data", "Data", "Open a dataset and map its columns"),
          ("compose", "Compose", "Compose conditions and generate cells"),
          ("perturb", "Perturb my cells", "Perturb the control cells of your dataset"),
          ("train", "Train", "Train a model on your dataset"),
-         ("results", "Results", "Heatmap, UMAP and differential expression")]
+         ("results", "Results", "Heatmap, UMAP and the effects with their uncertainty")]
 PAGE_ROWS = {key: i for i, (key, _t, _tip) in enumerate(PAGES)}
 DATA_SUFFIXES = (".h5ad", ".csv", ".tsv", ".txt", ".gz", ".h5", ".mtx")
 icon_path = dialogs.icon_path
@@ -181,8 +181,7 @@ class MainWindow(QMainWindow):
         ev.model.connect(self._model_changed)
         ev.experiment.connect(self._experiment_changed)
         ev.analysis.connect(self._analysis_changed)
-        ev.de.connect(lambda: self.results_page.set_de(self.session.de.label,
-                                                       self.session.de.frame))
+        ev.de.connect(lambda: self.results_page.set_de(self.session.de))
         ev.embedding.connect(lambda: self.results_page.set_embedding(
             self.session.embedding, Path(self.session.data_path or "").name))
         ev.busy.connect(self._busy_changed)
@@ -252,7 +251,8 @@ class MainWindow(QMainWindow):
 
     def _analysis_changed(self) -> None:
         a = self.session.analysis
-        self.results_page.set_heatmap(a.genes, a.matrix, a.labels, note=a.note)
+        self.results_page.set_heatmap(a.genes, a.matrix, a.labels, note=a.note, extras=a.extras,
+                                      extras_note=a.extras_note)
 
     def _busy_changed(self) -> None:
         """While a job runs, the buttons that would start another one are disabled."""
@@ -405,13 +405,13 @@ class MainWindow(QMainWindow):
             return None
         de = self.session.de
         if kind == "de" and de is None:
-            self.show_error("The differential-expression table is not ready yet.")
+            self.show_error("The effect table is not ready yet.")
             return None
         if path is None:
             stem = safe_filename(f"{exp.model_name}_{exp.mode}")
             name = {"plot": f"{stem}_{self.results_page.current_plot_name()}.png",
-                    "de": f"{stem}_DE_{safe_filename(de.label if de else '', default='condition')}"
-                          ".csv",
+                    "de": f"{stem}_effects_"
+                          f"{safe_filename(de.label if de else '', default='condition')}.csv",
                     "h5ad": f"{stem}.h5ad", "csv": f"{stem}.csv"}[kind]
             path = dialogs.ask_save(self, kind, cfg.output_dir() / name)
         if not path:

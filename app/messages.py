@@ -105,12 +105,17 @@ class Analysis:
     labels: list                 # condition labels (heatmap columns)
     note: str                    # said above the heatmap instead of the default text
     de: DiffExpr
+    extras: tuple = ()           # (after label, label, values over genes): baselines, real cells
+    extras_note: str = ""        # why there are none, or fewer than asked
 
 
 @dataclass(frozen=True, eq=False)
 class DiffExpr:
+    """The effects of one condition (the DE tab): no p-values between generated cells."""
+
     label: str                   # the condition compared with its control
-    frame: Any                   # pandas DataFrame: gene, mean_a, mean_b, log2fc, pval, padj
+    frame: Any                   # pandas DataFrame with plain column names (the CSV saved)
+    view: Any = None             # app.effect_table.EffectView: columns, plot, evidence, notes
 
 
 @dataclass(frozen=True, eq=False)
@@ -120,6 +125,7 @@ class Embedding:
     coords: Any                  # (n, 2) float array
     meta: Any                    # DataFrame: source, condition, cell type
     parts: Mapping[str, Any]     # name -> AnnData, in the order of the rows
+    note: str = ""               # which real cells are shown, and why (the UMAP status line)
 
     @property
     def n_generated(self) -> int:

@@ -38,3 +38,8 @@ def card_value(model, key: str, default=""):
     data from a model folder and may have any shape)."""
     card = getattr(model, "card", None)
     return card.get(key, default) if isinstance(card, dict) else default
+
+
+def wrap_tip(value) -> str:
+    """Like :func:`tip`, for a long sentence: shown literally, wrapped to the tooltip's width."""
+    return "<p>" + esc(value).replace("\n", "<br>") + "</p>"

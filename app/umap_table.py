@@ -7,10 +7,59 @@ mouse.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 #: At most this many of the user's cells are embedded with the generated ones.
 MAX_REAL_CELLS = 20_000
+#: The open dataset is embedded with the generated cells only when it holds at least this
+#: fraction of the model's genes (else the UMAP would place cells on a handful of genes).
+MIN_GENES_FOUND = 0.8
+
+
+@dataclass(frozen=True)
+class RealCells:
+    """Which real cells the UMAP shows beside the generated ones, and why."""
+
+    adata: Any                   # AnnData, or None: generated cells alone
+    kind: str                    # 'dataset' | 'reference' | 'none'
+    reason: str = ""             # why not the open dataset ("" when it is shown)
+    source: str = ""             # the dataset's file name
+    cell_type_key: str | None = None
+    perturbation_key: str | None = None
+
+    def status(self, n_generated: int, n_real: int) -> str:
+        """The UMAP status line."""
+        if self.kind == "dataset":
+            return (f"{n_generated:,} generated cells with {n_real:,} real cells from "
+                    f"{self.source or 'your data'}.")
+        if self.kind == "reference":
+            return (f"{n_generated:,} generated cells with the model's own {n_real:,} reference "
+                    f"cells (real training cells stored with the model): {self.reason}.")
+        return f"{n_generated:,} generated cells alone: {self.reason}."
+
+
+def choose_real_cells(model, dataset=None, schema=None, *, data_name: str = "") -> RealCells:
+    """The open dataset when its genes match the model's (at least :data:`MIN_GENES_FOUND` of the
+    model's genes found), else the model's own reference cells (a sample of its real training
+    cells), else none. Runs on a worker thread (reading the reference cells reads a file)."""
+    name = data_name or "the open dataset"
+    keys = (getattr(schema, "cell_type_key", None), getattr(schema, "perturbation_key", None))
+    if dataset is not None and model is None:   # no model to compare genes with
+        return RealCells(dataset, "dataset", "", data_name, *keys)
+    why = "no dataset is open"
+    if dataset is not None:
+        mapping = model.gene_mapping(dataset)
+        if mapping.fraction_found >= MIN_GENES_FOUND:
+            return RealCells(dataset, "dataset", "", data_name, *keys)
+        why = (f"{name} shares only {len(mapping.found):,} of {mapping.n_model:,} model genes "
+               f"(at least {MIN_GENES_FOUND:.0%} are needed to embed it with the generated cells)")
+    ref = None
+    if int(getattr(model, "n_reference_cells", 0) or 0) > 0:
+        ref = model.reference_cells()
+    if ref is not None and ref.n_obs:
+        return RealCells(ref, "reference", why, data_name, "cell_type", "perturbation")
+    return RealCells(None, "none", why + "; this model carries no reference cells", data_name)
 
 
 def umap_parts(experiment, real=None, schema=None, *, max_real: int = MAX_REAL_CELLS

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtGui import QKeySequence
+from PySide6.QtGui import QColor, QKeySequence
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QComboBox,
@@ -20,15 +20,20 @@ from PySide6.QtWidgets import (
     QPushButton,
     QScrollArea,
     QSpinBox,
+    QStyle,
     QVBoxLayout,
     QWidget,
 )
 
+from ..effect_table import evidence_of, score_text
 from ..messages import GenerateRequest
-from ..richtext import card_value, esc, plain, tip
+from ..richtext import card_value, esc, plain, tip, wrap_tip
 from .perturbations import PerturbationEditor
 
 NOT_SET = "(not specified)"
+WARN = "#a15c00"
+#: Item data role of a queued condition's engine.effects.Evidence (None when unknown).
+EVIDENCE_ROLE = Qt.ItemDataRole.UserRole + 1
 
 
 class ComposerPanel(QWidget):
@@ -37,6 +42,7 @@ class ComposerPanel(QWidget):
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.space = None
+        self.model = None
         self.model_name = ""
         self.busy = False
         self.title = QLabel("<h2>Compose an experiment</h2>")
@@ -163,6 +169,7 @@ class ComposerPanel(QWidget):
             self.cond_form.removeRow(w)  # deletes the combo and its label
         self.context_combos = {}
         self.cell_type.clear()
+        self.model = model
         if model is None:
             self.space = None
             self.model_name = ""
@@ -243,11 +250,11 @@ class ComposerPanel(QWidget):
                                "</span>")
         elif self.space.is_seen(cond):
             self.check.setText(f"<span style='color:#1b5e20'>✔ {esc(cond.label)}: measured in the "
-                               "training data.</span>")
+                               "training data.</span>" + self._evidence_line(cond))
         else:
             self.check.setText(f"<span style='color:#a15c00'>⚠ {esc(cond.label)}: never measured in "
                                "the training data; the model predicts it by combining what it "
-                               "learned (an extrapolation).</span>")
+                               "learned (an extrapolation).</span>" + self._evidence_line(cond))
         ok = problem is None
         self.add_btn.setEnabled(ok)
         self.generate_btn.setEnabled((ok or self.queue.count() > 0) and not self.busy)
@@ -262,12 +269,36 @@ class ComposerPanel(QWidget):
                 return False
         item = QListWidgetItem(cond.label)
         item.setData(Qt.ItemDataRole.UserRole, cond)
-        if not cond.is_control and not self.space.is_seen(cond):
+        ev = evidence_of(self.model, cond) if self.model is not None else None
+        item.setData(EVIDENCE_ROLE, ev)
+        if ev is not None:
+            score = score_text(ev)
+            item.setText(f"{cond.label}   —   {ev.label}" + (f" · {score}" if score else ""))
+            item.setToolTip(wrap_tip(ev.verdict))
+            if ev.below_baseline:
+                item.setIcon(self.style().standardIcon(
+                    QStyle.StandardPixmap.SP_MessageBoxWarning))
+                item.setForeground(QColor(WARN))
+                item.setToolTip(wrap_tip("On held-out tests of this kind the simple baseline did "
+                                    "better than the model.\n" + ev.verdict))
+        elif not cond.is_control and not self.space.is_seen(cond):
             item.setToolTip("Never measured in training data (extrapolation)")
             item.setText(cond.label + "   (extrapolation)")
         self.queue.addItem(item)
         self.generate_btn.setEnabled(not self.busy)
         return True
+
+    def _evidence_line(self, cond) -> str:
+        """The evidence class of ``cond`` and the card's held-out score for it (rich text)."""
+        ev = evidence_of(self.model, cond) if self.model is not None else None
+        if ev is None:
+            return ""
+        score = score_text(ev)
+        text = f"Evidence: {esc(ev.label)}" + (f" · {esc(score)}" if score else "")
+        if ev.below_baseline:
+            return (f"<br><span style='color:{WARN}'>⚠ {text}: the simple baseline did better on "
+                    "such conditions.</span>")
+        return f"<br><span style='color:#444'>{text}</span>"
 
     def add_current(self) -> None:
         if self._validate():

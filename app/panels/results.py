@@ -1,18 +1,13 @@
-"""Results page: heatmap of the genes that change most, UMAP with real cells, DE table + volcano."""
+"""Results page: heatmap of the genes that change most (with baselines and real cells), UMAP with
+real cells, and the effect table + effect plot of one condition (app.effect_table)."""
 
 from __future__ import annotations
 
 import numpy as np
-from PySide6.QtCore import (
-    QAbstractTableModel,
-    QModelIndex,
-    QStringListModel,
-    Qt,
-    Signal,
-)
-from PySide6.QtGui import QColor
+from PySide6.QtCore import QStringListModel, Qt, Signal
 from PySide6.QtWidgets import (
     QAbstractItemView,
+    QCheckBox,
     QComboBox,
     QCompleter,
     QHBoxLayout,
@@ -27,111 +22,16 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from ..plots.effect_plot import EffectPlot
 from ..plots.embedding import EmbeddingPlot
 from ..plots.heatmap import HeatmapPlot
-from ..plots.volcano import VolcanoPlot
 from ..richtext import esc, plain
 from ..umap_table import category_order, describe_point, find_gene
+from .effect_model import EffectTableModel
 
-DE_COLUMNS = [("gene", "gene"), ("log2fc", "log2 fold change"), ("mean_a", "mean (generated)"),
-              ("mean_b", "mean (control)"), ("pval", "p-value"), ("padj", "adjusted p")]
-
-
-_RED, _BLUE = QColor(178, 24, 43), QColor(33, 102, 172)
-
-
-class DataFrameModel(QAbstractTableModel):
-    """Read-only table over a DE DataFrame, with its own numpy sort and gene filter (a
-    QSortFilterProxyModel calls data() ~10^5 times in Python to sort 5,000 rows)."""
-
-    def __init__(self, parent=None) -> None:
-        super().__init__(parent)
-        self.df = None
-        self.cols = [c for c, _ in DE_COLUMNS]
-        self.values: list[np.ndarray] = []
-        self.text: list[list[str]] = []
-        self.rows = np.zeros(0, dtype=np.int64)  # visible row -> frame row
-        self.sort_col, self.sort_order, self.pattern = -1, Qt.SortOrder.AscendingOrder, ""
-        self.headers: dict[str, str] = {}
-
-    def set_frame(self, df) -> None:
-        self.beginResetModel()
-        self.df = df.reset_index(drop=True) if df is not None else None
-        self.values = [] if df is None else [self.df[c].to_numpy() for c in self.cols]
-        self.text = [] if df is None else [[self._fmt(c, v) for v in vals.tolist()]
-                                           for c, vals in zip(self.cols, self.values, strict=True)]
-        self.genes_lower = np.array([]) if df is None else \
-            np.char.lower(self.df["gene"].to_numpy().astype(str))
-        self._reorder()
-        self.endResetModel()
-
-    def _reorder(self) -> None:
-        if self.df is None:
-            self.rows = np.zeros(0, dtype=np.int64)
-            return
-        idx = np.arange(len(self.df))
-        if self.pattern:
-            idx = idx[np.char.find(self.genes_lower, self.pattern.lower()) >= 0]
-        if self.sort_col >= 0:
-            v = self.values[self.sort_col][idx]
-            o = np.argsort(v, kind="stable")
-            if self.sort_order == Qt.SortOrder.DescendingOrder:
-                o = o[::-1]
-            idx = idx[o]
-        self.rows = idx
-
-    def sort(self, column: int, order=Qt.SortOrder.AscendingOrder) -> None:
-        self.layoutAboutToBeChanged.emit()
-        self.sort_col, self.sort_order = column, order
-        self._reorder()
-        self.layoutChanged.emit()
-
-    def set_filter(self, text: str) -> None:
-        self.beginResetModel()
-        self.pattern = text.strip()
-        self._reorder()
-        self.endResetModel()
-
-    def gene_at(self, row: int) -> str | None:
-        return str(self.text[0][self.rows[row]]) if 0 <= row < len(self.rows) else None
-
-    @staticmethod
-    def _fmt(col: str, v) -> str:
-        if isinstance(v, float):
-            return f"{v:.2e}" if col in ("pval", "padj") else (f"{v:+.3f}" if col == "log2fc"
-                                                               else f"{v:.3f}")
-        return str(v)
-
-    def rowCount(self, parent=QModelIndex()) -> int:  # noqa: B008, N802
-        return 0 if parent.isValid() else len(self.rows)
-
-    def columnCount(self, parent=QModelIndex()) -> int:  # noqa: B008, N802
-        return len(self.cols)
-
-    def data(self, index, role=Qt.ItemDataRole.DisplayRole):
-        if self.df is None or not index.isValid():
-            return None
-        r, c = int(self.rows[index.row()]), index.column()
-        if role == Qt.ItemDataRole.DisplayRole:
-            return self.text[c][r]
-        if role == Qt.ItemDataRole.UserRole:
-            v = self.values[c][r]
-            return float(v) if c > 0 else str(v)
-        if role == Qt.ItemDataRole.TextAlignmentRole and c > 0:
-            return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
-        if role == Qt.ItemDataRole.ForegroundRole and self.cols[c] == "log2fc":
-            return _RED if self.values[c][r] > 0 else _BLUE
-        return None
-
-    def headerData(self, section, orientation, role=Qt.ItemDataRole.DisplayRole):  # noqa: N802
-        if role == Qt.ItemDataRole.DisplayRole and orientation == Qt.Orientation.Horizontal:
-            return self.headers.get(self.cols[section], DE_COLUMNS[section][1])
-        if role == Qt.ItemDataRole.ToolTipRole and orientation == Qt.Orientation.Horizontal:
-            return {"log2fc": "log2 ratio of geometric means of (1 + normalised expression); "
-                              "positive = higher in generated cells",
-                    "padj": "Welch t-test p-value, Benjamini-Hochberg adjusted",
-                    }.get(self.cols[section], DE_COLUMNS[section][1])
-        return None
+#: Column widths of the effect table by kind of column (pixels).
+WIDTHS = {"text": 90, "lfc": 108, "interval": 124, "yesno": 100, "num": 84}
+WARN = "#a15c00"
 
 
 class ResultsPanel(QWidget):
@@ -150,8 +50,9 @@ class ResultsPanel(QWidget):
         self.export_csv.setToolTip("Save the generated counts as a cells × genes CSV table")
         self.export_plot = QPushButton("Save plot…")
         self.export_plot.setToolTip("Save the plot on the current tab as PNG or SVG (Ctrl+P)")
-        self.export_de = QPushButton("Save DE table…")
-        self.export_de.setToolTip("Save the differential-expression table as CSV")
+        self.export_de = QPushButton("Save effect table…")
+        self.export_de.setToolTip("Save the effect table (per gene: effect, 90% interval, "
+                                  "baseline, real effect) as CSV")
         for b, kind in ((self.export_h5ad, "h5ad"), (self.export_csv, "csv"),
                         (self.export_plot, "plot"), (self.export_de, "de")):
             b.clicked.connect(lambda _=False, k=kind: self.export_requested.emit(k))
@@ -166,9 +67,18 @@ class ResultsPanel(QWidget):
                                 "(red = up, blue = down)")
         self.heat_note = plain(QLabel())
         self.heat_note.setWordWrap(True)
+        self.heat_extras = QCheckBox("Show baselines and real cells")
+        self.heat_extras.setToolTip("Add, after each condition, the simple baseline's change "
+                                    "(additive or mean shift) and, when the open dataset holds "
+                                    "real cells of the condition and its control, the real "
+                                    "change")
+        self.heat_extras.toggled.connect(lambda _on: self._show_heatmap())
+        hr = QHBoxLayout()
+        hr.addWidget(self.heat_note, 1)
+        hr.addWidget(self.heat_extras)
         heat = QWidget()
         hl = QVBoxLayout(heat)
-        hl.addWidget(self.heat_note)
+        hl.addLayout(hr)
         hl.addWidget(self.heatmap, 1)
 
         # UMAP tab
@@ -217,7 +127,7 @@ class ResultsPanel(QWidget):
         self.filter.setPlaceholderText("filter genes")
         self.filter.setToolTip("Show only genes whose name contains this text")
         self.filter.setClearButtonEnabled(True)
-        self.de_model = DataFrameModel(self)
+        self.de_model = EffectTableModel(self)
         self.proxy = self.de_model  # sorting and filtering happen in the model itself
         self.filter.textChanged.connect(self.de_model.set_filter)
         self.table = QTableView()
@@ -231,13 +141,16 @@ class ResultsPanel(QWidget):
         hh.setDefaultSectionSize(118)                                  # every row: too slow
         hh.setStretchLastSection(True)
         self.table.setAlternatingRowColors(True)
-        self.table.setToolTip("Click a column header to sort; click a gene to find it in the "
-                              "volcano plot")
+        self.table.setToolTip("Click a column header to sort (hover over it to read what it "
+                              "means); click a gene to find it in the plot")
         self.table.selectionModel().currentRowChanged.connect(self._row_selected)
-        self.volcano = VolcanoPlot()
-        self.volcano.setToolTip("Each dot is a gene: right = higher in generated cells, up = "
-                                "more significant. Click a dot to find it in the table.")
+        self.volcano = EffectPlot()
+        self.volcano.setToolTip("Each dot is a gene: right = higher after the perturbation, up "
+                                "= the model is surer of it. Click a dot to find it in the table.")
         self.volcano.gene_clicked.connect(self.select_gene)
+        self.evidence = QLabel()  # rich text: labels and the card's words are escaped
+        self.evidence.setTextFormat(Qt.TextFormat.RichText)
+        self.evidence.setWordWrap(True)
         self.de_note = plain(QLabel())  # quotes condition labels
         self.de_note.setWordWrap(True)
         dr = QHBoxLayout()
@@ -252,28 +165,30 @@ class ResultsPanel(QWidget):
         split.setStretchFactor(0, 2)
         split.setStretchFactor(1, 3)
         split.setSizes([640, 760])
-        for col, width in enumerate((100, 120, 135, 125, 90, 90)):
-            self.table.setColumnWidth(col, width)
         self.table.verticalHeader().setDefaultSectionSize(22)
         de = QWidget()
         dl = QVBoxLayout(de)
         dl.addLayout(dr)
+        dl.addWidget(self.evidence)
         dl.addWidget(self.de_note)
         dl.addWidget(split, 1)
 
         self.tabs = QTabWidget()
         self.tabs.addTab(heat, "Heatmap")
         self.tabs.addTab(umap, "UMAP")
-        self.tabs.addTab(de, "Differential expression")
+        self.tabs.addTab(de, "Effects")
         self.tabs.setTabToolTip(0, "Genes that change most, each condition vs its control")
         self.tabs.setTabToolTip(1, "Generated cells embedded with real cells")
-        self.tabs.setTabToolTip(2, "Gene-by-gene comparison with the control, sortable")
+        self.tabs.setTabToolTip(2, "Each gene's predicted effect with its 90% interval, the "
+                                   "baseline's and the real one, sortable")
         lay = QVBoxLayout(self)
         lay.setContentsMargins(6, 6, 6, 6)
         lay.addLayout(top)
         lay.addWidget(self.tabs, 1)
         self.de_frame = None
         self.de_label = ""
+        self.de_view = None       # app.effect_table.EffectView shown
+        self._heat = None         # (genes, matrix, labels, note, extras, extras_note)
         self.embedding = None     # app.messages.Embedding shown in the UMAP
         self._umap_gene = None    # (gene, values per point) while coloured by a gene
         self.set_experiment(None)
@@ -292,6 +207,7 @@ class ResultsPanel(QWidget):
             self.heatmap.clear()
             self.umap.clear()
             self.volcano.clear()
+            self.evidence.setText("")
             self.de_model.set_frame(None)
             self.compare.blockSignals(False)
             return
@@ -302,43 +218,72 @@ class ResultsPanel(QWidget):
         self.compare.blockSignals(False)
         self.heat_note.setText("Computing the genes that change most…")
         self.umap_status.setText("Computing the UMAP in the background…")
-        self.de_note.setText("Computing differential expression…")
+        self.de_note.setText("Computing the effects…")
+        self.evidence.setText("")
+        self._heat = None
         self.umap.clear()
         self.volcano.clear()
         self.de_model.set_frame(None)
         self._gene_model.setStringList(sorted(map(str, exp.adata.var_names)))
 
-    def set_heatmap(self, genes, matrix, labels, *, note: str = "") -> None:
+    def set_heatmap(self, genes, matrix, labels, *, note: str = "", extras=(),
+                    extras_note: str = "") -> None:
+        """``matrix``: conditions x genes; ``extras``: (after label, label, values over genes),
+        shown after their condition while *Show baselines and real cells* is ticked."""
+        self._heat = (list(genes), np.asarray(matrix), list(labels), note, list(extras),
+                      extras_note)
+        self.heat_extras.setEnabled(bool(extras))
+        self._show_heatmap()
+
+    def _show_heatmap(self) -> None:
+        if self._heat is None:
+            return
+        genes, matrix, labels, note, extras, extras_note = self._heat
+        rows, names = list(matrix), list(labels)
+        if self.heat_extras.isChecked() and extras:
+            rows, names = [], []
+            for label, row in zip(labels, matrix, strict=True):
+                rows.append(row)
+                names.append(label)
+                for after, name, values in extras:
+                    if after == label:
+                        rows.append(np.asarray(values, np.float32))
+                        names.append(name)
+        matrix = np.vstack(rows) if rows else np.zeros((0, len(genes)), np.float32)
         # few conditions: genes as rows, conditions as columns (every label readable);
         # many conditions (e.g. all single knockouts): conditions as rows, genes as columns
         title = "Markers: each population vs all other generated cells" \
             if self.exp is not None and self.exp.only_controls else "Change vs matching control"
         if len(labels) <= 8:
-            self.heatmap.set_data(np.asarray(matrix).T, genes, labels, title=title)
+            self.heatmap.set_data(np.asarray(matrix).T, genes, names, title=title)
         else:
-            self.heatmap.set_data(np.asarray(matrix), labels, genes,
+            self.heatmap.set_data(np.asarray(matrix), names, genes,
                                   title=title + " (hover for gene names)")
-        self.heat_note.setText(note or (f"The {len(genes)} genes that change most across "
-                                        f"{len(labels)} condition(s). Colour: mean log "
-                                        "expression minus the control's (red up, blue down)."))
+        text = note or (f"The {len(genes)} genes that change most across {len(labels)} "
+                        "condition(s). Colour: mean log expression minus the control's (red up, "
+                        "blue down).")
+        if self.heat_extras.isChecked() and extras:
+            text += (" Beside each condition: the baseline's change and, where the open dataset "
+                     "has them, the real cells' change (white where a gene is missing).")
+        elif not extras and extras_note:
+            text += " " + extras_note
+        self.heat_note.setText(text)
 
-    def set_de(self, label: str, df) -> None:
-        self.de_frame = df
-        self.de_label = label
+    def set_de(self, de) -> None:
+        """Show ``de`` (app.messages.DiffExpr with its app.effect_table.EffectView)."""
+        view = de.view
+        self.de_frame = de.frame
+        self.de_label = label = de.label
+        self.de_view = view
         self.de_model.sort_col = -1
-        perturb = self.exp is not None and self.exp.mode == "perturb"
-        self.de_model.headers = {"mean_a": "mean (perturbed)", "mean_b": "mean (your cells)"} \
-            if perturb else {}
-        self.de_model.set_frame(df)
+        self.de_model.set_frame(de.frame, view.columns if view is not None else ())
+        for i, c in enumerate(self.de_model.columns):
+            self.table.setColumnWidth(i, WIDTHS.get(c.kind, 100))
         self.table.horizontalHeader().setSortIndicator(-1, Qt.SortOrder.AscendingOrder)
-        self.volcano.set_table(df["gene"], df["log2fc"], df["padj"], title=label)
-        n_sig = int(((df["padj"] < 0.05) & (df["log2fc"].abs() >= 1)).sum())
-        ctrl = "your original cells" if self.exp is not None and self.exp.mode == "perturb" \
-            else "all other generated cells" if self.exp is not None and self.exp.only_controls \
-            else "the generated control"
-        self.de_note.setText(f"{label} vs {ctrl}: {len(df):,} genes, {n_sig:,} with |log2 fold "
-                             "change| ≥ 1 and adjusted p < 0.05 (Welch t-test, BH). Sorted by "
-                             "|log2 fold change|.")
+        if view is not None:
+            self.volcano.show_spec(view.plot)
+            self.evidence.setText(evidence_html(view.evidence))
+            self.de_note.setText(" ".join([view.comparison, *view.notes]))
         if self.compare.currentText() != label:
             self.compare.blockSignals(True)
             self.compare.setCurrentText(label)
@@ -355,11 +300,11 @@ class ResultsPanel(QWidget):
         self.umap.set_coords(emb.coords)
         self.umap.describe = self.describe_cell
         n_gen, n_real = emb.n_generated, emb.n_real
-        self.set_umap_status(
+        status = emb.note or (
             f"{n_gen:,} generated cells" + (f" with {n_real:,} real cells from "
-                                             f"{data_name or 'your data'}" if n_real else
-                                             " (open a dataset to compare with real cells)")
-            + ". Hover over a dot for details.")
+                                             f"{data_name or 'your data'}." if n_real else
+                                             " (open a dataset to compare with real cells)."))
+        self.set_umap_status(status + " Hover over a dot for details.")
         self.color_umap(self.color_by.currentText())
 
     def describe_cell(self, i: int) -> str:
@@ -399,7 +344,7 @@ class ResultsPanel(QWidget):
 
     def _compare_changed(self, label: str) -> None:
         if label and self.exp is not None:
-            self.de_note.setText(f"Computing differential expression for {label}…")
+            self.de_note.setText(f"Computing the effects of {label}…")
             self.de_requested.emit(label)
 
     def _gene_entered(self) -> None:
@@ -431,6 +376,21 @@ class ResultsPanel(QWidget):
         return {0: self.heatmap, 1: self.umap, 2: self.volcano}[self.tabs.currentIndex()]
 
     def current_plot_name(self) -> str:
-        return {0: "heatmap", 1: "umap", 2: "volcano"}[self.tabs.currentIndex()]
+        return {0: "heatmap", 1: "umap", 2: "effects"}[self.tabs.currentIndex()]
+
+
+def evidence_html(ev) -> str:
+    """The evidence class and the card's verdict, in a warning colour when the model scored
+    below the baseline on such conditions (rich text; the card's words escaped)."""
+    if ev is None:
+        return ""
+    from ..effect_table import score_text
+
+    score = score_text(ev)
+    head = f"<b>Evidence: {esc(ev.label)}</b>" + (f" ({esc(score)})" if score else "")
+    verdict = esc(ev.verdict)
+    if ev.below_baseline:
+        return (f"<span style='color:{WARN}'>⚠ {head}. {verdict}</span>")
+    return f"{head}. {verdict}"
 
 

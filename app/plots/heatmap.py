@@ -143,7 +143,14 @@ def _style_colorbar(bar) -> None:
 
 
 def _short(label: str, limit: int = 28) -> str:
-    return label if len(label) <= limit else label[: limit - 1] + "…"
+    """``label`` cut to ``limit`` characters; a label with a `` · `` suffix (a baseline or the
+    real cells of a condition) keeps its suffix and loses the middle instead."""
+    if len(label) <= limit:
+        return label
+    head, sep, tail = label.rpartition(" · ")
+    if sep and len(tail) + 4 < limit:
+        return head[: limit - len(tail) - 4] + "…" + sep + tail
+    return label[: limit - 1] + "…"
 
 
 def _demo() -> None:  # pragma: no cover - manual look

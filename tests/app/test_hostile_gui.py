@@ -6,6 +6,7 @@ choose where the app writes, render as HTML, or stop the Models page from listin
 
 from __future__ import annotations
 
+import html
 import json
 import shutil
 from pathlib import Path
@@ -164,8 +165,9 @@ def test_error_box_shows_messages_as_plain_text(qtbot, window):
 def test_plots_escape_labels(qtbot):
     import numpy as np
 
+    from app.effect_table import PlotSpec
+    from app.plots.effect_plot import EffectPlot
     from app.plots.embedding import EmbeddingPlot
-    from app.plots.volcano import VolcanoPlot
 
     e = EmbeddingPlot()
     qtbot.addWidget(e)
@@ -174,11 +176,16 @@ def test_plots_escape_labels(qtbot):
     labels = [lab.item.toPlainText() for _s, lab in e.legend.items]
     assert labels == ["<b>A</b>", "B&C"]
     assert e.plot.titleLabel.item.toPlainText() == "by <i>x</i>"
-    v = VolcanoPlot()
+    v = EffectPlot()
     qtbot.addWidget(v)
-    v.set_table(np.array(["G1", "G2"]), np.array([1.0, -1.0]), np.array([0.01, 0.5]),
-                title="<b>STAT1</b>+A&B")
+    v.show_spec(PlotSpec(genes=["G1", "<i>G2</i>"], x=np.array([1.0, -1.0]),
+                         y=np.array([2.0, 0.1]), classes=np.array(["up", "ns"]),
+                         xlabel="x <b>", ylabel="y & z", title="<b>STAT1</b>+A&B"))
     assert v.plot.titleLabel.item.toPlainText().startswith("<b>STAT1</b>+A&B")
+    assert v.xlabel() == html.escape("x <b>")   # pyqtgraph renders the label as HTML
+    v.show_spec(PlotSpec(message="<b>no plot</b>", title="t"))
+    assert v.showing_message and v.message.text() == "<b>no plot</b>"
+    assert v.message.textFormat() == Qt.TextFormat.PlainText
 
 
 def test_composer_check_escapes_typed_target(qtbot, window, model_name):
