@@ -180,11 +180,66 @@ def evaluate_model(model, test, schema, n_de: dict | None = None, min_de: int = 
     return results, summary, skipped
 
 
+# Results of the out-of-distribution experiments, folded into the cards' evidence tables when
+# present (written by build_scripts/kang_loo.py --ensemble-json).
+OOD_EVIDENCE = {"kang-ifnb-pbmc": ROOT / "docs" / "results" / "kang_loo_ensemble.json"}
+
+
+def ensemble_coverage(model, test, schema) -> tuple[dict | None, list[dict]]:
+    """Coverage of the ensemble's 90% intervals on the held-out cells of every perturbed
+    condition (at least 5 cells of it and of its control), cross-fitted over two halves of the
+    conditions (engine.effects.cross_fitted_coverage)."""
+    from engine.effects import (
+        coverage_record,
+        cross_fitted_coverage,
+        predict_effects_many,
+        real_effect,
+    )
+
+    if model.members < 2 or not model.space.targets:
+        return None, []
+    _, uniq = schema.condition_codes(schema.filter(test))
+    conds, reals = [], []
+    for c in uniq:
+        if c.is_control:
+            continue
+        c = model.space.complete(c)
+        r = real_effect(model, test, schema, c, min_cells=5)
+        if r is not None:
+            conds.append(c)
+            reals.append(r)
+    preds = predict_effects_many(model, conds, n=2000, seed=0)
+    records = [coverage_record(p, r) for p, r in zip(preds, reals, strict=True)]
+    records = [r for r in records if r is not None]
+    return (cross_fitted_coverage(records) if records else None), records
+
+
+def build_evidence(name: str, model, test, schema, summary) -> tuple[dict, dict]:
+    """The card's evidence table (per kind of condition: held-out scores, best baseline, interval
+    coverage) and the calibration factors per kind."""
+    from engine.cards import evidence_entry
+
+    kind = "measured" if model.space.targets else "population"
+    cov, _ = ensemble_coverage(model, test, schema)
+    evidence = {kind: evidence_entry(summary, coverage=cov, source="card split: 20% of the "
+                                     "cells of every condition held out")}
+    calibration = {}
+    if cov and cov.get("scale"):
+        calibration = {"measured": cov["scale"], "default": cov["scale"]}
+    ood = OOD_EVIDENCE.get(name)
+    if ood is not None and ood.is_file():
+        extra = json.loads(ood.read_text())
+        for k, entry in extra.get("evidence", {}).items():
+            evidence[k] = entry
+        calibration.update(extra.get("calibration", {}))
+    return evidence, calibration
+
+
 def build(name: str, out_root: Path, *, evaluate_only: bool = False) -> dict:
     import torch
 
     from engine import PerturbModel, train_model
-    from engine.cards import render_markdown, verdicts
+    from engine.cards import plain_sentences, render_markdown, verdicts
     from engine.checkpoint import write_card
     from engine.evaluate import clear_effects, split
 
@@ -205,6 +260,19 @@ def build(name: str, out_root: Path, *, evaluate_only: bool = False) -> dict:
         model.save(model.path, overwrite=True)
     results, summary, skipped = evaluate_model(model, test, schema, clear_effects(train, schema),
                                                reference=train)
+    evidence, calibration = build_evidence(name, model, test, schema, summary)
+    if model.members > 1:
+        ens = model.config.setdefault("ensemble", {"members": model.members})
+        ens["calibration"] = calibration
+        ens["calibration_note"] = (
+            "Factor on the member spread giving 90% noise-aware coverage of the real held-out "
+            "effects on the top-100 DEGs: 'measured' from the card split"
+            + ("; 'new_cell_type' from the leave-one-cell-type-out runs"
+               if "new_cell_type" in calibration else "")
+            + ". Kinds without their own measurement use 'default' (the measured factor), "
+              "which is likely too narrow for them.")
+        model.save(model.path, overwrite=True)
+    card["members"] = model.members
     card.update({
         "name": name, "split": f"stratified hold-out: 20% of the cells of every condition group "
                                f"(seed 0); trained on {train.n_obs} cells, evaluated on "
@@ -213,8 +281,10 @@ def build(name: str, out_root: Path, *, evaluate_only: bool = False) -> dict:
         "genes": model.genes, "metrics": summary, "verdicts": verdicts(summary),
         "skipped": skipped, "sampling": model.config["sampling"],
         "per_condition": results, "loss_history": model.card.get("loss_history", {}),
+        "evidence": evidence,
         "build_seconds": round(time.perf_counter() - t0, 1),
         "reproduce": f"python build_scripts/train_models.py --only {name}"})
+    card["plain"] = plain_sentences(card)
     write_card(model.path, card, render_markdown(model.config, card))
     print(f"{name}: trained in {model.config['training']['seconds']} s")
     for v in card["verdicts"]:

@@ -99,10 +99,89 @@ def _energy_lines(per_condition: list[dict]) -> list[str]:
     return ["", text + "."]
 
 
+_KEEP = ("r2_top100", "pearson_delta_top100", "energy_ratio")
+_BASELINE_ORDER = ("additive", "mean_shift", "control")
+
+
+def evidence_entry(summary: list[dict], *, group: str = "all conditions",
+                   coverage: dict | None = None, source: str = "") -> dict | None:
+    """One row of a card's ``evidence`` table (read by :func:`engine.effects.evidence_for`):
+    the model's held-out scores for a kind of condition, the best simple baseline on the same
+    conditions (additive, else mean shift, else no change), the real training cells as a
+    yardstick, and the interval's coverage."""
+    rows = {r["method"]: r for r in summary if r.get("group") == group}
+    model = rows.get("model")
+    if model is None:
+        return None
+    entry: dict = {"model": {m: model[m] for m in _KEEP if model.get(m) is not None}
+                   | {"n": model["n"]}, "source": source}
+    ref = rows.get(REFERENCE)
+    if ref is not None and ref.get("r2_top100") is not None:
+        entry["model"]["yardstick"] = ref["r2_top100"]
+    for name in _BASELINE_ORDER:
+        base = rows.get(name)
+        if base is not None and base.get("r2_top100") is not None:
+            entry["baseline"] = {"name": name, "n": base["n"],
+                                 **{m: base[m] for m in _KEEP if base.get(m) is not None},
+                                 "model_on_same": {m: base["paired_model"][m] for m in _KEEP
+                                                   if base.get("paired_model", {}).get(m)
+                                                   is not None}}
+            break
+    if coverage:
+        entry["coverage"] = coverage
+    return entry
+
+
+def plain_sentences(card: dict) -> list[str]:
+    """Three to five sentences a biologist can act on, from the card's own evaluations."""
+    from .effects import EVIDENCE_LABELS
+
+    ev = card.get("evidence") or {}
+    out = []
+    m = ev.get("measured") or ev.get("population")
+    if m:
+        s, y = m["model"], m["model"].get("yardstick")
+        text = (f"For conditions seen in training, generated cells match held-out real cells "
+                f"with R2 {s['r2_top100']:.2f} on the top-100 changed genes")
+        if y is not None:
+            text += (f" (a fresh sample of real training cells reaches {y:.2f}, so the model is "
+                     + ("about as good as a replicate" if s["r2_top100"] >= y - 0.02 else
+                        "below a replicate") + ")")
+        out.append(text + ".")
+    for kind in ("new_cell_type", "new_combination"):
+        e = ev.get(kind)
+        if not e:
+            continue
+        s, b = e["model"], e.get("baseline")
+        text = (f"For a {EVIDENCE_LABELS[kind].replace('new ', 'new ', 1)}, expect R2 around "
+                f"{s['r2_top100']:.2f} ({e.get('source', 'held-out test')})")
+        if b:
+            better = s["r2_top100"] >= b["r2_top100"]
+            text += (f"; the simple {b['name'].replace('_', ' ')} baseline reaches "
+                     f"{b['r2_top100']:.2f}" + ("" if better else
+                                                 ", so prefer the baseline there"))
+        out.append(text + ".")
+    if not any(ev.get(k) for k in ("new_cell_type", "new_combination")) and \
+            (card.get("conditions") or {}).get("targets"):
+        out.append("Predictions for cell types or combinations not seen in training were not "
+                   "tested for this model: treat them as hypotheses and compare with the "
+                   "baseline shown beside them.")
+    cov = (m or {}).get("coverage") if m else None
+    if cov and cov.get("coverage_noise_aware") is not None:
+        out.append(f"Each predicted effect carries a 90% interval from {card.get('members', 5)} "
+                   f"independently trained ensemble members; on held-out cells it held the "
+                   f"real effect for {cov['coverage_noise_aware']:.0%} of the top-100 changed "
+                   f"genes (allowing for the noise of the held-out cells; "
+                   f"{cov['coverage']:.0%} without that allowance).")
+    return out[:5]
+
+
 def render_markdown(config: dict, card: dict) -> str:
     sp = config["space"]
     tr = config.get("training", {})
     lines = [f"# {config['name']}", ""]
+    if card.get("plain"):
+        lines += [" ".join(card["plain"]), ""]
     if card.get("summary"):
         lines += [card["summary"], ""]
     lines += ["## What it conditions on", ""]
@@ -164,6 +243,20 @@ def render_markdown(config: dict, card: dict) -> str:
         if card.get("verdicts"):
             lines += ["", "### Against the baselines", ""]
             lines += [f"- {v}" for v in card["verdicts"]]
+    if card.get("evidence"):
+        lines += ["", "## How far to trust each kind of condition", "",
+                  "| kind of condition | model R2 top100 | baseline | baseline R2 top100 | "
+                  "90% interval coverage (noise-aware / raw) | from |", "|---|---|---|---|---|---|"]
+        from .effects import EVIDENCE_LABELS
+        for kind, e in card["evidence"].items():
+            b = e.get("baseline") or {}
+            c = e.get("coverage") or {}
+            cov = (f"{c['coverage_noise_aware']:.2f} / {c['coverage']:.2f}"
+                   if c.get("coverage") is not None else "n/a")
+            lines.append(f"| {EVIDENCE_LABELS.get(kind, kind)} | {e['model']['r2_top100']:.3f} "
+                         f"(n={e['model']['n']}) | {b.get('name', 'n/a')} | "
+                         + (f"{b['r2_top100']:.3f}" if b.get("r2_top100") is not None
+                            else "n/a") + f" | {cov} | {e.get('source', '')} |")
     if card.get("limitations"):
         lines += ["", "## Limitations", ""] + [f"- {x}" for x in card["limitations"]]
     lines += ["", f"Genes: {len(config['genes'])} (full list in card.json).", ""]

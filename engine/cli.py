@@ -37,7 +37,7 @@ from pathlib import Path
 from . import __version__
 from .errors import PerturbStudioError
 
-COMMANDS = ("train", "generate", "evaluate", "models", "bench")
+COMMANDS = ("train", "generate", "effects", "evaluate", "models", "bench")
 #: Seeds go to ``np.random.seed`` (training), which takes 0 .. 2**32 - 1, and to torch generators.
 SEED_MAX = 2**32 - 1
 #: The sampling limits the model enforces (engine.model._check_sampling).
@@ -199,7 +199,8 @@ def cmd_train(args) -> int:
         model = train_model(adata, schema, args.out, backbone=args.backbone, seed=args.seed,
                             device=args.device, name=args.name, exclude=args.exclude or [],
                             progress=bar, data_file=str(args.data), overwrite=args.overwrite,
-                            **({"objective": args.objective} if args.objective else {}))
+                            **({"objective": args.objective} if args.objective else {}),
+                            **({"members": args.members} if args.members else {}))
     finally:
         bar.close()
     tr = model.config["training"]
@@ -263,6 +264,46 @@ def cmd_generate(args) -> int:
         " (this exact condition was not in training: a prediction by composition)"
     print(f"{adata.n_obs} cells of {cond.label}{seen} in {dt:.1f} s "
           f"({adata.n_obs / max(dt, 1e-9):,.0f} cells/s) -> {out}")
+    return 0
+
+
+def cmd_effects(args) -> int:
+    from .effects import predict_effects
+    from .model import PerturbModel
+
+    _condition_from_args(args)                   # refuse a malformed condition before loading
+    model = PerturbModel.load(args.model, device=args.device)
+    cond = model.check_condition(_condition_from_args(args, model))
+    if cond.is_control:
+        raise PerturbStudioError("effects compares a perturbation with its control; give "
+                                 "--perturbation (the control has no effect to predict)")
+    bar = _Bar(args.quiet or args.json)
+    try:
+        res = predict_effects(model, cond, n=args.n, seed=args.seed, steps=args.steps,
+                              guidance=args.guidance, progress=bar)
+    finally:
+        bar.close()
+    if args.json:
+        print(json.dumps(res.to_json()))
+        return 0
+    ev = res.evidence
+    print(f"{cond.label} vs {res.control.label}  [{model.name}, {res.members} member"
+          f"{'s' * (res.members != 1)}, {res.n_cells:,} cells]")
+    print(f"evidence: {ev.label}")
+    print(f"verdict: {ev.verdict}")
+    if res.baseline is not None:
+        print(f"baseline: {res.baseline.name} ({res.baseline.detail})")
+    if not res.has_interval:
+        print("interval: none (a single-member model has no uncertainty estimate)")
+    df = res.table().head(args.top)
+    print(f"\n{'gene':<14}{'log2FC':>9}{'90% interval':>22}{'agree':>7}{'baseline':>10}")
+    for r in df.itertuples():
+        iv = (f"[{r.low:+.2f}, {r.high:+.2f}]" if math.isfinite(r.low) else "n/a")
+        base = f"{r.baseline_log2fc:+.2f}" if math.isfinite(r.baseline_log2fc) else "n/a"
+        print(f"{str(r.gene)[:13]:<14}{r.log2fc:>+9.2f}{iv:>22}"
+              f"{('yes' if r.members_agree else 'no'):>7}{base:>10}")
+    print("\nlog2FC: difference of mean log2(1 + normalised expression), prediction minus its "
+          "control; the interval is the ensemble's 90% interval for the effect")
     return 0
 
 
@@ -384,10 +425,15 @@ def _ls(values, limit: int = 20) -> str:
 def cmd_models(args) -> int:
     from .registry import list_models
 
+    from .config import ensemble_members
+    from .reference import reference_cell_count
+
     models = list_models()
     if args.json:
         print(json.dumps([{"name": m.name, "path": str(m.path), "source": m.source,
                            "n_genes": m.n_genes, "backbone": m.backbone,
+                           "members": ensemble_members(m.config),
+                           "reference_cells": reference_cell_count(m.path),
                            "conditions": m.space.to_dict() | {"seen": len(m.space.seen)}}
                           for m in models], indent=1))
         return 0
@@ -395,7 +441,10 @@ def cmd_models(args) -> int:
         print("no models installed")
     for m in models:
         sp = m.space
-        print(f"{m.name}  [{m.source}]  {m.n_genes} genes, backbone {m.backbone}")
+        k = ensemble_members(m.config)
+        print(f"{m.name}  [{m.source}]  {m.n_genes} genes, backbone {m.backbone}, "
+              f"{k} ensemble member{'s' * (k != 1)}, "
+              f"{reference_cell_count(m.path):,} reference cells")
         if sp.context_levels:
             print("  context: " + " > ".join(f"{lv} ({', '.join(sp.context_values[lv])})"
                                               for lv in sp.context_levels))
@@ -456,6 +505,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--objective", type=OBJECTIVE,
                    help="training objective, a name in engine.diffusion.schedules.OBJECTIVES "
                         "(default: the engine's)")
+    t.add_argument("--members", type=_int_arg(1, 64), default=None,
+                   help="ensemble members, 1 to 64 (default 5): the spread of their "
+                        "predictions is each effect's uncertainty; each member costs one more "
+                        "flow training")
     t.add_argument("--name", help="model name (default: the folder name)")
     t.add_argument("--seed", type=_int_arg(0, SEED_MAX), default=0,
                    help=f"random seed, 0 to {SEED_MAX}")
@@ -489,6 +542,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="OUT.h5ad, OUT.csv or OUT.tsv (.csv.gz / .tsv.gz compress)")
     g.add_argument("--quiet", action="store_true")
     g.set_defaults(func=cmd_generate)
+
+    x = sub.add_parser("effects", help="predicted effect per gene, with its 90%% interval, "
+                       "baseline and evidence",
+                       description="Predicted effect of a perturbation on every gene (mean "
+                       "log-expression minus the matching control's), with the ensemble's 90%% "
+                       "interval, the simple baseline (additive for combinations of measured "
+                       "parts, mean shift for a perturbation measured in other cell types) and "
+                       "a plain verdict on how far to trust this kind of condition.")
+    condition(x)
+    x.add_argument("-n", type=_int_arg(2, 1_000_000), default=2000,
+                   help="generated cells of the condition and of its control (default 2000)")
+    x.add_argument("--top", type=_int_arg(1, 100_000), default=20,
+                   help="genes shown, largest effects first (text output)")
+    x.add_argument("--json", action="store_true",
+                   help="print one JSON object: genes, effect, low, high, interval, baseline "
+                        "{name, effect}, verdict, evidence, ...")
+    x.add_argument("--quiet", action="store_true")
+    x.set_defaults(func=cmd_effects)
 
     e = sub.add_parser("evaluate", help="score a model against real cells, beside baselines",
                        description="Score a model against real cells, beside baselines. A "

@@ -1,4 +1,8 @@
-"""Model format v2 and the reader for v1 folders (issue 9 #1).
+"""Model formats: v3 (ensembles, issue 10), and the readers for v1 and v2 folders (issue 9 #1).
+
+``tests/fixtures/v1_model/papalexi-thp1-ko`` is the shipped papalexi model as it was in format
+v1 (config.json + model.safetensors copied before the shipped models were rebuilt as
+ensembles): it must keep loading, unchanged, and generating what the v1 code generated.
 
 The reference means in tests/fixtures/v1_means_papalexi.json were computed ONCE with the v1 code
 (commit 2dc6b84, `git worktree add /tmp/v1 2dc6b84`, PYTHONPATH=/tmp/v1): the shipped v1 model
@@ -26,7 +30,7 @@ from engine.config import (
 from engine.errors import ModelError
 
 ROOT = Path(__file__).resolve().parents[2]
-SHIPPED = ROOT / "resources" / "models"
+SHIPPED = ROOT / "tests" / "fixtures" / "v1_model"       # single-member models of format v1
 FIXTURE = ROOT / "tests" / "fixtures" / "v1_means_papalexi.json"
 
 
@@ -41,8 +45,9 @@ def test_shipped_models_are_v1_and_read_as_v2():
         raw = json.loads((folder / "config.json").read_text())
         assert raw["format_version"] == 1          # not rewritten
         config = read_config(folder)
-        assert config["format_version"] == FORMAT_VERSION == 2
+        assert config["format_version"] == 2 and FORMAT_VERSION == 3
         assert config["upgraded_from"] == 1
+        assert "ensemble" not in config
         mc = ModelConfig.from_dict(config)
         assert mc.arch.backbone_kw == config["architecture"]["backbone_kw"]
         assert mc.sampling.steps == raw["sampling"]["steps"]
@@ -57,6 +62,7 @@ def test_v1_generated_means_equal_the_v1_code():
     ref = json.loads(FIXTURE.read_text())
     model = PerturbModel.load(SHIPPED / ref["model"], device="cpu")
     assert model.default_steps == ref["steps"]
+    assert model.members == 1 and model.n_reference_cells == 0
     for name, want in ref["conditions"].items():
         perts = () if name == "control" else (Perturbation(name),)
         a = model.generate(Condition(cell_type="THP-1", perturbations=perts), ref["n"],
@@ -83,12 +89,12 @@ def test_upgrade_v1_fills_the_v1_fallbacks():
     assert ArchConfig(backbone="mlp").backbone_kw["width"] == 128
 
 
-def test_v2_save_load_round_trip(tiny_model, tmp_path):
+def test_v3_save_load_round_trip(tiny_model, tmp_path):
     from engine import Condition, PerturbModel
 
     out = tiny_model.save(tmp_path / "copy")
     raw = json.loads((out / "config.json").read_text())
-    assert raw["format_version"] == 2
+    assert raw["format_version"] == 3
     mc = ModelConfig.from_dict(raw)
     assert raw["architecture"] == mc.arch.to_dict()
     assert raw["sampling"] == mc.sampling.to_dict()
@@ -100,22 +106,28 @@ def test_v2_save_load_round_trip(tiny_model, tmp_path):
     assert (a.X != b.X).nnz == 0
 
 
-def test_v1_folder_saved_again_is_v2(tmp_path):
+def test_v1_folder_saved_again_is_v2_layout(tmp_path):
+    """A v1 folder saved again is written in the v2 layout (its single member under ``net.``,
+    no ``ensemble`` entry); it is read back as the same single-member model."""
     from engine import PerturbModel
+    from engine.checkpoint import read_weights_header
 
     src = SHIPPED / "papalexi-thp1-ko"
     m = PerturbModel.load(src, device="cpu")
     out = m.save(tmp_path / "resaved")
     raw = json.loads((out / "config.json").read_text())
-    assert raw["format_version"] == 2
+    assert raw["format_version"] == 2 and "ensemble" not in raw
+    assert all(k.startswith(("autoencoder.", "net.")) for k in
+               read_weights_header(out / "model.safetensors")[0])
+    assert PerturbModel.load(out, device="cpu").members == 1
     assert raw["architecture"]["backbone_kw"] == {"width": 128, "depth": 4, "dropout": 0.0}
 
 
-def test_v3_folder_is_refused(tiny_model_dir, tmp_path):
-    folder = tmp_path / "v3"
+def test_v4_folder_is_refused(tiny_model_dir, tmp_path):
+    folder = tmp_path / "v4"
     shutil.copytree(tiny_model_dir, folder)
     config = json.loads((folder / "config.json").read_text())
-    config["format_version"] = 3
+    config["format_version"] = 4
     (folder / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ModelError, match=r"saved by a newer Perturb Studio \(model format 3"):
+    with pytest.raises(ModelError, match=r"saved by a newer Perturb Studio \(model format 4"):
         read_config(folder)
