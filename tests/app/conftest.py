@@ -184,7 +184,8 @@ def ensemble_model_dir(request) -> Path:
 @pytest.fixture
 def ensemble_name(ensemble_model_dir, tmp_path) -> str:
     """The ensemble, copied to the user models with a card that scores it below the baseline on
-    new combinations (so that the warning shows)."""
+    combinations measured in another cell type (B | A+B: its class is new_cell_type), so that
+    the warning shows."""
     import json
 
     dst = tmp_path / "user-models" / "ens3"
@@ -195,7 +196,7 @@ def ensemble_name(ensemble_model_dir, tmp_path) -> str:
     card["evidence"] = {
         "measured": {"model": {"r2_top100": 0.91}, "baseline": {"name": "mean_shift",
                                                                  "r2_top100": 0.55}},
-        "new_combination": {"model": {"r2_top100": 0.42},
+        "new_cell_type": {"model": {"r2_top100": 0.42},
                             "baseline": {"name": "additive", "r2_top100": 0.71}}}
     card_path.write_text(json.dumps(card))
     return "ens3"

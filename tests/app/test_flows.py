@@ -139,6 +139,18 @@ def test_generate_heatmap_umap_export_and_reload(qtbot, window, model_name, kang
     assert len(r.heatmap.row_labels) == 30 and r.heatmap.col_labels == exp.labels
     assert r.de_model.rowCount() == exp.adata.n_vars
     assert w.nav.currentRow() == 5
+    # effects, never p-values between generated cells (issue 10)
+    heads = [r.de_model.headerData(i, __import__("PySide6.QtCore").QtCore.Qt.Orientation
+                                   .Horizontal) for i in range(r.de_model.columnCount())]
+    assert heads[:2] == ["gene", "effect (log2 FC)"] and "real (log2 FC)" in heads
+    assert not any("p-value" in h or "adjusted" in h for h in heads)
+    if w.session.model.members == 1:
+        assert "90% interval" not in heads
+        assert "single member: no uncertainty estimate" in r.de_note.text()
+        assert r.volcano.ylabel() == "predicted effect (log2 fold change)"
+    else:
+        assert "90% interval" in heads
+        assert r.volcano.ylabel() == "confidence: |effect| / 90% interval width"
     # sortable DE table
     r.table.sortByColumn(1, __import__("PySide6.QtCore").QtCore.Qt.SortOrder.DescendingOrder)
     top = float(r.proxy.index(0, 1).data(256))
