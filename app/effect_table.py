@@ -208,8 +208,10 @@ def effect_plot(res, real=None, *, title: str = "") -> PlotSpec:
 
 
 # -- the sentences --------------------------------------------------------------------------------
-def effect_notes(res, real=None, *, data_name: str = "", real_reason: str = "") -> tuple:
-    """Plain sentences under the evidence line."""
+def effect_notes(res, real=None, *, data_name: str = "", real_reason: str = "",
+                 has_stats: bool = True) -> tuple:
+    """Plain sentences under the evidence line (``has_stats``: the model carries its training
+    group means, from which the baselines come)."""
     out = []
     if res.has_interval:
         lfc = np.asarray(res.effect, float) / LN2
@@ -221,8 +223,13 @@ def effect_notes(res, real=None, *, data_name: str = "", real_reason: str = "") 
                    f"the model's own uncertainty.")
     else:
         out.append(SINGLE_MEMBER)
-    if res.baseline is None:
-        out.append("No baseline for this condition: nothing like it was measured in training.")
+    if res.baseline is None and not has_stats:
+        out.append("No baseline: this model carries no statistics of its training cells (it was "
+                   "built before baselines were stored with models).")
+    elif res.baseline is None:
+        out.append("No baseline for this condition: its perturbation was not measured in "
+                   "another cell type or context, and it is not a combination of measured "
+                   "parts.")
     if real is not None:
         out.append(f"Real effect from {data_name or 'the open dataset'}: {real.n_cells:,} cells "
                    f"vs {real.n_control:,} control cells.")
@@ -255,9 +262,17 @@ def effect_view(model, exp, label: str, *, dataset=None, schema=None, cached=Non
                           f"{label} vs its generated control ({ctrl}), {res.n_cells:,} generated "
                           "cells. Sorted by |effect|.",
                           res.evidence, res.members,
-                          effect_notes(res, real, data_name=data_name, real_reason=why),
+                          effect_notes(res, real, data_name=data_name, real_reason=why,
+                                       has_stats=_has_stats(model)),
                           res, real)
     return change_view(model, exp, label)
+
+
+def _has_stats(model) -> bool:
+    try:
+        return model.group_stats() is not None
+    except Exception:  # noqa: BLE001 - a model without the method or a broken reference file
+        return False
 
 
 def compute_effects(model, exp, label: str, dataset=None, schema=None):

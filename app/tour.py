@@ -13,6 +13,9 @@ import time
 from pathlib import Path
 
 KANG_FILE = "kang2018_ifnb_pbmc_train.h5ad"
+#: A dataset whose genes are mostly not the Kang model's (457 of 4,805): the UMAP must not embed
+#: the generated cells among them (issue 10).
+OTHER_FILE = "pbmc68k_reduced_counts.h5ad"
 MODEL = "kang-ifnb-pbmc"
 
 
@@ -122,6 +125,10 @@ def run_tour(out_dir: str, *, n_cells: int = 1500, model: str = MODEL) -> int:
         _wait(app, lambda: heat.hit, 120, "the heatmap")
         r.tabs.setCurrentIndex(0)
         shot("05-heatmap")
+        if r.heat_extras.isEnabled():
+            r.heat_extras.setChecked(True)
+            shot("05b-heatmap-baselines")
+            r.heat_extras.setChecked(False)
         _wait(app, lambda: umap.hit or errors.hit, 300, "the UMAP")
         r.tabs.setCurrentIndex(1)
         r.color_by.setCurrentText("condition")
@@ -135,6 +142,11 @@ def run_tour(out_dir: str, *, n_cells: int = 1500, model: str = MODEL) -> int:
         if r.proxy.rowCount():
             r.table.selectRow(0)
         shot("07-de-table")
+        if r.compare.count() > 1:
+            de2 = _Flag(win.de_updated)
+            r.compare.setCurrentIndex(1)
+            _wait(app, lambda: de2.hit or errors.hit, 120, "the second effect table")
+            shot("07b-effects-second")
         # 8. perturb my cells, 9. train
         win.nav.setCurrentRow(3)
         if win.perturb_page.perts.rows and target:
@@ -142,6 +154,23 @@ def run_tour(out_dir: str, *, n_cells: int = 1500, model: str = MODEL) -> int:
         shot("08-perturb")
         win.nav.setCurrentRow(4)
         shot("09-train")
+        # 10. a dataset with other genes: the UMAP shows the model's own reference cells (or
+        # the generated cells alone) and says why
+        other = data_dir() / OTHER_FILE
+        if other.exists():
+            loaded = _Flag(win.dataset_loaded)
+            win.load_dataset(str(other))
+            _wait(app, lambda: loaded.hit or errors.hit, 120, "the other dataset")
+            done, umap = _Flag(win.generation_finished), _Flag(win.umap_updated)
+            win.nav.setCurrentRow(2)
+            c.generate_btn.click()
+            _wait(app, lambda: (done.hit and umap.hit) or errors.hit, 600,
+                  "generation and the UMAP beside the other dataset")
+            if errors.hit:
+                raise RuntimeError(win.last_error)
+            r.tabs.setCurrentIndex(1)
+            r.color_by.setCurrentText("source")
+            shot("10-umap-other-dataset")
     except Exception as e:  # noqa: BLE001
         print(f"screenshot tour failed: {e}", file=sys.stderr)
         shot("error")

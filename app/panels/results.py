@@ -30,7 +30,8 @@ from ..umap_table import category_order, describe_point, find_gene
 from .effect_model import EffectTableModel
 
 #: Column widths of the effect table by kind of column (pixels).
-WIDTHS = {"text": 90, "lfc": 108, "interval": 124, "yesno": 100, "num": 84}
+WIDTHS = {"text": 76, "lfc": 104, "interval": 112, "yesno": 106, "num": 84}
+WIDE = 128        # a baseline's header names it
 WARN = "#a15c00"
 
 
@@ -139,7 +140,7 @@ class ResultsPanel(QWidget):
         hh = self.table.horizontalHeader()
         hh.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)  # ResizeToContents scans
         hh.setDefaultSectionSize(118)                                  # every row: too slow
-        hh.setStretchLastSection(True)
+        hh.setStretchLastSection(False)  # the plot takes the room the columns leave
         self.table.setAlternatingRowColors(True)
         self.table.setToolTip("Click a column header to sort (hover over it to read what it "
                               "means); click a gene to find it in the plot")
@@ -159,12 +160,12 @@ class ResultsPanel(QWidget):
         dr.addWidget(QLabel("vs its control"))
         dr.addSpacing(16)
         dr.addWidget(self.filter)
-        split = QSplitter(Qt.Orientation.Horizontal)
+        self.de_split = split = QSplitter(Qt.Orientation.Horizontal)
         split.addWidget(self.table)
         split.addWidget(self.volcano)
-        split.setStretchFactor(0, 2)
-        split.setStretchFactor(1, 3)
-        split.setSizes([640, 760])
+        split.setStretchFactor(0, 1)
+        split.setStretchFactor(1, 1)
+        split.setSizes([730, 600])     # the table's seven columns fit without scrolling
         self.table.verticalHeader().setDefaultSectionSize(22)
         de = QWidget()
         dl = QVBoxLayout(de)
@@ -188,6 +189,7 @@ class ResultsPanel(QWidget):
         self.de_frame = None
         self.de_label = ""
         self.de_view = None       # app.effect_table.EffectView shown
+        self._de_keys: tuple = ()  # its columns
         self._heat = None         # (genes, matrix, labels, note, extras, extras_note)
         self.embedding = None     # app.messages.Embedding shown in the UMAP
         self._umap_gene = None    # (gene, values per point) while coloured by a gene
@@ -277,8 +279,15 @@ class ResultsPanel(QWidget):
         self.de_view = view
         self.de_model.sort_col = -1
         self.de_model.set_frame(de.frame, view.columns if view is not None else ())
+        keys = tuple(c.key for c in self.de_model.columns)
         for i, c in enumerate(self.de_model.columns):
-            self.table.setColumnWidth(i, WIDTHS.get(c.kind, 100))
+            self.table.setColumnWidth(i, WIDE if c.key.startswith("baseline_")
+                                      else WIDTHS.get(c.kind, 100))
+        if keys != self._de_keys:      # other columns: the table takes what they need
+            self._de_keys = keys
+            need = sum(self.table.columnWidth(i) for i in range(len(keys))) + 24
+            total = sum(self.de_split.sizes()) or 1330
+            self.de_split.setSizes([min(need, total - 360), max(total - need, 360)])
         self.table.horizontalHeader().setSortIndicator(-1, Qt.SortOrder.AscendingOrder)
         if view is not None:
             self.volcano.show_spec(view.plot)
@@ -386,7 +395,7 @@ def evidence_html(ev) -> str:
         return ""
     from ..effect_table import score_text
 
-    score = score_text(ev)
+    score = score_text(ev) if ev.score is not None else ""   # else the verdict says so
     head = f"<b>Evidence: {esc(ev.label)}</b>" + (f" ({esc(score)})" if score else "")
     verdict = esc(ev.verdict)
     if ev.below_baseline:

@@ -36,6 +36,7 @@ class EffectPlot(QWidget):
             ax = self.plot.getAxis(name)
             ax.setPen(pg.mkPen("k"))
             ax.setTextPen(pg.mkPen("k"))
+            ax.enableAutoSIPrefix(False)   # "(x0.001)" beside a log2 fold change misleads
         self._brushes = {"up": pg.mkBrush(178, 24, 43, 200), "down": pg.mkBrush(33, 102, 172, 200),
                          "ns": pg.mkBrush(170, 170, 170, 150)}
         self.scatter = pg.ScatterPlotItem(size=6, pen=None, hoverable=True,
@@ -135,10 +136,12 @@ class EffectPlot(QWidget):
                 continue
             placed.append((px, py))
             chosen.append(i)
+        mid = (float(np.min(x)) + float(np.max(x))) / 2 if len(x) else 0.0
         for k, t in enumerate(self.labels):
             if k < len(chosen):
                 i = chosen[k]
                 t.setText(genes[i])
+                t.setAnchor((1, 1) if x[i] > mid else (0, 1))   # inwards: never clipped
                 t.setPos(x[i], y[i])
             else:
                 t.setText("")

@@ -94,12 +94,14 @@ class HeatmapPlot(QWidget):
         h = self.plot.vb.height() or self.height() * 0.8 or 600
         w = self.plot.vb.width() or self.width() * 0.7 or 800
         step_r = max(1, int(np.ceil(len(rows) * 13 / max(h, 1))))
-        longest = max((len(_short(c)) for c in cols), default=1)
+        # a column label may use the width of its column (at least 28 characters)
+        limit = max(28, int((w / max(len(cols), 1) - 10) / 6.5))
+        longest = max((len(_short(c, limit)) for c in cols), default=1)
         step_c = max(1, int(np.ceil(len(cols) * (6.5 * longest + 10) / max(w, 1))))
         self.plot.getAxis("left").setTicks(
             [[(i + 0.5, r) for i, r in enumerate(rows) if i % step_r == 0]])
         self.plot.getAxis("bottom").setTicks(
-            [[(j + 0.5, _short(c)) for j, c in enumerate(cols) if j % step_c == 0]])
+            [[(j + 0.5, _short(c, limit)) for j, c in enumerate(cols) if j % step_c == 0]])
 
     def resizeEvent(self, event) -> None:  # noqa: N802
         super().resizeEvent(event)
