@@ -423,10 +423,9 @@ def _ls(values, limit: int = 20) -> str:
 
 
 def cmd_models(args) -> int:
-    from .registry import list_models
-
     from .config import ensemble_members
     from .reference import reference_cell_count
+    from .registry import list_models
 
     models = list_models()
     if args.json:

@@ -106,10 +106,9 @@ class PerturbModel:
         :class:`engine.config.ArchConfig`."""
         from .config import ArchConfig, upgrade_v1
         from .models.autoencoder import NBAutoencoder
-        from .models.flow import LatentFlowNet
 
         config = upgrade_v1(config) if config.get("format_version") == 1 else config
-        arch, vocab = ArchConfig(**config["architecture"]), Vocab.from_dict(config["vocab"])
+        arch = ArchConfig(**config["architecture"])
         ae = NBAutoencoder(len(config["genes"]), arch.latent_dim, arch.ae_hidden,
                            dispersion=arch.dispersion)
         return ae, PerturbModel.build_net(config)
@@ -138,10 +137,9 @@ class PerturbModel:
         """Load a model by name (shipped or user model) or from a folder path."""
         import torch
 
+        from .config import ensemble_members
         from .device import resolve_device
         from .registry import resolve_model
-
-        from .config import ensemble_members
 
         folder = resolve_model(name_or_dir)
         config = read_config(folder)

@@ -90,7 +90,7 @@ def _schedule(opt, lr: float, steps: int, warmup: float):
     """One-cycle learning rate (warm-up, then cosine decay); constant for very short runs."""
     import torch
 
-    if steps < 20:
+    if steps < 20 or warmup * steps < 2:      # OneCycleLR divides by a zero-length warm-up
         return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
     return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps,
                                                pct_start=warmup)

@@ -92,7 +92,7 @@ def _transformer(width, heads):
 
 MALFORMED = [
     ("format_version text", _set("format_version", "abc"), r"format_version must be a whole"),
-    ("format_version 0", _set("format_version", 0), r"format_version must be between 1 and 2, got the number 0"),
+    ("format_version 0", _set("format_version", 0), r"format_version must be between 1 and 3, got the number 0"),
     ("format_version newer", _set("format_version", 7), r"newer Perturb Studio"),
     ("format wrong", _set("format", "pickle"), r"not a Perturb Studio model config"),
     ("missing vocab", _drop("vocab"), r"lacks required entries: vocab"),
