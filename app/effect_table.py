@@ -32,7 +32,7 @@ CONFIDENT = 0.5
 CONFIDENCE_CAP = 5.0
 SINGLE_MEMBER = ("This model has a single member: no uncertainty estimate (no interval, no "
                  "agreement between members). Treat each effect as one model's guess.")
-BASELINE_NAMES = {"additive": "additive", "mean_shift": "mean shift"}
+BASELINE_NAMES = {"additive": "additive", "mean_shift": "mean shift", "control": "no-change"}
 
 
 @dataclass(frozen=True)
@@ -208,10 +208,31 @@ def effect_plot(res, real=None, *, title: str = "") -> PlotSpec:
 
 
 # -- the sentences --------------------------------------------------------------------------------
+def coverage_text(card, kind: str) -> str:
+    """How often, on held-out cells, the model's 90 % intervals held the real effect for this
+    kind of condition (``card["evidence"][kind]["coverage"]``); "" when the card does not say.
+    The card is data from a model folder: any shape is tolerated."""
+    ev = card.get("evidence") if isinstance(card, dict) else None
+    entry = ev.get(kind) if isinstance(ev, dict) else None
+    cov = entry.get("coverage") if isinstance(entry, dict) else None
+    if not isinstance(cov, dict):
+        return ""
+    aware, raw = cov.get("coverage_noise_aware"), cov.get("coverage")
+    if not _num(aware) and not _num(raw):
+        return ""
+    main = float(aware) if _num(aware) else float(raw)
+    text = (f"On held-out cells of such conditions the 90% interval held the real effect for "
+            f"{main:.0%} of the top-100 changed genes")
+    if _num(aware) and _num(raw):
+        text += f" (allowing for the noise of the held-out cells; {float(raw):.0%} without)"
+    return text + "."
+
+
 def effect_notes(res, real=None, *, data_name: str = "", real_reason: str = "",
-                 has_stats: bool = True) -> tuple:
+                 has_stats: bool = True, card=None) -> tuple:
     """Plain sentences under the evidence line (``has_stats``: the model carries its training
-    group means, from which the baselines come)."""
+    group means, from which the baselines come; ``card``: the model's card, for the interval's
+    coverage on held-out cells)."""
     out = []
     if res.has_interval:
         lfc = np.asarray(res.effect, float) / LN2
@@ -221,6 +242,9 @@ def effect_notes(res, real=None, *, data_name: str = "", real_reason: str = "",
                    f" genes change by at least 0.5 log2 FC with an interval that excludes 0 and "
                    f"every member agreeing. The interval does not shrink with more cells: it is "
                    f"the model's own uncertainty.")
+        cov = coverage_text(card, res.evidence.kind) if res.evidence is not None else ""
+        if cov:
+            out.append(cov)
     else:
         out.append(SINGLE_MEMBER)
     if res.baseline is None and not has_stats:
@@ -263,7 +287,8 @@ def effect_view(model, exp, label: str, *, dataset=None, schema=None, cached=Non
                           "cells. Sorted by |effect|.",
                           res.evidence, res.members,
                           effect_notes(res, real, data_name=data_name, real_reason=why,
-                                       has_stats=_has_stats(model)),
+                                       has_stats=_has_stats(model),
+                                       card=getattr(model, "card", None)),
                           res, real)
     return change_view(model, exp, label)
 

@@ -215,3 +215,21 @@ def test_umap_uses_the_open_dataset_only_when_its_genes_match():
     s = c.status(3000, 0)
     assert s.startswith("3,000 generated cells alone") and "51 of 500" in s
     assert "no reference cells" in s
+
+
+def test_notes_say_the_cards_coverage_and_survive_malformed_cards():
+    from app.effect_table import coverage_text, effect_notes, score_text
+
+    card = {"evidence": {"measured": {"coverage": {"coverage": 0.81,
+                                                   "coverage_noise_aware": 0.9}}}}
+    notes = effect_notes(_result(), card=card)
+    assert any("held the real effect for 90% of the top-100 changed genes" in n and "81%" in n
+               for n in notes)
+    for bad in (None, [], {"evidence": []}, {"evidence": {"measured": {"coverage": "x"}}},
+                {"evidence": {"measured": {"coverage": {"coverage": "NaN?"}}}}):
+        assert coverage_text(bad, "measured") == ""
+    ev = SimpleNamespace(score={"r2_top100": "abc"}, baseline_score=None)
+    assert score_text(ev) == "not scored on held-out cells"
+    ev = SimpleNamespace(score={"r2_top100": 0.5}, baseline_score={"name": "control",
+                                                                    "r2_top100": 0.1})
+    assert score_text(ev) == "held-out R2 0.50 vs no-change baseline 0.10"
