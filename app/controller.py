@@ -441,7 +441,8 @@ class Controller(QObject):
 
         def fn(progress, cancel):
             choice = choose_real_cells(exp.model, real, schema, data_name=data_name)
-            parts, meta = umap_parts(exp, choice.adata, choice)
+            parts, meta = umap_parts(exp, choice.adata, choice, real_source=(
+                "real (model's reference)" if choice.kind == "reference" else "real"))
             if os.environ.get("PERTURB_STUDIO_UMAP_IN_THREAD") == "1":
                 import engine
 

@@ -149,9 +149,19 @@ def run_tour(out_dir: str, *, n_cells: int = 1500, model: str = MODEL) -> int:
             shot("07b-effects-second")
         # 8. perturb my cells, 9. train
         win.nav.setCurrentRow(3)
-        if win.perturb_page.perts.rows and target:
-            win.perturb_page.perts.rows[0].target.setText(target)
+        p = win.perturb_page
+        if p.perts.rows and target:
+            p.perts.rows[0].target.setText(target)
         shot("08-perturb")
+        if p.run_btn.isEnabled():     # perturb your own cells: effects without an interval
+            p.n_cells.setValue(min(p.n_cells.value(), 300))
+            done, de = _Flag(win.generation_finished), _Flag(win.de_updated)
+            p.run_btn.click()
+            _wait(app, lambda: (done.hit and de.hit) or errors.hit, 600, "perturbing cells")
+            if errors.hit:
+                raise RuntimeError(win.last_error)
+            r.tabs.setCurrentIndex(2)
+            shot("08b-perturb-effects")
         win.nav.setCurrentRow(4)
         shot("09-train")
         # 10. a dataset with other genes: the UMAP shows the model's own reference cells (or

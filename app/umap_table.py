@@ -62,11 +62,11 @@ def choose_real_cells(model, dataset=None, schema=None, *, data_name: str = "") 
     return RealCells(None, "none", why + "; this model carries no reference cells", data_name)
 
 
-def umap_parts(experiment, real=None, schema=None, *, max_real: int = MAX_REAL_CELLS
-               ) -> tuple[dict[str, Any], Any]:
+def umap_parts(experiment, real=None, schema=None, *, max_real: int = MAX_REAL_CELLS,
+               real_source: str = "real") -> tuple[dict[str, Any], Any]:
     """The AnnData to embed (``{"generated": ..., "real": ...}``) and one row per cell of them,
-    in the same order: ``source`` (generated / real), ``condition`` (real cells: ``"real: "`` and
-    their perturbation label) and ``cell type`` ("" when unknown).
+    in the same order: ``source`` (generated / ``real_source``), ``condition`` (real cells:
+    ``"real: "`` and their perturbation label) and ``cell type`` ("" when unknown).
 
     ``real`` (the loaded dataset, or None) is subsampled to ``max_real`` cells with a fixed seed,
     so the same experiment always shows the same real cells.
@@ -93,7 +93,7 @@ def umap_parts(experiment, real=None, schema=None, *, max_real: int = MAX_REAL_C
         cond = (obs[pk].astype(str).to_numpy() if pk and pk in obs
                 else np.full(real_ad.n_obs, "cells", dtype=object))
         meta.append(pd.DataFrame({
-            "source": "real",
+            "source": real_source,
             "condition": np.asarray(["real: " + str(c) for c in cond], dtype=object),
             "cell type": obs[ck].astype(str).to_numpy() if ck and ck in obs else "",
         }))

@@ -4,7 +4,7 @@ real cells, and the effect table + effect plot of one condition (app.effect_tabl
 from __future__ import annotations
 
 import numpy as np
-from PySide6.QtCore import QStringListModel, Qt, Signal
+from PySide6.QtCore import QStringListModel, Qt, QTimer, Signal
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
@@ -30,8 +30,7 @@ from ..umap_table import category_order, describe_point, find_gene
 from .effect_model import EffectTableModel
 
 #: Column widths of the effect table by kind of column (pixels).
-WIDTHS = {"text": 76, "lfc": 104, "interval": 112, "yesno": 106, "num": 84}
-WIDE = 128        # a baseline's header names it
+WIDTHS = {"text": 76, "lfc": 96, "interval": 112, "yesno": 80, "num": 80}
 WARN = "#a15c00"
 
 
@@ -157,7 +156,8 @@ class ResultsPanel(QWidget):
         dr = QHBoxLayout()
         dr.addWidget(QLabel("Compare"))
         dr.addWidget(self.compare, 1)
-        dr.addWidget(QLabel("vs its control"))
+        self.versus = QLabel("vs its control")
+        dr.addWidget(self.versus)
         dr.addSpacing(16)
         dr.addWidget(self.filter)
         self.de_split = split = QSplitter(Qt.Orientation.Horizontal)
@@ -190,6 +190,8 @@ class ResultsPanel(QWidget):
         self.de_label = ""
         self.de_view = None       # app.effect_table.EffectView shown
         self._de_keys: tuple = ()  # its columns
+        self._de_fitted = False    # the table got their width
+        self.tabs.currentChanged.connect(lambda _i: QTimer.singleShot(0, self._fit_de_split))
         self._heat = None         # (genes, matrix, labels, note, extras, extras_note)
         self.embedding = None     # app.messages.Embedding shown in the UMAP
         self._umap_gene = None    # (gene, values per point) while coloured by a gene
@@ -218,6 +220,9 @@ class ResultsPanel(QWidget):
         self.header.setText(f"<b>{esc(exp.describe())}</b>{saved}")
         self.compare.addItems(exp.labels)
         self.compare.blockSignals(False)
+        self.versus.setText("vs your original cells" if exp.mode == "perturb" else
+                            "vs all other generated cells" if exp.only_controls else
+                            "vs its control")
         self.heat_note.setText("Computing the genes that change most…")
         self.umap_status.setText("Computing the UMAP in the background…")
         self.de_note.setText("Computing the effects…")
@@ -280,14 +285,14 @@ class ResultsPanel(QWidget):
         self.de_model.sort_col = -1
         self.de_model.set_frame(de.frame, view.columns if view is not None else ())
         keys = tuple(c.key for c in self.de_model.columns)
-        for i, c in enumerate(self.de_model.columns):
-            self.table.setColumnWidth(i, WIDE if c.key.startswith("baseline_")
-                                      else WIDTHS.get(c.kind, 100))
+        fm = self.table.horizontalHeader().fontMetrics()
+        for i, c in enumerate(self.de_model.columns):   # room for the (bold) header
+            self.table.setColumnWidth(i, max(WIDTHS.get(c.kind, 100),
+                                             int(fm.horizontalAdvance(c.header) * 1.1) + 18))
         if keys != self._de_keys:      # other columns: the table takes what they need
             self._de_keys = keys
-            need = sum(self.table.columnWidth(i) for i in range(len(keys))) + 24
-            total = sum(self.de_split.sizes()) or 1330
-            self.de_split.setSizes([min(need, total - 360), max(total - need, 360)])
+            self._de_fitted = False
+            self._fit_de_split()
         self.table.horizontalHeader().setSortIndicator(-1, Qt.SortOrder.AscendingOrder)
         if view is not None:
             self.volcano.show_spec(view.plot)
@@ -297,6 +302,16 @@ class ResultsPanel(QWidget):
             self.compare.blockSignals(True)
             self.compare.setCurrentText(label)
             self.compare.blockSignals(False)
+
+    def _fit_de_split(self, *_a) -> None:
+        """Give the effect table the width of its columns and the plot the rest, once the tab
+        is shown (a hidden splitter has no width to share)."""
+        if self._de_fitted or not self.de_split.isVisible() or self.de_split.width() < 500:
+            return
+        self._de_fitted = True
+        need = sum(self.table.columnWidth(i) for i in range(len(self._de_keys))) + 24
+        total = self.de_split.width() - self.de_split.handleWidth()
+        self.de_split.setSizes([min(need, total - 360), max(total - need, 360)])
 
     def set_umap_status(self, text: str) -> None:
         self.umap_status.setText(text)

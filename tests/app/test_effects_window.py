@@ -125,4 +125,5 @@ def test_umap_shows_the_reference_cells_when_the_dataset_genes_do_not_match(
     emb = w.session.embedding
     assert emb.n_real == n_ref
     assert r.umap.coords.shape[0] == exp.adata.n_obs + n_ref
-    assert set(emb.meta.loc[emb.meta["source"] == "real", "cell type"]) == {"T", "B"}
+    ref = emb.meta["source"] == "real (model's reference)"
+    assert ref.sum() == n_ref and set(emb.meta.loc[ref, "cell type"]) == {"T", "B"}
