@@ -241,11 +241,21 @@ def card_html(info) -> str:
     if raw and not isinstance(raw, dict):
         out.append(f"<p style='color:#b00020'>card.json holds a {_e(type(raw).__name__)}, not "
                    "an object with the model's description: the card cannot be shown.</p>")
+    plain_words = card.get("plain")
+    if isinstance(plain_words, list | str) and plain_words:
+        text = plain_words if isinstance(plain_words, str) else " ".join(map(str, plain_words))
+        out.append(f"<p style='font-size:11pt'>{_e(text)}</p>")
     if card.get("description"):
         out.append(f"<p>{_e(card['description'])}</p>")
+    members = card.get("members")
+    if members is None and isinstance(card.get("training"), dict):
+        members = card["training"].get("members")      # a model trained in the app
+    ens = (f" · ensemble of {int(members)} members" if isinstance(members, int) and members > 1
+           else " · a single member (no uncertainty estimate)" if members == 1 else "")
     out.append(f"<p><i>{'Shipped with the app' if info.source == 'shipped' else 'Your model'}"
                f"</i> · {_count(info.n_genes)} genes"
-               + (f" · backbone {_e(info.backbone)}" if info.backbone else "") + "</p>")
+               + (f" · backbone {_e(info.backbone)}" if info.backbone else "") + ens + "</p>")
+    out.append(_evidence_html(card.get("evidence")))
     out.append("<h3>What it conditions on</h3><table cellpadding='3'>")
     rows = [("Cell types", _list(space.cell_types) if space.cell_types else "none (one cell "
              "population)")]
@@ -317,6 +327,49 @@ def card_html(info) -> str:
         out.append(f"<p><b>Intended use:</b> {_e(card['intended_use'])}</p>")
     out.append(f"<p style='color:#666'>Folder: {_e(info.path)}</p>")
     return "\n".join(out)
+
+
+def _evidence_html(evidence) -> str:
+    """The card's evidence table (engine.cards.evidence_entry rows): for each kind of condition,
+    the model's held-out R2, the best simple baseline's, and how often the 90% interval held
+    the real effect; a row where the baseline did better in the warning colour. "" when the
+    card has none; rows of an unexpected shape are skipped."""
+    if not isinstance(evidence, dict) or not evidence:
+        return ""
+    from engine.effects import EVIDENCE_LABELS
+
+    def num(d, k):
+        v = d.get(k) if isinstance(d, dict) else None
+        return float(v) if isinstance(v, int | float) and v == v else None
+
+    rows = []
+    for kind, e in evidence.items():
+        if not isinstance(e, dict) or num(e.get("model"), "r2_top100") is None:
+            continue
+        r2 = num(e["model"], "r2_top100")
+        base = e.get("baseline") if isinstance(e.get("baseline"), dict) else {}
+        b2 = num(base, "r2_top100")
+        cov = e.get("coverage") if isinstance(e.get("coverage"), dict) else {}
+        c_aware, c_raw = num(cov, "coverage_noise_aware"), num(cov, "coverage")
+        below = b2 is not None and r2 < b2
+        style = " style='color:#a15c00'" if below else ""
+        cells = [("⚠ " if below else "") + _e(EVIDENCE_LABELS.get(str(kind), kind)),
+                 f"{r2:.2f}",
+                 f"{_e(str(base.get('name', '')).replace('_', ' '))} {b2:.2f}" if b2 is not None
+                 else "—",
+                 (f"{c_aware:.0%}" + (f" ({c_raw:.0%} raw)" if c_raw is not None else ""))
+                 if c_aware is not None else (f"{c_raw:.0%}" if c_raw is not None else "—"),
+                 _e(e.get("source", "")) if isinstance(e.get("source"), str) else ""]
+        rows.append(f"<tr{style}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    if not rows:
+        return ""
+    return ("<h3>How far to trust each kind of condition</h3><p style='color:#555'>On cells set "
+            "aside before training: R2 of the top-100 changed genes for the model and for the "
+            "best simple baseline on the same conditions, and how often the model's 90% "
+            "interval held the real effect (allowing for the noise of the held-out cells).</p>"
+            "<table border='1' cellspacing='0' cellpadding='3'><tr><th>kind of condition</th>"
+            "<th>model R2</th><th>baseline R2</th><th>interval held the real effect</th>"
+            "<th>from</th></tr>" + "".join(rows) + "</table>")
 
 
 def _count(n) -> str:

@@ -233,3 +233,37 @@ def test_notes_say_the_cards_coverage_and_survive_malformed_cards():
     ev = SimpleNamespace(score={"r2_top100": 0.5}, baseline_score={"name": "control",
                                                                     "r2_top100": 0.1})
     assert score_text(ev) == "held-out R2 0.50 vs no-change baseline 0.10"
+
+
+def test_model_card_opens_with_plain_words_and_the_evidence_table():
+    from PySide6.QtGui import QTextDocument
+
+    from app.panels.models import safe_card_html
+    from engine.conditions.spec import ConditionSpace
+
+    card = {"members": 5, "plain": ["For conditions seen in training, <it> matches.",
+                                    "Prefer the baseline for new cell types."],
+            "evidence": {
+                "measured": {"model": {"r2_top100": 0.93}, "baseline": {
+                    "name": "mean_shift", "r2_top100": 0.6}, "coverage": {
+                    "coverage": 0.8, "coverage_noise_aware": 0.9}, "source": "card split"},
+                "new_cell_type": {"model": {"r2_top100": 0.65}, "baseline": {
+                    "name": "mean_shift", "r2_top100": 0.79}, "source": "Kang <LOO>"},
+                "beyond_evidence": {"model": {"r2_top100": "high"}},    # skipped
+                "odd": [1, 2]}}                                          # skipped
+    info = SimpleNamespace(name="m", path="/x/m", source="shipped", card=card,
+                           space=ConditionSpace(), n_genes=3, backbone="mlp")
+    html = safe_card_html(info)
+    doc = QTextDocument()
+    doc.setHtml(html)
+    text = doc.toPlainText()
+    assert text.index("<it> matches") < text.index("What it conditions on")
+    assert "ensemble of 5 members" in text
+    assert "How far to trust each kind of condition" in text
+    assert "measured in training" in text and "0.93" in text and "90% (80% raw)" in text
+    assert "⚠ new cell type for this perturbation" in text and "Kang <LOO>" in text
+    assert "#a15c00" in html and html.count("#a15c00") == 1    # only the row below baseline
+    assert "beyond the training evidence" not in text
+    single = dict(card, members=1, evidence=None)
+    text = safe_card_html(SimpleNamespace(**{**info.__dict__, "card": single}))
+    assert "a single member (no uncertainty estimate)" in text
