@@ -249,10 +249,13 @@ def test_train_a_model_appears_with_card(qtbot, window, kang_file, monkeypatch):
     t.name.setText("my-kang")
     assert t.train_btn.isEnabled()
     req = t.request()
-    assert req.name == "my-kang" and req.backbone == "mlp"
+    assert req.name == "my-kang" and req.backbone == "mlp" and req.overrides["members"] == 5
+    t.members.setValue(1)
+    assert t.request().overrides["members"] == 1 and "without an uncertainty" in \
+        t.members_note.text()
     # all 4,805 genes (no highly-variable-gene selection, so scanpy is not imported), tiny net
     req = dataclasses.replace(req, overrides=dict(ae_max_steps=30, flow_steps=40, width=32,
-                                                  depth=1, ae_hidden=32))
+                                                  depth=1, ae_hidden=32, members=2))
     losses = []
     w.jobs.job_started.connect(lambda s: s == "run" and w.jobs.jobs["run"].progress.connect(
         lambda p: losses.append(p.loss)))
@@ -263,6 +266,7 @@ def test_train_a_model_appears_with_card(qtbot, window, kang_file, monkeypatch):
     info = w.models_page.current()
     assert info.name == "my-kang" and info.source == "user"
     assert "CD14+Mono" in w.models_page.card.toPlainText()
+    assert "ensemble of 2 members" in w.models_page.card.toPlainText()
 
 
 def test_settings_are_remembered(qtbot, window, model_name, kang_file):
