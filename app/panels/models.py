@@ -312,6 +312,7 @@ def card_html(info) -> str:
         names = {"data_file": "Data file", "n_cells": "Cells", "n_genes": "Genes",
                  "n_conditions": "Conditions", "seed": "Seed", "device": "Trained on",
                  "seconds": "Training time (s)", "flow_steps": "Flow steps",
+                 "members": "Ensemble members",
                  "ae_epochs": "Autoencoder epochs"}
         rows = [(lab, tr[k]) for k, lab in names.items() if tr.get(k) not in (None, "")]
         if rows:
