@@ -267,3 +267,35 @@ def test_model_card_opens_with_plain_words_and_the_evidence_table():
     single = dict(card, members=1, evidence=None)
     text = safe_card_html(SimpleNamespace(**{**info.__dict__, "card": single}))
     assert "a single member (no uncertainty estimate)" in text
+
+
+def test_effect_view_falls_back_to_the_change_of_the_mean_and_says_why():
+    """When the engine cannot compute the effects (here: the model refuses the condition), the
+    DE tab still shows the change of the mean, with no p-value, and says why."""
+    from app.effect_table import effect_view
+    from app.experiment import Experiment
+    from engine.conditions.spec import Condition, Perturbation
+    from engine.errors import DataError
+    from tests.app.conftest import make_synthetic
+
+    a = make_synthetic(n_per=10)
+    a = a[a.obs["cell_type"] == "T"].copy()
+    pert = a.obs["perturbation"].astype(str)
+    a.obs["condition"] = np.where(pert == "control", "T | control", "T | " + pert)
+    a.obs["is_control"] = (pert == "control").to_numpy()
+    cond = Condition.make("T", [Perturbation("A")])
+    exp = Experiment.from_generated(a, model_name="m", conditions=[])
+    exp.conditions = {"T | A": cond}
+
+    def refuse(_c):
+        raise DataError("the model was trained without <that>")
+
+    model = SimpleNamespace(check_condition=refuse, evidence=lambda c: None)
+    view = effect_view(model, exp, "T | A")
+    assert view.result is None and view.members == 0
+    assert "No effect with an interval: the model was trained without <that>." in view.notes[0]
+    assert list(view.frame.columns) == ["gene", "change_log2fc", "mean_log1p_condition",
+                                        "mean_log1p_control"]
+    assert view.plot.message and "its generated control" in view.comparison
+    up = view.frame.set_index("gene").loc[[f"G{i}" for i in range(10, 20)], "change_log2fc"]
+    assert (up > 1).all()
