@@ -187,25 +187,30 @@ def _schema_from_args(args, adata):
 
 
 def cmd_train(args) -> int:
+    from .assess import train_and_assess
     from .checkpoint import check_destination
     from .data.io import read_dataset
-    from .train import train_model
 
     check_destination(args.out, overwrite=args.overwrite)   # before reading or training
     adata = read_dataset(args.data)
     schema = _schema_from_args(args, adata)
     bar = _Bar(args.quiet)
     try:
-        model = train_model(adata, schema, args.out, backbone=args.backbone, seed=args.seed,
-                            device=args.device, name=args.name, exclude=args.exclude or [],
-                            progress=bar, data_file=str(args.data), overwrite=args.overwrite,
-                            **({"objective": args.objective} if args.objective else {}),
-                            **({"members": args.members} if args.members else {}))
+        model = train_and_assess(
+            adata, schema, args.out, holdout=args.holdout, seed=args.seed,
+            overwrite=args.overwrite, exclude=args.exclude or [], progress=bar,
+            backbone=args.backbone, device=args.device, name=args.name,
+            data_file=str(args.data),
+            **({"objective": args.objective} if args.objective else {}),
+            **({"members": args.members} if args.members else {}))
     finally:
         bar.close()
     tr = model.config["training"]
     print(f"trained {model.name}: {tr['n_cells']} cells, {tr['n_genes']} genes, "
-          f"{tr['n_conditions']} conditions in {tr['seconds']:.0f} s -> {model.path}")
+          f"{tr['n_conditions']} conditions, {model.members} ensemble member"
+          f"{'s' * (model.members != 1)} in {tr['seconds']:.0f} s -> {model.path}")
+    for line in model.card.get("plain", []):
+        print(f"  {line}")
     return 0
 
 
@@ -423,16 +428,13 @@ def _ls(values, limit: int = 20) -> str:
 
 
 def cmd_models(args) -> int:
-    from .config import ensemble_members
-    from .reference import reference_cell_count
     from .registry import list_models
 
     models = list_models()
     if args.json:
         print(json.dumps([{"name": m.name, "path": str(m.path), "source": m.source,
                            "n_genes": m.n_genes, "backbone": m.backbone,
-                           "members": ensemble_members(m.config),
-                           "reference_cells": reference_cell_count(m.path),
+                           "members": m.members, "reference_cells": m.reference_cells,
                            "conditions": m.space.to_dict() | {"seen": len(m.space.seen)}}
                           for m in models], indent=1))
         return 0
@@ -440,10 +442,9 @@ def cmd_models(args) -> int:
         print("no models installed")
     for m in models:
         sp = m.space
-        k = ensemble_members(m.config)
+        k = m.members
         print(f"{m.name}  [{m.source}]  {m.n_genes} genes, backbone {m.backbone}, "
-              f"{k} ensemble member{'s' * (k != 1)}, "
-              f"{reference_cell_count(m.path):,} reference cells")
+              f"{k} ensemble member{'s' * (k != 1)}, {m.reference_cells:,} reference cells")
         if sp.context_levels:
             print("  context: " + " > ".join(f"{lv} ({', '.join(sp.context_values[lv])})"
                                               for lv in sp.context_levels))
@@ -508,6 +509,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ensemble members, 1 to 64 (default 5): the spread of their "
                         "predictions is each effect's uncertainty; each member costs one more "
                         "flow training")
+    t.add_argument("--holdout", type=_float_arg(0.0, 0.5), default=0.2,
+                   help="fraction of the cells of every condition held out to judge the model "
+                        "(default 0.2; 0 trains on everything and leaves the model unjudged)")
     t.add_argument("--name", help="model name (default: the folder name)")
     t.add_argument("--seed", type=_int_arg(0, SEED_MAX), default=0,
                    help=f"random seed, 0 to {SEED_MAX}")

@@ -66,11 +66,12 @@ class Evidence:
     baseline_score: dict | None = None     # the best baseline's, on the same conditions
     below_baseline: bool = False           # the model scored below that baseline
     verdict: str = ""                      # one plain sentence
+    coverage: dict | None = None           # the card's interval coverage for this kind
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "label": self.label, "score": self.score,
                 "baseline_score": self.baseline_score, "below_baseline": self.below_baseline,
-                "verdict": self.verdict}
+                "verdict": self.verdict, "coverage": self.coverage}
 
 
 def _pkey(p) -> tuple:
@@ -136,28 +137,40 @@ def _verdict(kind: str, score: dict | None, base: dict | None, below: bool) -> s
     return s
 
 
+def _number(x) -> float | None:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def _scores(entry, *, named: bool = False) -> dict | None:
+    """A card score entry with a numeric ``r2_top100`` (and a ``name`` for a baseline), or None:
+    a malformed card is treated as unscored, never as an error."""
+    if not isinstance(entry, dict) or _number(entry.get("r2_top100")) is None:
+        return None
+    if named and not isinstance(entry.get("name"), str):
+        return None
+    out = {k: v for k, v in entry.items() if k == "name" or _number(v) is not None}
+    return {k: (v if k == "name" else _number(v)) for k, v in out.items()}
+
+
 def evidence_for(model, cond: Condition) -> Evidence:
     """The :class:`Evidence` of ``cond`` (valid for ``model``), with the card's score for its
-    class. Cheap: no generation."""
+    class. Cheap: no generation. Malformed card entries count as "not scored"."""
     cond = model.check_condition(cond)
     kind = classify(model.space, cond)
-    table = (model.card or {}).get("evidence") or {}
+    table = (model.card or {}).get("evidence")
     entry = table.get(kind) if isinstance(table, dict) else None
-    score = base = None
-    below = False
-    if isinstance(entry, dict):
-        score = entry.get("model") if isinstance(entry.get("model"), dict) else None
-        base = entry.get("baseline") if isinstance(entry.get("baseline"), dict) else None
-        try:
-            below = bool(score and base and
-                         float(score["r2_top100"]) < float(base["r2_top100"]))
-        except (KeyError, TypeError, ValueError):
-            below = False
-        if score is not None and "r2_top100" not in score:
-            score = None
-    verdict = entry.get("verdict") if isinstance(entry, dict) and \
-        isinstance(entry.get("verdict"), str) else _verdict(kind, score, base, below)
-    return Evidence(kind, EVIDENCE_LABELS[kind], score, base, below, verdict)
+    entry = entry if isinstance(entry, dict) else {}
+    score = _scores(entry.get("model"))
+    base = _scores(entry.get("baseline"), named=True) if score is not None else None
+    below = bool(score and base and score["r2_top100"] < base["r2_top100"])
+    cov = entry.get("coverage") if isinstance(entry.get("coverage"), dict) else None
+    verdict = entry.get("verdict") if isinstance(entry.get("verdict"), str) else \
+        _verdict(kind, score, base, below)
+    return Evidence(kind, EVIDENCE_LABELS[kind], score, base, below, verdict, cov)
 
 
 # -- effects ----------------------------------------------------------------------------------

@@ -52,15 +52,21 @@ class ModelInfo:
     space: ConditionSpace = field(default_factory=ConditionSpace)
     n_genes: int = 0
     backbone: str = ""
+    members: int = 1                 # ensemble members (engine.effects)
+    reference_cells: int = 0         # real training cells stored with it (engine.reference)
 
 
 def _info(folder: Path, source: str) -> ModelInfo:
+    from .config import ensemble_members
+    from .reference import reference_cell_count
+
     config = read_config(folder)                     # validated completely (engine.config)
     if not (folder / WEIGHTS).is_file():
         raise ModelError(f"{folder}: {WEIGHTS} is missing")
     return ModelInfo(config.get("name") or folder.name, folder, source, read_card(folder),
                      ConditionSpace.from_dict(config["space"]), len(config["genes"]),
-                     config["architecture"].get("backbone", ""))
+                     config["architecture"].get("backbone", ""), ensemble_members(config),
+                     reference_cell_count(folder))
 
 
 def _reason(e: BaseException) -> str:
