@@ -36,7 +36,7 @@ _EXPORTS = {
     # predicted effects with their uncertainty, baseline and evidence
     "predict_effects": "effects", "effects_from_cells": "effects", "real_effect": "effects",
     "EffectResult": "effects", "Evidence": "effects", "RealEffect": "effects",
-    "coverage": "effects", "predict_effects_many": "effects",
+    "coverage": "effects", "predict_effects_many": "effects", "effects_from_perturbed": "effects",
     "train_and_assess": "assess",
 }
 

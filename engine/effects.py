@@ -376,6 +376,50 @@ def effects_from_cells(model, adata, condition: Condition, *,
                         extra={"model": model.name})
 
 
+def effects_from_perturbed(model, perturbed, source, condition: Condition) -> EffectResult:
+    """The :class:`EffectResult` of "perturb my cells": ``perturbed`` is what
+    :meth:`PerturbModel.perturb` returned for the real cells ``source``. Each member's effect
+    is the mean of the cells it perturbed minus the mean of the same real cells before (so the
+    control is real, and the interval is the members' disagreement about the change)."""
+    import scipy.sparse as sp
+
+    from .data.io import get_counts
+    from .data.preprocess import log1p_normalize
+    from .keys import OBS
+
+    cond = model.check_condition(condition)
+    if perturbed.n_obs != source.n_obs:
+        raise DataError(f"{perturbed.n_obs:,} perturbed cells but {source.n_obs:,} source "
+                        "cells; pass the cells that were perturbed")
+    mapping = model.gene_mapping(source)
+    ok = mapping.index >= 0
+    counts = get_counts(source)[0].tocsr()
+    src = (counts[:, np.where(ok, mapping.index, 0)] @ sp.diags(ok.astype(np.float64))).tocsr()
+    x_src = log1p_normalize(src, dtype=np.float64)
+    k = model.members
+    member = (np.asarray(perturbed.obs[OBS.MEMBER]).astype(np.int64) if OBS.MEMBER in
+              perturbed.obs else np.zeros(perturbed.n_obs, np.int64))
+    mt, vt, nt = member_means(perturbed, k)
+    mc = np.zeros_like(mt)
+    for m in range(k):
+        rows = np.flatnonzero(member == m)
+        if len(rows):
+            mc[m] = np.asarray(x_src[rows].mean(0)).ravel()
+    ok_m = nt > 0
+    member_effects = mt[ok_m] - mc[ok_m]
+    scale = model.calibration(classify(model.space, cond))
+    # the real control cells are the same for prediction and baseline: only the members' spread
+    # (and the Monte-Carlo error of the perturbed cells) is uncertainty
+    effect, low, high = interval_from_members(member_effects, vt[ok_m], scale)
+    w = nt[ok_m] / nt[ok_m].sum()
+    return EffectResult(cond, cond.control(), list(model.genes), effect, low, high,
+                        member_effects, (mt[ok_m] * w[:, None]).sum(0),
+                        np.asarray(x_src.mean(0)).ravel(), evidence_for(model, cond),
+                        baseline_for(model, cond), n_cells=int(nt.sum()),
+                        calibration=float(scale),
+                        extra={"model": model.name, "mode": "perturb"})
+
+
 def predict_effects(model, condition: Condition, *, n: int = 2000, seed: int = 0,
                     steps: int | None = None, guidance: float | None = None, progress=None,
                     cancel=None) -> EffectResult:
@@ -590,6 +634,6 @@ def coverage(pred: EffectResult, real: RealEffect, *, top: int = 100,
 
 __all__ = ["Baseline", "EffectResult", "Evidence", "RealEffect", "INTERVAL",
            "EVIDENCE_KINDS", "EVIDENCE_LABELS", "baseline_for", "classify", "coverage",
-           "effects_from_cells", "evidence_for", "interval_from_members", "member_means",
+           "effects_from_cells", "effects_from_perturbed", "evidence_for", "interval_from_members", "member_means",
            "predict_effects", "predict_effects_many", "real_effect", "coverage_record",
            "coverage_at", "fit_scale", "cross_fitted_coverage"]

@@ -247,3 +247,17 @@ def test_cli_effects_json_and_models_json(tiny_model_dir, capsys):
     assert main(["effects", "--model", str(tiny_model_dir), "--cell-type", "T",
                  "--perturbation", "control"]) == 2
     assert "give --perturbation" in capsys.readouterr().err
+
+
+def test_effects_of_perturbed_cells(tiny_model, synthetic, schema):
+    from engine import Condition, effects_from_perturbed
+
+    src = synthetic[(synthetic.obs["cell_type"] == "T").to_numpy()
+                    & (synthetic.obs["perturbation"] == "control").to_numpy()].copy()
+    cond = Condition.parse("T", "B", "CRISPRa")
+    out = tiny_model.perturb(src, cond, seed=0)
+    assert np.bincount(out.obs["member"].to_numpy()).tolist() == [8] * 5   # round robin
+    res = effects_from_perturbed(tiny_model, out, src, cond)
+    assert res.members == 5 and res.has_interval and res.extra["mode"] == "perturb"
+    assert res.effect.shape == (len(tiny_model.genes),)
+    assert np.all(res.low <= res.high)
