@@ -259,8 +259,10 @@ def cmd_generate(args) -> int:
             adata = model.perturb(cells, cond, seed=args.seed, steps=args.steps,
                                   guidance=args.guidance, progress=bar)
         else:
-            adata = model.generate(cond, args.n, seed=args.seed, steps=args.steps,
-                                   guidance=args.guidance, progress=bar)
+            adata = model.generate_many([cond], args.n, seed=args.seed, steps=args.steps,
+                                        guidance=args.guidance, progress=bar,
+                                        include_control=args.with_control and
+                                        not cond.is_control)
     finally:
         bar.close()
     dt = time.perf_counter() - t0
@@ -475,8 +477,17 @@ def cmd_bench(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="perturb-studio", description=(
-        "In silico single-cell perturbation experiments. Run without arguments to open the app."))
+    p = argparse.ArgumentParser(
+        prog="perturb-studio", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="In silico single-cell perturbation experiments. Run without arguments to "
+                    "open the app.",
+        epilog="desktop app options (need the gui extra):\n"
+               "  perturb-studio                      open the app\n"
+               "  perturb-studio DATA.h5ad            open the app with a data file\n"
+               "  perturb-studio --selftest           check an installation: load the shipped "
+               "models, generate, write\n"
+               "  perturb-studio --screenshot-tour DIR  run the main flow and save a PNG of "
+               "each screen")
     p.add_argument("--version", action="version", version=f"perturb-studio {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -541,6 +552,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--from-cells", metavar="DATA", help="perturb these cells instead (mode 2)")
     g.add_argument("--from-key", metavar="KEY=VALUE[,KEY=VALUE]", type=_kv_list,
                    help="use only the cells of --from-cells matching all pairs")
+    g.add_argument("--with-control", action="store_true",
+                   help="also generate -n cells of the matching control (same cell type and "
+                        "context, no perturbation), as the app does (de novo mode)")
     g.add_argument("-o", "--output", required=True,
                    help="OUT.h5ad, OUT.csv or OUT.tsv (.csv.gz / .tsv.gz compress)")
     g.add_argument("--quiet", action="store_true")

@@ -419,8 +419,10 @@ class PerturbModel:
                     done += b
                     report(done)
             check_cancel(cancel)
-            adata = self._assemble(builder, labels)
+            run_id = self._run_id("denovo", conds, n, seed, steps, guidance)
+            adata = self._assemble(builder, labels, run_id)
         adata.uns[UNS.PROVENANCE] = self._provenance("denovo", conds, seed, steps, guidance)
+        adata.uns[UNS.PROVENANCE]["run_id"] = run_id
         return adata
 
     # -- mode 2: perturb given cells ----------------------------------------------------------------
@@ -488,6 +490,12 @@ class PerturbModel:
             del x0
             adata = self._assemble(builder, labels)
             adata.obs[OBS.SOURCE_CELL] = np.asarray(cells.obs_names, dtype=str)
+            # the source cells' own annotations (donor, batch, ...) travel with them; a name
+            # the generated cells already use keeps the source's value as source_<name>
+            for col in cells.obs.columns:
+                name = str(col) if str(col) not in adata.obs else f"source_{col}"
+                if name not in adata.obs:
+                    adata.obs[name] = cells.obs[col].to_numpy()
             adata.obs_names = [f"{s}-{cond.perturbation_label}" for s in cells.obs_names]
         prov = self._provenance("perturb", [cond], seed, steps, guidance)
         prov.update(genes_found=len(mapping.found), genes_missing=len(mapping.missing),
@@ -541,13 +549,24 @@ class PerturbModel:
         # capacity 1.3x the expected non-zeros: untouched capacity is never committed
         return CsrBuilder(n_rows, len(self.genes), 1.3 * n_rows * len(self.genes) * self.density)
 
-    def _assemble(self, builder: CsrBuilder, labels):
+    def _run_id(self, mode: str, conds, n: int, seed, steps, guidance) -> str:
+        """Eight hex digits naming one run: the same model, conditions, cell count, seed and
+        settings give the same id (and the same cells); another run, another id, so generated
+        files concatenate without duplicate cell names."""
+        import hashlib
+        import json
+
+        key = json.dumps([self._weights_sha or self.name, mode, [c.to_dict() for c in conds],
+                          int(n), int(seed), int(steps), float(guidance)], sort_keys=True)
+        return hashlib.sha1(key.encode()).hexdigest()[:8]
+
+    def _assemble(self, builder: CsrBuilder, labels, run_id: str = "gen"):
         import anndata as ad
         import pandas as pd
 
         counts, X = builder.finish()
         obs = self._obs(labels)
-        obs.index = pd.Index([f"gen{i}" for i in range(counts.shape[0])])
+        obs.index = pd.Index([f"{run_id}-{i}" for i in range(counts.shape[0])])
         adata = ad.AnnData(X=X, obs=obs, var=pd.DataFrame(index=pd.Index(self.genes)))
         adata.layers[LAYERS.COUNTS] = counts
         return adata

@@ -51,8 +51,11 @@ def make_synthetic(seed: int = 0, n_per: int = 40, dose: bool = False):
     return a
 
 
+# single-member by default, to keep the suite fast: the session's tiny_model is the ensemble
+# (TINY_ENSEMBLE) every generation, export and hostile-input test then runs through
 TINY = dict(ae_max_steps=150, flow_steps=300, latent_dim=8, ae_hidden=64, width=64, depth=2,
-            cond_dim=32, steps=8)
+            cond_dim=32, steps=8, members=1)
+TINY_ENSEMBLE = {**TINY, "members": 5}
 
 
 @pytest.fixture(scope="session")
@@ -84,7 +87,7 @@ def tiny_model_dir(tmp_path_factory, synthetic_session, schema):
 
     torch.set_num_threads(2)
     out = tmp_path_factory.mktemp("models") / "tiny"
-    train_model(synthetic_session.copy(), schema, out, seed=0, device="cpu", **TINY)
+    train_model(synthetic_session.copy(), schema, out, seed=0, device="cpu", **TINY_ENSEMBLE)
     return out
 
 

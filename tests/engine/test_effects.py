@@ -155,7 +155,7 @@ def test_single_member_training_keeps_the_previous_format(synthetic, schema, tmp
 
     torch.set_num_threads(2)
     m = train_model(synthetic, schema, tmp_path / "one", seed=0, device="cpu", members=1,
-                    ae_max_steps=20, flow_steps=20, latent_dim=4, ae_hidden=16, width=16,
+                    ae_max_steps=20, flow_steps=30, latent_dim=4, ae_hidden=16, width=16,
                     depth=1, cond_dim=8)
     cfg = json.loads((m.path / "config.json").read_text())
     assert "ensemble" not in cfg

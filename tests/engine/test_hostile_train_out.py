@@ -10,7 +10,7 @@ import pytest
 from engine.checkpoint import check_destination, is_model_folder, save_folder
 from engine.errors import ModelError
 
-TINY_FAST = dict(ae_max_steps=5, flow_steps=5, latent_dim=4, ae_hidden=16, width=16, depth=1,
+TINY_FAST = dict(members=1, ae_max_steps=5, flow_steps=5, latent_dim=4, ae_hidden=16, width=16, depth=1,
                  cond_dim=8, steps=2)
 
 

@@ -26,7 +26,7 @@ def test_kang_train_generate_evaluate(kang, tmp_path):
                     context_keys=("organism", "tissue"), control_label="control")
     out = tmp_path / "kang-small"
     train_model(kang, schema, out, seed=0, device="cpu", ae_max_steps=300, flow_steps=1500,
-                exclude=[{"cell_type": "NK", "condition": "stimulated"}])
+                members=1, exclude=[{"cell_type": "NK", "condition": "stimulated"}])
     model = PerturbModel.load(out)
     assert model.space.cell_types == sorted(kang.obs["cell_type"].unique())
     held_out = Condition.parse("NK", "stimulated")
