@@ -11,14 +11,26 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
+def coverage(card: dict) -> str:
+    """The interval coverage on the card split (engine.effects, cross-fitted)."""
+    entry = (card.get("evidence") or {}).get("measured") or {}
+    c = entry.get("coverage") or {}
+    if c.get("coverage") is None:
+        return f"n/a ({card.get('members', 1)})"
+    return (f"{c['coverage_noise_aware']:.2f} / {c['coverage']:.2f} "
+            f"({card.get('members', 1)}; width {c['median_width']:.2f} vs |real| "
+            f"{c['median_abs_real']:.2f})")
+
+
 def main() -> int:
     from engine import shipped_models_dir
 
     print("| model | conditions on | genes | held-out group | model R2 top100 | "
           "model Pearson delta top100 | model energy ratio | best baseline (R2 / Pearson "
           "delta / energy) | real training cells, a yardstick for held-out noise "
-          "(R2 / Pearson delta / energy) | train s |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "(R2 / Pearson delta / energy) | 90% interval coverage, noise-aware / raw "
+          "(members) | build s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for folder in sorted(p for p in shipped_models_dir().iterdir() if p.is_dir()):
         card = json.loads((folder / "card.json").read_text())
         sp = card["conditions"]
@@ -54,7 +66,8 @@ def main() -> int:
                   + ("n/a" if ref is None else
                      f"{f(ref.get('r2_top100'))} / {f(ref.get('pearson_delta_top100'))} / "
                      f"{f(ref.get('energy_ratio'))}")
-                  + f" | {card['training']['seconds']:.0f} |")
+                  + f" | {coverage(card) if group == 'all conditions' else ''} | "
+                  f"{card.get('build_seconds', card['training']['seconds']):.0f} |")
     return 0
 
 
