@@ -33,10 +33,20 @@ def build_actions(win, pages) -> None:
     win.act_save_csv = A("Save counts as &CSV…", lambda: win.export("csv"), None,
                          "Save the generated counts as a CSV table")
     win.act_save_plot = A("Save &plot…", lambda: win.export("plot"), "Ctrl+P",
-                          "Save the plot on the Results page as PNG or SVG")
+                          "Save the figure on the Results page as SVG, PDF or PNG")
     win.act_save_de = A("Save &effect table…", lambda: win.export("de"), None,
                         "Save the effect table (per gene: effect, 90% interval, baseline, real "
                         "effect) as CSV")
+    win.act_save_session = A("Save sess&ion…", win.save_session_dialog, "Ctrl+Shift+S",
+                             "Save every experiment of this session (cells, settings, views) "
+                             "in one folder")
+    win.act_open_session = A("Open sessio&n…", win.open_session_dialog, "Ctrl+Shift+O",
+                             "Open a saved session folder")
+    win.act_open_autosaved = A("Open the &autosaved session", win.open_autosaved_session, None,
+                               "Open the session kept automatically in the output folder")
+    win.act_copy_command = A("Copy as co&mmand", win.copy_command, "Ctrl+Shift+C",
+                             "Copy the perturb-studio command lines that reproduce the "
+                             "experiment shown")
     win.act_outdir = A("Output &folder…", win.choose_output_dir, None,
                        "Folder where results are saved")
     win.act_autosave = A("Save every result automatically", win.toggle_autosave, None,
@@ -66,7 +76,12 @@ def build_actions(win, pages) -> None:
     m.addAction(win.act_open_folder)
     win.recent_menu = m.addMenu("Open &recent")
     m.addSeparator()
-    for a in (win.act_save_h5ad, win.act_save_csv, win.act_save_plot, win.act_save_de):
+    m.addAction(win.act_open_session)
+    m.addAction(win.act_open_autosaved)
+    m.addAction(win.act_save_session)
+    m.addSeparator()
+    for a in (win.act_save_h5ad, win.act_save_csv, win.act_save_plot, win.act_save_de,
+              win.act_copy_command):
         m.addAction(a)
     m.addSeparator()
     m.addAction(win.act_outdir)

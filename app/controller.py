@@ -77,6 +77,11 @@ class Controller(QObject):
     models_message = Signal(str, bool)     # text for the Models page, is an error
     umap_status = Signal(str)
     train_progress = Signal(object)        # engine.progress.Progress of a training run
+    view_ready = Signal(str, object)       # app.views kind, ViewResult
+    view_failed = Signal(str, str)         # kind, message
+    umap_scores_ready = Signal(object, object)   # GeneSet, scores per UMAP point
+    session_saved = Signal(str)            # folder
+    session_opened = Signal(object)        # app.session_io.SessionManifest
 
     def __init__(self, session: Session | None = None, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -332,6 +337,7 @@ class Controller(QObject):
         self.generation_finished.emit()
         self.analyse()
         self.compute_umap()
+        self.autosave_session()
         if save_error:
             self._error("The cells were generated, but saving them automatically failed: "
                         f"{save_error.message}. Use File > Save cells to save them elsewhere.",
@@ -468,6 +474,158 @@ class Controller(QObject):
                         on_failed=lambda m, d: self.umap_status.emit(f"UMAP failed: {m}"),
                         on_cancelled=lambda: self.umap_status.emit("UMAP cancelled."))
 
+    # -- figure views ----------------------------------------------------------------------------
+    def compute_view(self, kind: str, params: dict, *, dpi: int = 100) -> None:
+        """The figure of an app.views kind for the shown experiment, built and rendered on a
+        worker (one at a time: asking for another replaces it)."""
+        exp = self.session.experiment
+        if exp is None:
+            return
+        dataset, schema, _name = self._real_data()
+
+        def fn(progress, cancel):
+            from . import figures
+            from .views import build_view
+
+            res = build_view(kind, exp, dict(params), dataset=dataset, schema=schema)
+            res.png = figures.render_png(res.figure, dpi=dpi)
+            return res
+
+        def done(res):
+            if exp is self.session.experiment:
+                self.view_ready.emit(kind, res)
+
+        def failed(m, d):
+            log.error("view %s failed: %s\n%s", kind, m, d)
+            self.view_failed.emit(kind, f"Could not draw this view: {m}")
+
+        self.jobs.start("view", fn, on_finished=done, on_failed=failed)
+
+    def geneset_umap(self, gene_set) -> None:
+        """Score every UMAP point for ``gene_set`` (on a worker)."""
+        emb = self.session.embedding
+        if emb is None:
+            return
+
+        def fn(progress, cancel):
+            from .views import umap_scores
+
+            return umap_scores(emb.parts, gene_set)
+
+        def done(scores):
+            if emb is self.session.embedding:
+                self.umap_scores_ready.emit(gene_set, scores)
+
+        self.jobs.start("umap-score", fn, on_finished=done,
+                        on_failed=lambda m, d: self._error(m, d))
+
+    # -- sessions --------------------------------------------------------------------------------
+    def session_autosave_dir(self) -> Path:
+        return cfg.output_dir() / "perturb-studio" / "session-autosave"
+
+    def save_session(self, folder: str, view: dict | None = None, *,
+                     autosave: bool = False) -> None:
+        """Write the history to ``folder`` (app.session_io) on a worker."""
+        s = self.session
+        entries = list(s.history)
+        if not entries:
+            if not autosave:
+                self._error("There is nothing to save yet: generate cells first.",
+                            title="Nothing to save")
+            return
+        data_path, schema = s.data_path, s.schema
+        current = s.current_entry.id if s.current_entry is not None else None
+        if autosave:   # the autosave folder keeps its own copies (never moves saved files)
+            entries = [_AutosaveEntry(e) for e in entries]
+
+        def fn(progress, cancel):
+            from .session_io import save_session
+
+            save_session(folder, entries, dataset_path=data_path, schema=schema,
+                         current_id=current, view=view)
+            return folder
+
+        def done(path):
+            if autosave:
+                for e in entries:
+                    e.original.autosaved = e.file
+                return
+            s.session_dir = path
+            self.status.emit(f"Session saved in {path}", 8000)
+            self.session_saved.emit(path)
+
+        self.jobs.start("session-autosave" if autosave else "session", fn, on_finished=done,
+                        on_failed=lambda m, d: (log.error("session save: %s", m) if autosave
+                                                else self._error(m, d)))
+
+    def autosave_session(self) -> None:
+        if self.session.autosave:
+            self.save_session(str(self.session_autosave_dir()), autosave=True)
+
+    def open_session(self, folder: str) -> None:
+        """Read a session folder on a worker, then show its experiments (those whose model is
+        missing or changed read-only)."""
+        def fn(progress, cancel):
+            import engine
+
+            from .session_io import load_session
+
+            m = load_session(folder, engine.list_models(), progress=progress, cancel=cancel)
+            models = {}
+            for e in m.experiments:
+                if not e.read_only and e.model_path and e.model_path not in models:
+                    models[e.model_path] = engine.PerturbModel.load(e.model_path)
+            return m, models
+
+        def done(result):
+            m, models = result
+            self._session_ready(m, models)
+
+        self._start_fg("run", f"Opening session {Path(folder).name}…", fn, on_finished=done)
+
+    def _session_ready(self, m, models) -> None:
+        import engine
+
+        s = self.session
+        s.history = []
+        s.events.history.emit()
+        shown = None
+        for i, e in enumerate(m.experiments):
+            model = models.get(e.model_path) if not e.read_only else None
+            conds = []
+            if model is not None:
+                conds = _checked(model, [engine.Condition.from_dict(c) for c in e.conditions])
+            if e.mode == "perturb" and e.source is not None:
+                exp = Experiment.from_perturbed(e.adata, e.source, model_name=e.model_name,
+                                                conditions=conds, model=model)
+            else:
+                exp = Experiment.from_generated(e.adata, model_name=e.model_name,
+                                                conditions=conds, model=model)
+            exp.read_only = e.read_only
+            s.set_experiment(exp, name=e.name, read_only=e.read_only, created=e.created)
+            if i == m.current:
+                shown = exp
+        s.session_dir = m.folder
+        if shown is not None and shown is not s.experiment:
+            s.set_experiment(shown)
+        self.session_opened.emit(m)
+        if s.experiment is not None:
+            self.analyse()
+            self.compute_umap()
+        n_ro = sum(1 for e in m.experiments if e.read_only)
+        self.status.emit(f"Opened {len(m.experiments)} experiment(s) from {m.folder}"
+                         + (f"; {n_ro} read-only" if n_ro else ""), 10000)
+
+    def show_entry(self, entry_id: int) -> None:
+        """Look at an experiment of the history again."""
+        s = self.session
+        e = s.entry(entry_id)
+        if e is None or e.experiment is s.experiment:
+            return
+        s.set_experiment(e.experiment)
+        self.analyse()
+        self.compute_umap()
+
     # -- training --------------------------------------------------------------------------------
     def train(self, req: TrainRequest) -> None:
         s = self.session
@@ -536,11 +694,23 @@ class Controller(QObject):
         return self.note_exported(path)
 
     def note_exported(self, path: str) -> str:
-        """A file was saved: its folder becomes the output folder, and the user is told."""
-        cfg.put("output_dir", str(Path(path).parent))
+        """A file was saved: its folder is where the next Save dialog opens (the output folder
+        of automatic saves stays as it is: File > Output folder), and the user is told."""
+        cfg.put("last_save_dir", str(Path(path).parent))
         self.status.emit(f"Saved {path}", 8000)
         self.exported.emit(path)
         return path
+
+
+class _AutosaveEntry:
+    """A history entry as the autosave writes it: its own file attribute, so autosaving never
+    changes where the user's saved session keeps the cells."""
+
+    def __init__(self, entry) -> None:
+        self.original = entry
+        self.experiment, self.name, self.created = entry.experiment, entry.name, entry.created
+        self.read_only, self.id = entry.read_only, entry.id
+        self.file = getattr(entry, "autosaved", None)
 
 
 def _checked(model, conditions) -> list:

@@ -105,7 +105,8 @@ def ask_folder(parent: QWidget, title: str, start: str = "") -> str:
 SAVE_KINDS = {
     "h5ad": ("Save cells", "AnnData (*.h5ad)", ".h5ad"),
     "csv": ("Save cells", "CSV table (*.csv)", ".csv"),
-    "plot": ("Save plot", "PNG image (*.png);;SVG vector image (*.svg)", ".png"),
+    "plot": ("Save figure", "SVG vector image (*.svg);;PDF vector document (*.pdf);;"
+                            "PNG image (*.png)", ".svg"),
     "de": ("Save effect table", "CSV table (*.csv)", ".csv"),
 }
 
@@ -117,9 +118,10 @@ def ask_save(parent: QWidget, kind: str, default: Path) -> str:
 
 
 def with_suffix(path: str, kind: str) -> str:
-    """``path`` ending in a suffix the writer of ``kind`` produces (.png or .svg for a plot)."""
+    """``path`` ending in a suffix the writer of ``kind`` produces (.svg, .pdf or .png for a
+    figure)."""
     suffix = SAVE_KINDS[kind][2]
-    ok = (".png", ".svg") if kind == "plot" else (suffix,)
+    ok = (".png", ".svg", ".pdf") if kind == "plot" else (suffix,)
     if kind == "de" or path.lower().endswith(ok):
         return path
     return path + suffix

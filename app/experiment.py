@@ -23,6 +23,7 @@ class Experiment:
     conditions: dict[str, Any] = field(default_factory=dict)  # label -> engine Condition
     model: Any = None                # the engine PerturbModel that made the cells
     effects: dict = field(default_factory=dict)   # (label, dataset id) -> effects (app.controller)
+    read_only: str = ""              # why nothing is recomputed with the model ("" = not)
 
     @classmethod
     def from_generated(cls, adata, *, model_name: str = "", saved_to: str | None = None,

@@ -66,6 +66,9 @@ class MainWindow(QMainWindow):
     training_finished = Signal()
     error_shown = Signal(str)
     exported = Signal(str)
+    view_updated = Signal(str)             # an app.views kind was drawn
+    session_saved = Signal(str)
+    session_opened = Signal()
 
     def __init__(self) -> None:
         super().__init__()
@@ -171,6 +174,12 @@ class MainWindow(QMainWindow):
         r = self.results_page
         r.export_requested.connect(self.export)
         r.de_requested.connect(c.compute_de)
+        r.view_requested.connect(lambda kind, p: c.compute_view(kind, p))
+        r.geneset_umap_requested.connect(c.geneset_umap)
+        r.history_selected.connect(c.show_entry)
+        r.history_renamed.connect(self._rename_entry)
+        r.history_deleted.connect(self.session.remove_entry)
+        r.copy_command_requested.connect(self.copy_command)
 
     def _observe_session(self) -> None:
         """Keep the pages in step with the session."""
@@ -185,6 +194,7 @@ class MainWindow(QMainWindow):
         ev.embedding.connect(lambda: self.results_page.set_embedding(
             self.session.embedding, Path(self.session.data_path or "").name))
         ev.busy.connect(self._busy_changed)
+        ev.history.connect(self._history_changed)
 
     def _wire_controller(self) -> None:
         """Show what the controller says, and pass its outcomes on."""
@@ -211,6 +221,11 @@ class MainWindow(QMainWindow):
             "</span><br>" + self._in_use_text()))
         c.models_message.connect(lambda text, err: self.models_page.set_message(text, error=err))
         c.umap_status.connect(self.results_page.set_umap_status)
+        c.view_ready.connect(self._view_ready)
+        c.view_failed.connect(self.results_page.view_failed)
+        c.umap_scores_ready.connect(self.results_page.color_umap_by_score)
+        c.session_saved.connect(self.session_saved)
+        c.session_opened.connect(self._session_opened)
         c.train_progress.connect(self.train_page.on_progress)
 
     # -- session events ----------------------------------------------------------------------------
@@ -245,9 +260,29 @@ class MainWindow(QMainWindow):
         return f"In use: <b>{esc(model.name)}</b> ({len(model.genes):,} genes)"
 
     def _experiment_changed(self) -> None:
-        self.results_page.set_experiment(self.session.experiment)
+        exp = self.session.experiment
+        self.results_page.set_experiment(exp)
+        if exp is not None and getattr(exp, "read_only", ""):
+            self.results_page.header.setText(
+                self.results_page.header.text() + "<br><span style='color:#a15c00'>⚠ "
+                f"Read-only: {esc(exp.read_only)}.</span>")
+        self._history_changed()
         self._update_actions()
         self.nav.setCurrentRow(PAGE_ROWS["results"])
+
+    def _history_changed(self) -> None:
+        s = self.session
+        cur = s.current_entry
+        self.results_page.set_history(s.history, cur.id if cur is not None else None)
+        self.act_save_session.setEnabled(bool(s.history))
+
+    def _rename_entry(self, entry_id: int, name: str) -> None:
+        self.session.rename_entry(entry_id, name)
+        self.controller.autosave_session()
+
+    def _view_ready(self, kind: str, result) -> None:
+        self.results_page.set_view(kind, result)
+        self.view_updated.emit(kind)
 
     def _analysis_changed(self) -> None:
         a = self.session.analysis
@@ -271,7 +306,8 @@ class MainWindow(QMainWindow):
 
     def _update_actions(self) -> None:
         has = self.session.experiment is not None
-        for a in (self.act_save_h5ad, self.act_save_csv, self.act_save_plot, self.act_save_de):
+        for a in (self.act_save_h5ad, self.act_save_csv, self.act_save_plot, self.act_save_de,
+                  self.act_copy_command):
             a.setEnabled(has)
         self.act_cancel.setEnabled(self.session.busy is not None)
         self.act_generate.setEnabled(self.session.busy is None)
@@ -409,25 +445,123 @@ class MainWindow(QMainWindow):
             return None
         if path is None:
             stem = safe_filename(f"{exp.model_name}_{exp.mode}")
-            name = {"plot": f"{stem}_{self.results_page.current_plot_name()}.png",
+            name = {"plot": f"{stem}_{self.results_page.current_plot_name()}.svg",
                     "de": f"{stem}_effects_"
                           f"{safe_filename(de.label if de else '', default='condition')}.csv",
                     "h5ad": f"{stem}.h5ad", "csv": f"{stem}.csv"}[kind]
-            path = dialogs.ask_save(self, kind, cfg.output_dir() / name)
+            path = dialogs.ask_save(self, kind, cfg.save_dir() / name)
         if not path:
             return None
         path = dialogs.with_suffix(path, kind)
         if kind == "de":
             return self.controller.export_table(de.frame, path)
         if kind == "plot":
-            try:
-                self.results_page.current_plot().export(path)
-            except Exception as e:  # noqa: BLE001
-                self.show_error(f"Could not save the plot to {path}: {e}")
-                return None
-            return self.controller.note_exported(path)
+            return self.save_figure(path)
         self.controller.export_cells(kind, path)
         return path
+
+    def save_figure(self, path: str, name: str | None = None, *, dpi: int | None = None
+                    ) -> str | None:
+        """Save the figure of a Results tab (default: the one shown) with matplotlib: SVG or PDF
+        as vectors, PNG at the dpi chosen on the Results page."""
+        from .figures import save_figure
+
+        dpi = int(dpi or self.results_page.dpi.value())
+        try:
+            fig = self.results_page.figure_for(name)
+            if fig is None:
+                self.show_error("This view has nothing to save yet: wait until it is drawn.",
+                                title="Nothing to save")
+                return None
+            save_figure(fig, path, dpi=dpi)
+        except Exception as e:  # noqa: BLE001
+            self.show_error(f"Could not save the figure to {path}: {e}")
+            return None
+        return self.controller.note_exported(path)
+
+    # -- sessions -----------------------------------------------------------------------------------
+    def view_state(self) -> dict:
+        r = self.results_page
+        return {"tab": r.current_plot_name(), "color_by": r.color_by.currentText(),
+                "gene": r.gene.text(), "compare": r.compare.currentText(),
+                "genes": {k: w.text() for k, w in r.view_genes.items()},
+                "gene_set": [r.gs_collection.currentText(), r.gs_set.currentText()],
+                "heat_extras": r.heat_extras.isChecked(), "dpi": r.dpi.value()}
+
+    def apply_view_state(self, v: dict) -> None:
+        from .views import KINDS
+
+        r = self.results_page
+        if not isinstance(v, dict):
+            return
+        for k, text in (v.get("genes") or {}).items():
+            if k in r.view_genes:
+                r.view_genes[k].setText(str(text))
+        if v.get("color_by") in ("condition", "cell type", "source"):
+            r.color_by.setCurrentText(v["color_by"])
+        if isinstance(v.get("dpi"), int):
+            r.dpi.setValue(v["dpi"])
+        r.heat_extras.setChecked(bool(v.get("heat_extras")))
+        gs = v.get("gene_set") or []
+        if len(gs) == 2 and gs[0]:
+            r._load_genesets()
+            r.gs_collection.setCurrentText(str(gs[0]))
+            r.gs_set.setCurrentText(str(gs[1]))
+        names = ["heatmap", "umap", "effects", *KINDS]
+        if v.get("tab") in names:
+            r.tabs.setCurrentIndex(names.index(v["tab"]))
+
+    def save_session_dialog(self) -> None:
+        if not self.session.history:
+            self.show_error("There is nothing to save yet: generate cells first.",
+                            title="Nothing to save")
+            return
+        start = self.session.session_dir or str(cfg.save_dir())
+        folder = dialogs.ask_folder(self, "Save session in folder", start)
+        if folder:
+            self.save_session(folder)
+
+    def save_session(self, folder: str) -> None:
+        self.controller.save_session(folder, self.view_state())
+
+    def open_session_dialog(self) -> None:
+        folder = dialogs.ask_folder(self, "Open session folder", str(cfg.save_dir()))
+        if folder:
+            self.open_session(folder)
+
+    def open_session(self, folder: str) -> None:
+        self.controller.open_session(folder)
+
+    def open_autosaved_session(self) -> None:
+        folder = self.controller.session_autosave_dir()
+        if not (folder / "session.json").exists():
+            self.show_error(f"No session was saved automatically in {folder} yet.",
+                            title="No autosaved session")
+            return
+        self.open_session(str(folder))
+
+    def _session_opened(self, manifest) -> None:
+        self.apply_view_state(manifest.view)
+        ro = [e for e in manifest.experiments if e.read_only]
+        if ro:
+            self.statusBar().showMessage(
+                f"{len(ro)} experiment(s) opened read-only: {ro[0].read_only}", 15000)
+        self.session_opened.emit()
+
+    def copy_command(self) -> str | None:
+        """Put the command lines that reproduce the shown experiment on the clipboard."""
+        from PySide6.QtWidgets import QApplication
+
+        from .session_io import commands
+
+        exp = self.session.experiment
+        if exp is None:
+            self.show_error("There is no experiment to copy yet.", title="Nothing to copy")
+            return None
+        text = "\n".join(commands(exp, data_path=self.session.data_path))
+        QApplication.clipboard().setText(text)
+        self.statusBar().showMessage("Copied the commands that reproduce this experiment", 6000)
+        return text
 
     # -- help -------------------------------------------------------------------------------------
     def about_text(self) -> str:

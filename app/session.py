@@ -9,8 +9,11 @@ event never needs a queued connection and the observers have run when ``set_*`` 
 
 from __future__ import annotations
 
+import itertools
 import logging
+import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from .messages import Analysis, DiffExpr, Embedding, LoadedDataset, ModelList
@@ -51,6 +54,54 @@ class SessionEvents:
         self.de = Event("de")                  # de (the DE table shown)
         self.embedding = Event("embedding")    # embedding (UMAP)
         self.busy = Event("busy")              # busy: the foreground job's slot, or None
+        self.history = Event("history")        # history (entries added, renamed, removed)
+
+
+_ids = itertools.count(1)
+
+
+@dataclass(eq=False)
+class HistoryEntry:
+    """One experiment of the session's history: its name (the user may rename it), the
+    experiment, when it was made, and why it is read-only ("" when it is not)."""
+
+    experiment: Any
+    name: str = ""
+    created: float = field(default_factory=time.time)
+    read_only: str = ""
+    id: int = field(default_factory=lambda: next(_ids))
+    file: str | None = None          # where a saved session keeps its cells
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            self.name = default_name(self.experiment)
+
+    @property
+    def n_cells(self) -> int:
+        return int(self.experiment.adata.n_obs)
+
+    def subtitle(self) -> str:
+        stamp = time.strftime("%H:%M", time.localtime(self.created))
+        return f"{self.n_cells:,} cells · {self.experiment.model_name} · {stamp}"
+
+    def tooltip(self) -> str:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(self.created))
+        conds = ", ".join(self.experiment.labels[:6])
+        more = f" and {len(self.experiment.labels) - 6} more" if len(
+            self.experiment.labels) > 6 else ""
+        ro = f"\nRead-only: {self.read_only}" if self.read_only else ""
+        return (f"{self.name}\nmodel {self.experiment.model_name} · {self.n_cells:,} cells · "
+                f"{when}\nconditions: {conds}{more}{ro}")
+
+
+def default_name(exp) -> str:
+    """A short name from the conditions: 'CD14+Mono | stimulated (+1 more)'."""
+    labels = list(getattr(exp, "labels", []))
+    if not labels:
+        return "experiment"
+    head = labels[0] if len(labels[0]) <= 40 else labels[0][:39] + "…"
+    prefix = "perturbed: " if getattr(exp, "mode", "") == "perturb" else ""
+    return prefix + head + (f" (+{len(labels) - 1} more)" if len(labels) > 1 else "")
 
 
 class Session:
@@ -76,6 +127,9 @@ class Session:
         # jobs and options
         self.busy: str | None = None           # slot of the foreground job (the run bar's)
         self.autosave = True                   # save each finished experiment as h5ad
+        # every experiment of this session, oldest first
+        self.history: list[HistoryEntry] = []
+        self.session_dir: str | None = None    # the folder of the session saved or opened
 
     # -- changes ---------------------------------------------------------------------------------
     def set_dataset(self, path: str, loaded: LoadedDataset) -> None:
@@ -95,10 +149,51 @@ class Session:
         self.model, self.model_info, self.device_text = model, info, device_text
         self.events.model.emit()
 
-    def set_experiment(self, experiment) -> None:
+    def set_experiment(self, experiment, *, name: str = "", read_only: str = "",
+                       created: float | None = None) -> None:
+        """Show ``experiment``; a new one is added to the history."""
+        if experiment is not None and self.entry_of(experiment) is None:
+            e = HistoryEntry(experiment, name, read_only=read_only)
+            if created is not None:
+                e.created = created
+            self.history.append(e)
+            self.events.history.emit()
         self.experiment = experiment
         self.analysis = self.de = self.embedding = None
         self.events.experiment.emit()
+
+    def entry_of(self, experiment) -> HistoryEntry | None:
+        return next((e for e in self.history if e.experiment is experiment), None)
+
+    def entry(self, entry_id: int) -> HistoryEntry | None:
+        return next((e for e in self.history if e.id == entry_id), None)
+
+    def show_entry(self, entry_id: int) -> None:
+        e = self.entry(entry_id)
+        if e is not None and e.experiment is not self.experiment:
+            self.set_experiment(e.experiment)
+
+    def rename_entry(self, entry_id: int, name: str) -> None:
+        e = self.entry(entry_id)
+        name = " ".join(str(name).split())[:120]
+        if e is not None and name and name != e.name:
+            e.name = name
+            self.events.history.emit()
+
+    def remove_entry(self, entry_id: int) -> None:
+        """Drop an experiment from the history; when it was shown, the newest left is shown."""
+        e = self.entry(entry_id)
+        if e is None:
+            return
+        self.history.remove(e)
+        self.events.history.emit()
+        if e.experiment is self.experiment:
+            self.set_experiment(self.history[-1].experiment if self.history else None)
+
+    def clear_history(self) -> None:
+        self.history = []
+        self.events.history.emit()
+        self.set_experiment(None)
 
     def set_analysis(self, analysis: Analysis) -> None:
         self.analysis = analysis
@@ -122,6 +217,10 @@ class Session:
     def last_saved(self) -> str | None:
         """Where the latest experiment was saved automatically (None: not saved)."""
         return self.experiment.saved_to if self.experiment is not None else None
+
+    @property
+    def current_entry(self) -> HistoryEntry | None:
+        return self.entry_of(self.experiment) if self.experiment is not None else None
 
     def in_use_name(self) -> str | None:
         return self.model_info.name if self.model_info is not None else None

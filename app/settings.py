@@ -87,3 +87,11 @@ def output_dir() -> Path:
         return Path(str(v))
     docs = QStandardPaths.writableLocation(QStandardPaths.StandardLocation.DocumentsLocation)
     return Path(docs or Path.home())
+
+
+def save_dir() -> Path:
+    """Where Save dialogs open: the folder of the last file saved, else the output folder."""
+    v = get("last_save_dir")
+    if v and Path(str(v)).is_dir():
+        return Path(str(v))
+    return output_dir()

@@ -1,5 +1,8 @@
-"""Results page: heatmap of the genes that change most (with baselines and real cells), UMAP with
-real cells, and the effect table + effect plot of one condition (app.effect_table)."""
+"""Results page: the history of experiments on the left; on the right the heatmap of the genes
+that change most (with baselines and real cells), UMAP with real cells, the effect table + effect
+plot of one condition (app.effect_table), and the figure views of app.views (dot plot, violins,
+per-cell heatmap, gene-set scores, comparisons, sweeps). Every view exports through matplotlib
+(app.figures) as SVG, PDF or PNG at the dpi chosen here."""
 
 from __future__ import annotations
 
@@ -9,6 +12,9 @@ from PySide6.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
     QComboBox,
+    QListWidget,
+    QListWidgetItem,
+    QSpinBox,
     QCompleter,
     QHBoxLayout,
     QHeaderView,
@@ -24,6 +30,7 @@ from PySide6.QtWidgets import (
 
 from ..plots.effect_plot import EffectPlot
 from ..plots.embedding import EmbeddingPlot
+from ..plots.figure_view import FigureView
 from ..plots.heatmap import HeatmapPlot
 from ..richtext import esc, plain
 from ..umap_table import category_order, describe_point, find_gene
@@ -38,6 +45,12 @@ class ResultsPanel(QWidget):
     export_requested = Signal(str)      # 'h5ad' | 'csv' | 'plot' | 'de'
     de_requested = Signal(str)          # condition label
     color_requested = Signal(str)       # 'condition' | 'cell type' | 'source' | 'gene:NAME'
+    view_requested = Signal(str, dict)  # app.views kind, its parameters
+    geneset_umap_requested = Signal(object)   # engine.genesets.GeneSet: colour the UMAP by it
+    history_selected = Signal(int)      # experiment id (app.session.HistoryEntry.id)
+    history_renamed = Signal(int, str)
+    history_deleted = Signal(int)
+    copy_command_requested = Signal()
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -49,7 +62,18 @@ class ResultsPanel(QWidget):
         self.export_csv = QPushButton("Save counts (CSV)…")
         self.export_csv.setToolTip("Save the generated counts as a cells × genes CSV table")
         self.export_plot = QPushButton("Save plot…")
-        self.export_plot.setToolTip("Save the plot on the current tab as PNG or SVG (Ctrl+P)")
+        self.export_plot.setToolTip("Save the figure on the current tab as vector SVG or PDF, "
+                                    "or as PNG at the dpi beside (Ctrl+P)")
+        self.dpi = QSpinBox()
+        self.dpi.setRange(72, 1200)
+        self.dpi.setSingleStep(50)
+        self.dpi.setValue(300)
+        self.dpi.setSuffix(" dpi")
+        self.dpi.setToolTip("Resolution of figures saved as PNG (SVG and PDF are vectors)")
+        self.copy_cmd = QPushButton("Copy as command")
+        self.copy_cmd.setToolTip("Copy the perturb-studio command lines that reproduce this "
+                                 "experiment (same model, conditions, seed and settings)")
+        self.copy_cmd.clicked.connect(self.copy_command_requested.emit)
         self.export_de = QPushButton("Save effect table…")
         self.export_de.setToolTip("Save the effect table (per gene: effect, 90% interval, "
                                   "baseline, real effect) as CSV")
@@ -58,8 +82,11 @@ class ResultsPanel(QWidget):
             b.clicked.connect(lambda _=False, k=kind: self.export_requested.emit(k))
         top = QHBoxLayout()
         top.addWidget(self.header, 1)
-        for b in (self.export_h5ad, self.export_csv, self.export_plot, self.export_de):
+        for b in (self.export_h5ad, self.export_csv, self.export_plot):
             top.addWidget(b)
+        top.addWidget(self.dpi)
+        top.addWidget(self.export_de)
+        top.addWidget(self.copy_cmd)
 
         # heatmap tab
         self.heatmap = HeatmapPlot()
@@ -182,10 +209,23 @@ class ResultsPanel(QWidget):
         self.tabs.setTabToolTip(1, "Generated cells embedded with real cells")
         self.tabs.setTabToolTip(2, "Each gene's predicted effect with its 90% interval, the "
                                    "baseline's and the real one, sortable")
+        self._build_views()
+        self._build_history()
+        right = QWidget()
+        rl = QVBoxLayout(right)
+        rl.setContentsMargins(0, 0, 0, 0)
+        rl.addLayout(top)
+        rl.addWidget(self.tabs, 1)
+        self.split = QSplitter(Qt.Orientation.Horizontal)
+        self.split.addWidget(self.history_box)
+        self.split.addWidget(right)
+        self.split.setStretchFactor(1, 1)
+        self.split.setSizes([220, 1200])
+        self.split.setCollapsible(1, False)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(6, 6, 6, 6)
-        lay.addLayout(top)
-        lay.addWidget(self.tabs, 1)
+        lay.addWidget(self.split, 1)
+        self.read_only_note = ""
         self.de_frame = None
         self.de_label = ""
         self.de_view = None       # app.effect_table.EffectView shown
@@ -197,10 +237,287 @@ class ResultsPanel(QWidget):
         self._umap_gene = None    # (gene, values per point) while coloured by a gene
         self.set_experiment(None)
 
+    # -- figure views (app.views) ----------------------------------------------------------------
+    def _build_views(self) -> None:
+        from ..views import KINDS, TITLES
+
+        self.views: dict[str, FigureView] = {}
+        self.view_notes: dict[str, QLabel] = {}
+        self.view_genes: dict[str, QLineEdit] = {}
+        self._view_done: dict[str, object] = {}   # kind -> the parameters it was computed with
+        self._top_genes: list[str] = []
+        tips = {"dotplot": "Fraction of cells expressing each gene (dot size) and its mean "
+                           "expression (colour), per condition",
+                "violin": "Expression of chosen genes per condition, as stacked violins",
+                "cells": "Every generated cell as a column, grouped by condition, genes "
+                         "clustered",
+                "genesets": "Hallmark and Reactome gene-set scores per cell, as violins and "
+                            "on the UMAP",
+                "compare": "A double against its singles and the additive expectation, or "
+                           "generated vs real cells",
+                "sweep": "Dose-response curves, combination grid or the ranked singles"}
+        for kind in KINDS:
+            w = QWidget()
+            lay = QVBoxLayout(w)
+            row = QHBoxLayout()
+            if kind in ("dotplot", "violin", "cells", "sweep"):
+                genes = QLineEdit()
+                genes.setPlaceholderText("genes, e.g. ISG15 IFI6 CXCL10 (empty: the genes "
+                                         "that change most)")
+                genes.setToolTip("Genes to show, separated by spaces or commas; press Enter")
+                genes.setClearButtonEnabled(True)
+                genes.setCompleter(self._gene_completer())
+                genes.returnPressed.connect(lambda k=kind: self.request_view(k, force=True))
+                self.view_genes[kind] = genes
+                row.addWidget(QLabel("Genes"))
+                row.addWidget(genes, 1)
+            if kind == "genesets":
+                self.gs_collection = QComboBox()
+                self.gs_collection.setToolTip("Gene-set collection (shipped with the app, with "
+                                              "citations: resources/genesets/README.md)")
+                self.gs_set = QComboBox()
+                self.gs_set.setEditable(True)
+                self.gs_set.setInsertPolicy(QComboBox.InsertPolicy.NoInsert)
+                self.gs_set.setToolTip("Type to search the sets")
+                self.gs_set.completer().setFilterMode(Qt.MatchFlag.MatchContains)
+                self.gs_set.completer().setCompletionMode(
+                    QCompleter.CompletionMode.PopupCompletion)
+                self.gs_collection.currentTextChanged.connect(self._fill_sets)
+                self.gs_set.activated.connect(lambda _i: self.request_view("genesets"))
+                self.gs_umap = QPushButton("Show on UMAP")
+                self.gs_umap.setToolTip("Colour the UMAP's cells by this score")
+                self.gs_umap.clicked.connect(self._geneset_on_umap)
+                row.addWidget(QLabel("Collection"))
+                row.addWidget(self.gs_collection)
+                row.addWidget(QLabel("Set"))
+                row.addWidget(self.gs_set, 1)
+                row.addWidget(self.gs_umap)
+                self._genesets = None
+            if kind == "compare":
+                self.cmp_mode = QComboBox()
+                self.cmp_mode.addItem("double vs singles and additive", "additive")
+                self.cmp_mode.addItem("generated vs real cells", "real")
+                self.cmp_mode.setToolTip("What to compare")
+                self.cmp_label = QComboBox()
+                self.cmp_label.setToolTip("The condition compared")
+                self.cmp_mode.currentIndexChanged.connect(
+                    lambda _i: (self._fill_compare(), self.request_view("compare")))
+                self.cmp_label.activated.connect(lambda _i: self.request_view("compare"))
+                row.addWidget(self.cmp_mode)
+                row.addWidget(self.cmp_label, 1)
+            note = plain(QLabel())
+            note.setWordWrap(True)
+            view = FigureView()
+            view.setToolTip(tips[kind])
+            lay.addLayout(row)
+            lay.addWidget(note)
+            lay.addWidget(view, 1)
+            self.views[kind] = view
+            self.view_notes[kind] = note
+            i = self.tabs.addTab(w, TITLES[kind])
+            self.tabs.setTabToolTip(i, tips[kind])
+        self.tabs.currentChanged.connect(lambda _i: self.request_view(self.current_plot_name()))
+
+    def _gene_completer(self) -> QCompleter:
+        comp = QCompleter(self._gene_model, self)
+        comp.setCaseSensitivity(Qt.CaseSensitivity.CaseInsensitive)
+        comp.setFilterMode(Qt.MatchFlag.MatchContains)
+        return comp
+
+    def _load_genesets(self) -> None:
+        if self._genesets is not None:
+            return
+        try:
+            from engine.genesets import collections
+
+            self._genesets = collections()
+        except Exception as e:  # noqa: BLE001 - said in the tab
+            self._genesets = {}
+            self.view_notes["genesets"].setText(f"The gene sets could not be read: {e}")
+        self.gs_collection.blockSignals(True)
+        self.gs_collection.clear()
+        self.gs_collection.addItems([k for k, v in self._genesets.items() if v])
+        self.gs_collection.blockSignals(False)
+        self._fill_sets(self.gs_collection.currentText())
+
+    def _fill_sets(self, collection: str) -> None:
+        sets = (self._genesets or {}).get(collection, [])
+        self.gs_set.clear()
+        self.gs_set.addItems([g.name for g in sets])
+        pref = [i for i, g in enumerate(sets) if "INTERFERON" in g.name.upper()]
+        if pref:
+            self.gs_set.setCurrentIndex(pref[0])
+
+    def current_gene_set(self):
+        sets = (self._genesets or {}).get(self.gs_collection.currentText(), [])
+        name = self.gs_set.currentText()
+        return next((g for g in sets if g.name == name), None)
+
+    def _fill_compare(self) -> None:
+        from ..views import doubles
+
+        self.cmp_label.clear()
+        if self.exp is None:
+            return
+        mode = self.cmp_mode.currentData()
+        labels = doubles(self.exp) if mode == "additive" else list(self.exp.labels)
+        self.cmp_label.addItems(labels)
+
+    def view_params(self, kind: str) -> dict | None:
+        """What the view ``kind`` is asked to show (None: nothing to ask, e.g. no gene set)."""
+        if self.exp is None:
+            return None
+        p: dict = {"top": list(self._top_genes)}
+        if kind in self.view_genes:
+            from ..views import parse_genes
+
+            found, missing = parse_genes(self.view_genes[kind].text(),
+                                         self.exp.adata.var_names)
+            p["genes"] = found
+            p["missing"] = missing
+        if kind == "genesets":
+            self._load_genesets()
+            gs = self.current_gene_set()
+            if gs is None:
+                return None
+            p["gene_set"] = gs
+        if kind == "compare":
+            if self.cmp_label.count() == 0:
+                self._fill_compare()
+            p["compare"] = self.cmp_mode.currentData()
+            p["label"] = self.cmp_label.currentText()
+        return p
+
+    def request_view(self, kind: str, *, force: bool = False) -> None:
+        """Ask for the figure of ``kind`` when it is shown and not computed with these
+        parameters yet."""
+        from ..views import KINDS
+
+        if kind not in KINDS or self.exp is None:
+            return
+        p = self.view_params(kind)
+        if p is None:
+            return
+        key = repr(sorted((k, str(v)) for k, v in p.items()))
+        if not force and self._view_done.get(kind) == key:
+            return
+        self._view_done[kind] = key
+        missing = p.pop("missing", [])
+        self.views[kind].show_message("Drawing…")
+        self.view_notes[kind].setText(
+            f"Not among the model's genes: {', '.join(missing)}." if missing else "")
+        self.view_requested.emit(kind, p)
+
+    def set_view(self, kind: str, result) -> None:
+        """Show a computed app.views.ViewResult."""
+        self.views[kind].set_figure(result.figure, result.png)
+        old = self.view_notes[kind].text()
+        self.view_notes[kind].setText((old + " " if old.startswith("Not among") else "")
+                                      + result.note)
+
+    def view_failed(self, kind: str, message: str) -> None:
+        self.views[kind].show_message(message)
+        self._view_done.pop(kind, None)
+
+    def _geneset_on_umap(self) -> None:
+        gs = self.current_gene_set()
+        if gs is None:
+            return
+        self.tabs.setCurrentIndex(1)
+        if self.embedding is None:
+            self.gene_msg.setText("The UMAP is not ready yet")
+            return
+        self.geneset_umap_requested.emit(gs)
+
+    def color_umap_by_score(self, gene_set, scores) -> None:
+        self._umap_gene = (gene_set.name, scores)
+        self.gene_msg.setText("")
+        title = f"{gene_set.label} score"
+        self.umap.color_by_value(np.nan_to_num(scores), title=title)
+        self._umap_state = ("value", np.asarray(scores), None, None, title,
+                            "gene-set score (log normalised expression)")
+
+    # -- history --------------------------------------------------------------------------------
+    def _build_history(self) -> None:
+        self.history_box = QWidget()
+        lay = QVBoxLayout(self.history_box)
+        lay.setContentsMargins(0, 0, 4, 0)
+        title = QLabel("<b>History</b>")
+        self.history = QListWidget()
+        self.history.setToolTip("Every experiment of this session: click one to look at it "
+                                "again; double-click (or F2) to rename it")
+        self.history.setEditTriggers(QAbstractItemView.EditTrigger.DoubleClicked
+                                     | QAbstractItemView.EditTrigger.EditKeyPressed)
+        self.history.itemClicked.connect(self._history_clicked)
+        self.history.itemChanged.connect(self._history_changed)
+        self.history.setWordWrap(True)
+        self.history_delete = QPushButton("Delete")
+        self.history_delete.setToolTip("Remove the selected experiment from the history (a file "
+                                       "already saved stays on disk)")
+        self.history_delete.clicked.connect(self._history_delete)
+        self.history_rename = QPushButton("Rename")
+        self.history_rename.clicked.connect(
+            lambda: self.history.currentItem() and self.history.editItem(
+                self.history.currentItem()))
+        row = QHBoxLayout()
+        row.addWidget(self.history_rename)
+        row.addWidget(self.history_delete)
+        lay.addWidget(title)
+        lay.addWidget(self.history, 1)
+        self.history_details = plain(QLabel())
+        self.history_details.setWordWrap(True)
+        self.history_details.setStyleSheet("color:#555")
+        lay.addWidget(self.history_details)
+        lay.addLayout(row)
+        self.history.currentItemChanged.connect(
+            lambda it, _p: self.history_details.setText(it.toolTip() if it else ""))
+        self._filling = False
+
+    def set_history(self, entries, current_id: int | None) -> None:
+        """``entries``: app.session.HistoryEntry, oldest first (shown newest first)."""
+        self._filling = True
+        self.history.clear()
+        for e in reversed(list(entries)):
+            it = QListWidgetItem(e.name)
+            it.setData(Qt.ItemDataRole.UserRole, e.id)
+            it.setToolTip(e.tooltip())
+            it.setFlags(it.flags() | Qt.ItemFlag.ItemIsEditable)
+            self.history.addItem(it)
+            if e.id == current_id:
+                self.history.setCurrentItem(it)
+        self._filling = False
+        n = self.history.count()
+        self.history_delete.setEnabled(n > 0)
+        self.history_rename.setEnabled(n > 0)
+
+    def _history_clicked(self, item) -> None:
+        self.history_selected.emit(int(item.data(Qt.ItemDataRole.UserRole)))
+
+    def _history_changed(self, item) -> None:
+        if self._filling:
+            return
+        name = item.text().strip()
+        if name:
+            self.history_renamed.emit(int(item.data(Qt.ItemDataRole.UserRole)), name)
+
+    def _history_delete(self) -> None:
+        it = self.history.currentItem()
+        if it is not None:
+            self.history_deleted.emit(int(it.data(Qt.ItemDataRole.UserRole)))
+
     # -- experiment -----------------------------------------------------------------------------
     def set_experiment(self, exp) -> None:
         self.exp = exp
         self.embedding = self._umap_gene = None
+        self._umap_state = None
+        self._view_done = {}
+        self._top_genes = []
+        if hasattr(self, "views"):
+            for kind, v in self.views.items():
+                v.show_message("")
+                self.view_notes[kind].setText("")
+            self.cmp_label.clear()
+        self.copy_cmd.setEnabled(exp is not None)
         for b in (self.export_h5ad, self.export_csv, self.export_plot, self.export_de):
             b.setEnabled(exp is not None)
         self.compare.blockSignals(True)
@@ -239,8 +556,10 @@ class ResultsPanel(QWidget):
         shown after their condition while *Show baselines and real cells* is ticked."""
         self._heat = (list(genes), np.asarray(matrix), list(labels), note, list(extras),
                       extras_note)
+        self._top_genes = list(genes)
         self.heat_extras.setEnabled(bool(extras))
         self._show_heatmap()
+        self.request_view(self.current_plot_name())
 
     def _show_heatmap(self) -> None:
         if self._heat is None:
@@ -354,17 +673,21 @@ class ResultsPanel(QWidget):
             self._umap_gene = (gene, vals)
             self.gene_msg.setText("")
             plot.color_by_value(vals, title=f"{gene} (log normalised expression)")
+            self._umap_state = ("value", vals, None, None, f"{gene}",
+                                "log normalised expression\n(log1p of counts per 10,000)")
             return
         self._umap_gene = None
         col = {"condition": "condition", "cell type": "cell type", "source": "source"}[what]
         values = self.embedding.meta[col].astype(str).to_numpy()
         order, grey = category_order(values, col)
         if col == "condition":
-            plot.color_by_category(values, order=order, grey=grey,
-                                   title="Generated cells by condition (real cells in grey)"
-                                   if grey else "Generated cells by condition")
+            title = ("Generated cells by condition (real cells in grey)" if grey else
+                     "Generated cells by condition")
+            plot.color_by_category(values, order=order, grey=grey, title=title)
         else:
-            plot.color_by_category(values, order=order, title=f"Cells by {col}")
+            title = f"Cells by {col}"
+            plot.color_by_category(values, order=order, title=title)
+        self._umap_state = ("category", values, order, grey, title, "")
 
     def _compare_changed(self, label: str) -> None:
         if label and self.exp is not None:
@@ -397,10 +720,47 @@ class ResultsPanel(QWidget):
         self.volcano.highlight_gene(gene)
 
     def current_plot(self):
-        return {0: self.heatmap, 1: self.umap, 2: self.volcano}[self.tabs.currentIndex()]
+        i = self.tabs.currentIndex()
+        if i < 3:
+            return {0: self.heatmap, 1: self.umap, 2: self.volcano}[i]
+        return self.views[self.current_plot_name()]
 
     def current_plot_name(self) -> str:
-        return {0: "heatmap", 1: "umap", 2: "effects"}[self.tabs.currentIndex()]
+        from ..views import KINDS
+
+        i = self.tabs.currentIndex()
+        return ("heatmap", "umap", "effects", *KINDS)[i] if i >= 0 else "heatmap"
+
+    def figure_for(self, name: str | None = None):
+        """The matplotlib figure of a tab (default: the current one) for export, built from what
+        the tab shows; None when it shows nothing yet."""
+        from .. import figures as F
+
+        name = name or self.current_plot_name()
+        if name == "heatmap":
+            h = self.heatmap
+            if not h.matrix.size:
+                return None
+            title = h.plot.titleLabel.text if hasattr(h.plot, "titleLabel") else ""
+            return F.heatmap_figure(h.matrix, h.row_labels, h.col_labels,
+                                    title=_plain_title(title))
+        if name == "umap":
+            st = getattr(self, "_umap_state", None)
+            if st is None or self.embedding is None:
+                return None
+            kind, values, order, grey, title, unit = st
+            return F.umap_figure(self.embedding.coords, values, kind=kind, order=order,
+                                 grey=grey, title=title, value_label=unit)
+        if name == "effects":
+            return F.effect_figure(self.de_view.plot) if self.de_view is not None else None
+        return self.views[name].figure
+
+
+def _plain_title(text: str) -> str:
+    import html
+    import re
+
+    return html.unescape(re.sub(r"<[^>]+>", "", text or ""))
 
 
 def evidence_html(ev) -> str:
