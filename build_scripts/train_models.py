@@ -185,42 +185,15 @@ def evaluate_model(model, test, schema, n_de: dict | None = None, min_de: int = 
 OOD_EVIDENCE = {"kang-ifnb-pbmc": ROOT / "docs" / "results" / "kang_loo_ensemble.json"}
 
 
-def ensemble_coverage(model, test, schema) -> tuple[dict | None, list[dict]]:
-    """Coverage of the ensemble's 90% intervals on the held-out cells of every perturbed
-    condition (at least 5 cells of it and of its control), cross-fitted over two halves of the
-    conditions (engine.effects.cross_fitted_coverage)."""
-    from engine.effects import (
-        coverage_record,
-        cross_fitted_coverage,
-        predict_effects_many,
-        real_effect,
-    )
-
-    if model.members < 2 or not model.space.targets:
-        return None, []
-    _, uniq = schema.condition_codes(schema.filter(test))
-    conds, reals = [], []
-    for c in uniq:
-        if c.is_control:
-            continue
-        c = model.space.complete(c)
-        r = real_effect(model, test, schema, c, min_cells=5)
-        if r is not None:
-            conds.append(c)
-            reals.append(r)
-    preds = predict_effects_many(model, conds, n=2000, seed=0)
-    records = [coverage_record(p, r) for p, r in zip(preds, reals, strict=True)]
-    records = [r for r in records if r is not None]
-    return (cross_fitted_coverage(records) if records else None), records
-
-
-def build_evidence(name: str, model, test, schema, summary) -> tuple[dict, dict]:
+def build_evidence(name: str, model, train, test, schema, summary) -> tuple[dict, dict]:
     """The card's evidence table (per kind of condition: held-out scores, best baseline, interval
-    coverage) and the calibration factors per kind."""
+    coverage) and the calibration factors per kind (engine.assess.ensemble_coverage: DEGs chosen
+    on the training cells, coverage cross-fitted over two halves of the conditions)."""
+    from engine.assess import ensemble_coverage
     from engine.cards import evidence_entry
 
     kind = "measured" if model.space.targets else "population"
-    cov, _ = ensemble_coverage(model, test, schema)
+    cov, _ = ensemble_coverage(model, test, schema, train=train)
     evidence = {kind: evidence_entry(summary, coverage=cov, source="card split: 20% of the "
                                      "cells of every condition held out")}
     calibration = {}
@@ -260,7 +233,7 @@ def build(name: str, out_root: Path, *, evaluate_only: bool = False) -> dict:
         model.save(model.path, overwrite=True)
     results, summary, skipped = evaluate_model(model, test, schema, clear_effects(train, schema),
                                                reference=train)
-    evidence, calibration = build_evidence(name, model, test, schema, summary)
+    evidence, calibration = build_evidence(name, model, train, test, schema, summary)
     if model.members > 1:
         ens = model.config.setdefault("ensemble", {"members": model.members})
         ens["calibration"] = calibration

@@ -25,11 +25,13 @@ FEW_CELLS = 20
 MIN_SPLIT = 10
 
 
-def ensemble_coverage(model, test, schema, *, n: int = 2000, seed: int = 0
+def ensemble_coverage(model, test, schema, *, train=None, n: int = 2000, seed: int = 0
                       ) -> tuple[dict | None, list[dict]]:
     """Coverage of the ensemble's 90 % effect intervals on the held-out cells of every
     perturbed condition (at least 5 cells of it and of its control), cross-fitted over two
-    halves of the conditions (:func:`engine.effects.cross_fitted_coverage`)."""
+    halves of the conditions (:func:`engine.effects.cross_fitted_coverage`). With ``train``
+    (the training cells), each condition's top-100 DEGs are chosen by its effect in the
+    training cells, not by the held-out effect that is scored."""
     from .effects import (
         coverage_record,
         cross_fitted_coverage,
@@ -55,8 +57,13 @@ def ensemble_coverage(model, test, schema, *, n: int = 2000, seed: int = 0
             reals.append(r)
     if not conds:
         return None, []
+    selects = []
+    for c in conds:
+        t = None if train is None else real_effect(model, train, schema, c, min_cells=5)
+        selects.append(None if t is None else t.effect)
     preds = predict_effects_many(model, conds, n=n, seed=seed)
-    records = [coverage_record(p, r) for p, r in zip(preds, reals, strict=True)]
+    records = [coverage_record(p, r, select=sel)
+               for p, r, sel in zip(preds, reals, selects, strict=True)]
     records = [r for r in records if r is not None]
     return (cross_fitted_coverage(records) if records else None), records
 
@@ -91,7 +98,7 @@ def assess(model, train, test, schema, *, seed: int = 0) -> dict:
     results = [r.to_dict() for r in evaluate_many(model, test, schema, conds, mode="denovo",
                                                   seed=seed, reference=train, skipped=skipped)]
     summary = summarise(results, group="all conditions") if results else []
-    cov, _ = ensemble_coverage(model, test, schema, seed=seed)
+    cov, _ = ensemble_coverage(model, test, schema, train=train, seed=seed)
     kind = "measured" if model.space.targets else "population"
     entry = evidence_entry(summary, coverage=cov, source="automatic hold-out: 20% of the cells "
                            "of every condition with at least 10 cells")

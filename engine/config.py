@@ -6,9 +6,11 @@ the vocabularies, and a parameter budget computed from the sizes) and raises one
 so listing models stays cheap and a hostile config can never allocate anything: the
 :func:`parameter_count` of the architecture is known, exactly, before any module exists.
 
-The names of backbones, objectives and dispersions are repeated here (their modules import
-torch); ``tests/engine/test_hostile_model_config.py`` checks that they match the engine's
-registries and that :func:`parameter_count` equals the parameters of the built modules.
+Backbones (names, options with their ranges and defaults, parameter formulas) come from the
+torch-free registry :data:`engine.nn.specs.BACKBONE_SPECS`. The names of objectives and
+dispersions are repeated here (their modules import torch);
+``tests/engine/test_hostile_model_config.py`` checks that they match the engine's registries and
+that :func:`parameter_count` equals the parameters of the built modules.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, NoReturn
 
 from .errors import ModelError
+from .nn.specs import BACKBONE_NAMES as BACKBONE_NAMES  # re-exported: engine.BACKBONE_NAMES
+from .nn.specs import BACKBONE_OPTIONS, BACKBONE_SPECS
 
 FORMAT = "perturb-studio-model"
 FORMAT_VERSION = 3                # 3: ensembles (``ensemble``, member-prefixed flow weights);
@@ -42,21 +46,16 @@ FREQ_DIM = 128                    # TimestepEmbedder's sinusoidal features (engi
 
 OBJECTIVE_NAMES = ("rectified_flow", "ddpm")            # engine.diffusion.schedules.OBJECTIVES
 DISPERSION_NAMES = ("gene", "gene-cell")                # engine.models.autoencoder.DISPERSIONS
-# engine.nn.blocks.BACKBONES: keyword -> (kind, low, high); "int" is a whole number
+# Views of the backbone registry (engine.nn.specs), kept under their old names.
+# BACKBONE_KW: keyword -> (kind, low, high); "int" is a whole number.
 BACKBONE_KW: dict[str, dict[str, tuple[str, float, float]]] = {
-    "mlp": {"width": ("int", 1, 16_384), "depth": ("int", 0, 256),
-            "dropout": ("float", 0.0, 0.99)},
-    "transformer": {"width": ("int", 1, 4_096), "depth": ("int", 0, 256),
-                    "tokens": ("int", 1, 1_024), "heads": ("int", 1, 64)},
-}
-BACKBONE_NAMES = tuple(BACKBONE_KW)                     # engine.nn.blocks.BACKBONES
-# What an absent backbone_kw entry means: in a v2 config these defaults, which are also the
-# module constructors' (engine.nn.blocks) and what a default training writes; in a v1 config the
-# v1 module defaults (the MLP was 256 wide there, while v1 training wrote 128 explicitly).
-BACKBONE_DEFAULTS = {"mlp": {"width": 128, "depth": 4, "dropout": 0.0},
-                     "transformer": {"width": 64, "depth": 3, "tokens": 8, "heads": 4}}
-V1_BACKBONE_DEFAULTS = {"mlp": {"width": 256, "depth": 4, "dropout": 0.0},
-                        "transformer": {"width": 64, "depth": 3, "tokens": 8, "heads": 4}}
+    name: {k: (o.kind, o.low, o.high) for k, o in spec.options.items()}
+    for name, spec in BACKBONE_SPECS.items()}
+# What an absent backbone_kw entry means: in a v2/v3 config these defaults, which are also the
+# module constructors' and what a default training writes; in a v1 config the v1 module
+# defaults (the MLP was 256 wide there, while v1 training wrote 128 explicitly).
+BACKBONE_DEFAULTS = {name: spec.defaults() for name, spec in BACKBONE_SPECS.items()}
+V1_BACKBONE_DEFAULTS = {name: spec.defaults(v1=True) for name, spec in BACKBONE_SPECS.items()}
 V1_SAMPLING_STEPS = 20            # engine.model.default_steps of v1 when sampling.steps is absent
 ARCH_INTS = {"latent_dim": (1, 1_024), "ae_hidden": (1, 16_384), "cond_dim": (1, 4_096)}
 ARCH_KEYS = {"latent_dim", "ae_hidden", "cond_dim", "backbone", "backbone_kw", "objective",
@@ -174,19 +173,9 @@ def parameter_count(config: Mapping) -> int:
              + _mlp(1, c) + _mlp(3 * c, c))                                    # perturbation
     cond += 2 * _mlp(c, c) + 2 * c                                             # set pooling
     time = _linear(FREQ_DIM, c) + _linear(c, c)
-    s = d + 1
     name = arch["backbone"]
     kw = {**backbone_defaults(config)[name], **arch.get("backbone_kw", {})}
-    w, depth = int(kw["width"]), int(kw["depth"])
-    if name == "mlp":
-        block = _linear(w, 2 * w) + _linear(2 * w, w) + _linear(c, 3 * w)
-        net = _linear(s, w) + depth * block + _linear(c, 2 * w) + _linear(w, s)
-    else:
-        k = int(kw["tokens"])
-        block = (3 * w * w + 3 * w + _linear(w, w)                 # attention in / out
-                 + _linear(w, 2 * w) + _linear(2 * w, w) + _linear(c, 6 * w))
-        net = (_linear(s, k * w) + k * w + depth * block + _linear(c, 2 * w) + _linear(w, w)
-               + _linear(k * w, s))
+    net = BACKBONE_SPECS[name].parameters(d + 1, c, kw)                        # backbone
     return ae + ensemble_members(config) * (cond + time + net)
 
 
@@ -316,21 +305,19 @@ class _Validator:
         if not isinstance(dispersion, str) or dispersion not in DISPERSION_NAMES:
             self.fail("architecture.dispersion", f"must be one of "
                       f"{', '.join(DISPERSION_NAMES)}, got {_kind(dispersion)}")
-        spec = BACKBONE_KW[backbone]
-        kw = self.mapping("architecture.backbone_kw", arch.get("backbone_kw", {}), set(spec))
+        spec = BACKBONE_SPECS[backbone]
+        kw = self.mapping("architecture.backbone_kw", arch.get("backbone_kw", {}),
+                          set(spec.options))
         for key, value in kw.items():
-            kind, low, high = spec[key]
+            opt = spec.options[key]
             name = f"architecture.backbone_kw.{key}"
-            if kind == "int":
-                self.integer(name, value, int(low), int(high))
+            if opt.kind == "int":
+                self.integer(name, value, int(opt.low), int(opt.high))
             else:
-                self.number(name, value, low, high)
-        if backbone == "transformer":
-            full = {**defaults[backbone], **kw}
-            if full["width"] % full["heads"]:
-                self.fail("architecture.backbone_kw", f"width {full['width']} must be a "
-                          f"multiple of heads {full['heads']} (attention splits the width "
-                          "between heads)")
+                self.number(name, value, opt.low, opt.high)
+        problem = spec.check({**defaults[backbone], **kw})
+        if problem:
+            self.fail("architecture.backbone_kw", problem)
         return arch
 
     def vocab(self, vocab: Any) -> dict:
@@ -569,7 +556,7 @@ class SamplingConfig:
 
 # train_model(**overrides) names that are not field names of the same spelling
 _SAMPLING_OVERRIDES = {"steps": "steps", "guidance": "guidance"}
-_BACKBONE_OVERRIDES = {"width", "depth", "dropout", "tokens", "heads"}
+_BACKBONE_OVERRIDES = BACKBONE_OPTIONS            # every backbone's option names
 
 
 @dataclass
@@ -584,8 +571,9 @@ class ModelConfig:
     def from_overrides(cls, backbone: str = "mlp", **overrides) -> ModelConfig:
         """The config ``train_model(..., backbone=..., **overrides)`` trains: the defaults of
         the fields, with the flat override names of ``train_model`` (``latent_dim``,
-        ``flow_steps``, ``steps``, ``width``, ...). ``width`` / ``depth`` / ``tokens`` /
-        ``heads`` / ``dropout`` go to the backbone (an option it lacks raises TypeError);
+        ``flow_steps``, ``steps``, ``width``, ...). The option names of any backbone
+        (``engine.nn.specs.BACKBONE_OPTIONS``: ``width``, ``depth``, ``tokens``, ``heads``,
+        ``dropout``, ``d_state``, ...) go to the backbone (an option it lacks raises TypeError);
         unknown names raise TypeError."""
         arch_names = {f.name for f in fields(ArchConfig)} - {"backbone", "backbone_kw"}
         train_names = {f.name for f in fields(TrainConfig)}

@@ -454,18 +454,26 @@ def predict_effects_many(model, conditions, *, n: int = 2000, seed: int = 0,
 
 
 # -- calibration: how often the interval holds the real effect ------------------------------------
-def coverage_record(pred: EffectResult, real: RealEffect, *, top: int = 100) -> dict | None:
-    """What calibration needs of one held-out condition, on the ``top`` genes with the largest
-    real effect: the miss ``|real - predicted|``, the interval's half-width at calibration 1,
-    the real effect's standard error, and |real effect|."""
+def coverage_record(pred: EffectResult, real: RealEffect, *, top: int = 100,
+                    select: np.ndarray | None = None) -> dict | None:
+    """What calibration needs of one held-out condition, on its ``top`` DEGs: the miss
+    ``|real - predicted|``, the interval's half-width at calibration 1, the real effect's
+    standard error, and |real effect|.
+
+    The DEGs are the genes with the largest ``|select|`` (e.g. the effect measured in the
+    training cells), or, without ``select``, the largest held-out real effect. Choosing them on
+    cells that are not scored avoids the winner's curse: among thousands of genes, the top-100 of
+    a noisy held-out effect are the genes whose noise pushed them out, and they look missed."""
     if pred.members < 2:
         return None
-    ok = np.isfinite(real.effect) & np.isfinite(pred.low)
+    rank = np.abs(real.effect if select is None else np.asarray(select, float))
+    ok = np.isfinite(real.effect) & np.isfinite(pred.low) & np.isfinite(rank)
     idx = np.flatnonzero(ok)
-    idx = idx[np.argsort(-np.abs(real.effect[idx]))[:top]]
+    idx = idx[np.argsort(-rank[idx], kind="stable")[:top]]
     half1 = (pred.high - pred.low)[idx] / 2 / max(pred.calibration, 1e-12)
     return {"condition": pred.condition.label, "kind": pred.evidence.kind,
             "n_real": real.n_cells, "n_control": real.n_control,
+            "degs_from": "held-out cells" if select is None else "other cells",
             "miss": np.abs(real.effect[idx] - pred.effect[idx]).tolist(),
             "half1": half1.tolist(), "se_real": real.se[idx].tolist(),
             "abs_real": np.abs(real.effect[idx]).tolist()}

@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from ..conditions.embedders import ConditionEncoder
-from ..nn.blocks import BACKBONES, TimestepEmbedder
+from ..nn.blocks import TimestepEmbedder
+from ..nn.specs import BACKBONE_SPECS
 
 
 class LatentFlowNet(nn.Module):
@@ -19,7 +20,7 @@ class LatentFlowNet(nn.Module):
         super().__init__()
         self.cond = ConditionEncoder(level_sizes, n_targets, n_types, cond_dim)
         self.time = TimestepEmbedder(cond_dim)
-        self.backbone = BACKBONES[backbone](state_dim, cond_dim, **backbone_kw)
+        self.backbone = BACKBONE_SPECS[backbone].load()(state_dim, cond_dim, **backbone_kw)
 
     def embed(self, levels, targets, types, doses, null) -> torch.Tensor:
         return self.cond(levels, targets, types, doses, null)      # (B, C)

@@ -2,7 +2,9 @@
 
 Everything is conditioned through one vector ``cond`` (time embedding + condition embedding) that
 modulates normalised activations: FiLM in the MLP backbone, AdaLN-Zero in the transformer
-(Peebles & Xie, DiT). Modulation and output layers start at zero, so an untrained network is the
+(Peebles & Xie, DiT) and in the state-space backbone (engine.nn.ssm). The backbones are listed,
+with their options and parameter counts, in the registry engine.nn.specs; ``BACKBONES`` (name ->
+class) is read from it. Modulation and output layers start at zero, so an untrained network is the
 identity on its residual stream and predicts zero.
 """
 
@@ -125,4 +127,13 @@ class TransformerBackbone(nn.Module):
         return self.out(h.flatten(1))                                 # (B, D)
 
 
-BACKBONES = {"mlp": MLPBackbone, "transformer": TransformerBackbone}
+def __getattr__(name: str):
+    """``BACKBONES``: name -> module class, read from the registry (engine.nn.specs) on first
+    use, so that backbones in other modules (engine.nn.ssm) can build on the blocks above."""
+    if name == "BACKBONES":
+        from .specs import backbone_classes
+
+        value = backbone_classes()
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
