@@ -570,7 +570,10 @@ class Controller(QObject):
 
             from .session_io import load_session
 
-            m = load_session(folder, engine.list_models(), progress=progress, cancel=cancel)
+            def step(fraction: float) -> None:
+                progress(engine.Progress(0.9 * fraction, "reading the cells"))
+
+            m = load_session(folder, engine.list_models(), progress=step, cancel=cancel)
             models = {}
             for e in m.experiments:
                 if not e.read_only and e.model_path and e.model_path not in models:
@@ -615,6 +618,17 @@ class Controller(QObject):
         n_ro = sum(1 for e in m.experiments if e.read_only)
         self.status.emit(f"Opened {len(m.experiments)} experiment(s) from {m.folder}"
                          + (f"; {n_ro} read-only" if n_ro else ""), 10000)
+
+    def delete_entry(self, entry_id: int) -> None:
+        """Drop an experiment from the history; when it was shown, the newest left is shown
+        and analysed."""
+        s = self.session
+        before = s.experiment
+        s.remove_entry(entry_id)
+        if s.experiment is not None and s.experiment is not before:
+            self.analyse()
+            self.compute_umap()
+        self.autosave_session()
 
     def show_entry(self, entry_id: int) -> None:
         """Look at an experiment of the history again."""

@@ -178,7 +178,7 @@ class MainWindow(QMainWindow):
         r.geneset_umap_requested.connect(c.geneset_umap)
         r.history_selected.connect(c.show_entry)
         r.history_renamed.connect(self._rename_entry)
-        r.history_deleted.connect(self.session.remove_entry)
+        r.history_deleted.connect(c.delete_entry)
         r.copy_command_requested.connect(self.copy_command)
 
     def _observe_session(self) -> None:

@@ -237,7 +237,9 @@ class ComposerPanel(QWidget):
 
     def _validate(self, *_args) -> bool:
         if self.space is None:
-            self.check.setText("")
+            self.check.setText("<span style='color:#a15c00'>No model chosen yet: choose one on "
+                               "the Models page (Ctrl+2). The cell types and perturbations "
+                               "offered here come from the model.</span>")
             self.generate_btn.setEnabled(False)
             return False
         rows_ok = self.perts.check_rows()
@@ -374,6 +376,9 @@ class ComposerPanel(QWidget):
                                guidance=self.guidance.value())
 
     def _generate(self) -> None:
+        if self.space is None:           # Ctrl+G with no model: the controller says why
+            self.generate_requested.emit(None)
+            return
         req = self.request()
         if req is not None:
             self.generate_requested.emit(req)

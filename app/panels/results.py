@@ -475,9 +475,25 @@ class ResultsPanel(QWidget):
 
     def set_history(self, entries, current_id: int | None) -> None:
         """``entries``: app.session.HistoryEntry, oldest first (shown newest first)."""
+        entries = list(reversed(list(entries)))
+        ids = [e.id for e in entries]
+        have = [int(self.history.item(i).data(Qt.ItemDataRole.UserRole))
+                for i in range(self.history.count())]
         self._filling = True
+        if ids == have:     # same entries: update in place (a click's item stays alive)
+            for i, e in enumerate(entries):
+                it = self.history.item(i)
+                if it.text() != e.name:
+                    it.setText(e.name)
+                it.setToolTip(e.tooltip())
+                if e.id == current_id and self.history.currentRow() != i:
+                    self.history.setCurrentRow(i)
+            self._filling = False
+            if self.history.currentItem() is not None:
+                self.history_details.setText(self.history.currentItem().toolTip())
+            return
         self.history.clear()
-        for e in reversed(list(entries)):
+        for e in entries:
             it = QListWidgetItem(e.name)
             it.setData(Qt.ItemDataRole.UserRole, e.id)
             it.setToolTip(e.tooltip())
