@@ -43,13 +43,14 @@ def main(argv=None) -> int:
     p.add_argument("--json", type=Path)
     p.add_argument("--backbone", default="mlp")
     p.add_argument("--guidance", type=float, nargs="*", default=[1.0, 2.0])
+    p.add_argument("--threads", type=int, default=2)
     p.add_argument("--members", type=int, default=None,
                    help="ensemble members (default: the engine's default)")
     p.add_argument("--ensemble-json", type=Path,
                    help="write the card evidence + calibration for new cell types here")
     args = p.parse_args(argv)
     from engine.effects import coverage_record, predict_effects, real_effect
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     adata, schema, _ = kang()
     rows, records = [], []
     for ct in args.cell_types:
