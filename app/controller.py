@@ -145,14 +145,16 @@ class Controller(QObject):
         self.jobs.shutdown()
 
     # -- data ------------------------------------------------------------------------------------
-    def load_dataset(self, path: str) -> None:
+    def load_dataset(self, path: str, *, show: bool = True) -> None:
+        """Load a dataset on the foreground worker (``show``: go to the Data page)."""
         path = str(path)
         if not Path(path).exists():
             msg = f"The file {path} does not exist (was it moved or deleted?)."
             self.dataset_failed.emit(path, msg)
             self._error(msg)
             return
-        self.show_page.emit("data")
+        if show:
+            self.show_page.emit("data")
 
         def fn(progress, cancel):
             import engine
@@ -655,10 +657,13 @@ class Controller(QObject):
                 raise engine.PerturbStudioError(
                     f"a model called {req.name!r} already exists in {out_dir.parent}; "
                     "choose another name")
-            engine.train_model(adata, schema, out_dir, backbone=req.backbone, seed=req.seed,
-                               name=req.name, progress=progress, cancel=cancel,
-                               data_file=Path(data_path).name if data_path else None,
-                               **dict(req.overrides))
+            # trained on 80% of the cells of every condition, judged on the other 20% against
+            # the baselines: the card says how far to trust it (engine.assess)
+            engine.train_and_assess(adata, schema, out_dir, backbone=req.backbone,
+                                    seed=req.seed, name=req.name, progress=progress,
+                                    cancel=cancel,
+                                    data_file=Path(data_path).name if data_path else None,
+                                    **dict(req.overrides))
             return req.name
 
         def listed():
