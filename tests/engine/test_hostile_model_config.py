@@ -25,6 +25,7 @@ from engine.config import (
     FREQ_DIM,
     MAX_PARAMETERS,
     OBJECTIVE_NAMES,
+    ensemble_members,
     parameter_count,
     validate_config,
 )
@@ -116,6 +117,11 @@ MALFORMED = [
     ("architecture list", _set("architecture", []), r"architecture must be a JSON object"),
     ("heads do not divide width", _transformer(10, 3), r"width 10 must be a multiple of heads 3"),
     ("dropout 5", _set("architecture.backbone_kw.dropout", 5.0), r"dropout must be at least 0"),
+    ("ssm d_state 10^6", lambda c: c["architecture"].update(
+        backbone="ssm", backbone_kw={"d_state": 10**6}),
+     r"backbone_kw.d_state must be between 1 and 256, got the number 1000000"),
+    ("ssm option on the mlp", _set("architecture.backbone_kw.d_conv", 4),
+     r"backbone_kw has an unknown entry 'd_conv'"),
     ("unknown space key", _set("space.colour", 1), r"space has an unknown entry 'colour'"),
     ("space list", _set("space", [1]), r"space must be a JSON object, got a list of 1 item"),
     ("unknown vocab key", _set("vocab.colour", 1), r"vocab has an unknown entry 'colour'"),
@@ -253,12 +259,17 @@ def test_malformed_card_is_a_model_error(model_dir, text, match):
         read_card(model_dir)
 
 
+def _built_parameters(config: dict) -> int:
+    """Weights of the built modules: the autoencoder plus one flow network per member."""
+    ae, net = PerturbModel.build_modules(config)
+    count = (lambda m: sum(t.numel() for t in m.state_dict().values()))  # noqa: E731
+    return count(ae) + ensemble_members(config) * count(net)
+
+
 @pytest.mark.parametrize("folder", SHIPPED, ids=[p.name for p in SHIPPED])
 def test_shipped_configs_validate_and_count_their_parameters(folder):
     config = read_config(folder)
-    ae, net = PerturbModel.build_modules(config)
-    built = sum(t.numel() for m in (ae, net) for t in m.state_dict().values())
-    assert parameter_count(config) == built
+    assert parameter_count(config) == _built_parameters(config)
 
 
 @pytest.mark.parametrize("arch", [
@@ -267,7 +278,13 @@ def test_shipped_configs_validate_and_count_their_parameters(folder):
     {"backbone": "transformer", "backbone_kw": {}},
     {"backbone": "mlp", "backbone_kw": {"depth": 0, "dropout": 0.1}, "objective": "ddpm"},
     {"backbone": "mlp", "backbone_kw": {}, "latent_dim": 5, "ae_hidden": 33, "cond_dim": 7},
-], ids=["transformer-gene-cell", "transformer-defaults", "mlp-depth-0", "mlp-odd-sizes"])
+    {"backbone": "ssm", "backbone_kw": {}},
+    {"backbone": "ssm", "backbone_kw": {"width": 33, "depth": 2, "tokens": 3, "d_state": 5,
+                                        "d_conv": 2, "expand": 3}, "dispersion": "gene-cell"},
+    {"backbone": "ssm", "backbone_kw": {"width": 8, "depth": 0, "tokens": 1, "d_state": 1,
+                                        "d_conv": 1, "expand": 1}, "cond_dim": 7},
+], ids=["transformer-gene-cell", "transformer-defaults", "mlp-depth-0", "mlp-odd-sizes",
+        "ssm-defaults", "ssm-odd-sizes", "ssm-smallest"])
 def test_parameter_count_is_exact(tiny_model_dir, arch):
     config = copy.deepcopy(_config(tiny_model_dir))
     config["architecture"].update(arch)
@@ -276,9 +293,7 @@ def test_parameter_count_is_exact(tiny_model_dir, arch):
     config["vocab"]["levels"] = ["tissue", "cell_type"]
     config["vocab"]["level_values"]["tissue"] = ["blood", "brain", "bone"]
     validate_config(config, where="test")
-    ae, net = PerturbModel.build_modules(config)
-    built = sum(t.numel() for m in (ae, net) for t in m.state_dict().values())
-    assert parameter_count(config) == built
+    assert parameter_count(config) == _built_parameters(config)
 
 
 def test_validator_names_match_the_engine_registries():
