@@ -163,7 +163,8 @@ def build(folder: Path, dims: int = 64, source_balance: float = 0.5) -> dict:
     genes, m = membership(sets)
     emb, s = embed(m, [x["source"] for x in sets], dims, source_balance)
     assert len(sets) < 2**15, "set numbers are stored as int16"
-    tensors = {"embedding": emb.astype(np.float16),
+    # C order: safetensors writes the raw buffer, and svds' U (so U S) comes in Fortran order
+    tensors = {"embedding": np.ascontiguousarray(emb, dtype=np.float16),
                "member_indptr": m.indptr.astype(np.int32),
                "member_indices": m.indices.astype(np.int16),
                "singular_values": s.astype(np.float32)}
@@ -214,6 +215,31 @@ def _sparse_cos(m, pairs: np.ndarray) -> np.ndarray:
     return dot / (na * nb + 1e-12)
 
 
+def _held_membership(held: list[list[int]], n_genes: int):
+    import scipy.sparse as sp
+
+    rows = np.fromiter((g for s in held for g in s), dtype=np.int64)
+    cols = np.repeat(np.arange(len(held)), [len(s) for s in held])
+    return sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(n_genes, len(held)))
+
+
+def _row_unit(m):
+    import scipy.sparse as sp
+
+    norm = np.sqrt(np.asarray(m.multiply(m).sum(1)).ravel())
+    return (sp.diags(1 / np.maximum(norm, 1e-12)) @ m).tocsr()
+
+
+def _precision(similarity, queries: np.ndarray, share) -> float:
+    hits = []
+    for g in queries:
+        s = similarity(g)
+        s[g] = -np.inf
+        top = np.argsort(-s, kind="stable")[:10]
+        hits.append(np.mean(share[g, top].toarray() > 0))
+    return float(np.mean(hits))
+
+
 def evaluate(folder: Path, dims: int, balances=(0.0, 0.5, 1.0), pairs: int = 20_000,
              held_out=("hallmark", "reactome", "wikipathways")) -> list[str]:
     """AUC of cosine similarity: gene pairs sharing a set of the held-out source vs random pairs
@@ -241,6 +267,18 @@ def evaluate(folder: Path, dims: int, balances=(0.0, 0.5, 1.0), pairs: int = 20_
         full = _weighted(m, [x["source"] for x in rest], 0.5)
         auc = _auc(_sparse_cos(full, pos), _sparse_cos(full, neg))
         lines.append(f"{out:<16} {'0.5':>8} {auc:>7.3f}  full membership rows, no SVD")
+        # nearest neighbours: of each query gene's 10 nearest among all genes, the fraction
+        # that shares a held-out set with it (query: 300 genes in a held-out set)
+        share = _held_membership(held, len(genes))
+        share = (share @ share.T).tocsr()
+        queries = rng.choice(covered, 300, replace=False)
+        e, _ = embed(m, [x["source"] for x in rest], dims, 0.5)
+        e = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+        f = _row_unit(full)
+        p_emb = _precision(lambda g, e=e: e @ e[g], queries, share)
+        p_full = _precision(lambda g, f=f: (f @ f[g].T).toarray().ravel(), queries, share)
+        lines.append(f"{out:<16} {'0.5':>8} precision@10 of nearest genes: embedding "
+                     f"{p_emb:.3f}, full membership rows {p_full:.3f}")
     return lines
 
 
