@@ -489,8 +489,11 @@ class Controller(QObject):
             from . import figures
             from .views import build_view
 
-            res = build_view(kind, exp, dict(params), dataset=dataset, schema=schema)
-            res.png = figures.render_png(res.figure, dpi=dpi)
+            p = dict(params)
+            size = p.pop("_size", None)
+            res = build_view(kind, exp, p, dataset=dataset, schema=schema)
+            res.png = figures.render_png(res.figure, dpi=figures.screen_dpi(res.figure, size)
+                                         if size else dpi)
             return res
 
         def done(res):

@@ -90,6 +90,13 @@ def render_png(fig: Figure, *, dpi: int = 100) -> bytes:
     return buf.getvalue()
 
 
+def screen_dpi(fig: Figure, size, *, lo: int = 60, hi: int = 160) -> int:
+    """The dpi at which ``fig`` fills a widget of ``size`` (width, height in pixels)."""
+    w_in, h_in = fig.get_size_inches()
+    w, h = size
+    return int(np.clip(min(w / max(w_in, 1e-3), h / max(h_in, 1e-3)) * 0.95, lo, hi))
+
+
 def new_figure(width: float = 7.0, height: float = 4.5) -> Figure:
     """A figure not registered with pyplot (so it is freed when dropped, on any thread)."""
     return Figure(figsize=(width, height), layout="constrained")
@@ -334,21 +341,24 @@ def cell_heatmap_figure(adata, genes: Sequence[str], *, groupby: str = "conditio
     order_g = cluster_order(z.T)
     z = z[:, order_g]
     genes = [genes[i] for i in order_g]
-    fig = new_figure(min(max(6.0, 0.012 * len(cells) + 4), 12.0),
-                     min(max(3.0, 0.2 * len(genes) + 1.8), 12.0))
-    gs = fig.add_gridspec(2, 1, height_ratios=[1, max(len(genes), 4) * 0.5])
+    width = min(max(6.0, 0.008 * len(cells) + 4), 10.0)
+    fig = new_figure(width, min(max(3.0, 0.2 * len(genes) + 1.8), 12.0))
+    gs = fig.add_gridspec(2, 1, height_ratios=[1.2, max(len(genes), 4) * 0.5])
     ax_bar = fig.add_subplot(gs[0])
     ax = fig.add_subplot(gs[1], sharex=ax_bar)
+    # each group named inside its block of the bar (no legend to look up)
+    chars = max(int(width * 11 / max(len(bounds), 1)), 6)
     for k, (c, start, n) in enumerate(bounds):
-        ax_bar.add_patch(matplotlib.patches.Rectangle((start, 0), n, 1,
-                                                      color=PALETTE[k % len(PALETTE)],
-                                                      label=_short(c, 34)))
+        col = PALETTE[k % len(PALETTE)]
+        ax_bar.add_patch(matplotlib.patches.Rectangle((start, 0), n, 1, color=col))
+        dark = 0.299 * col[0] + 0.587 * col[1] + 0.114 * col[2] < 0.5
+        ax_bar.text(start + n / 2, 0.5, _wrap(c, chars), ha="center", va="center", fontsize=7,
+                    color="white" if dark else "black")
     ax_bar.set_ylim(0, 1)
     ax_bar.set_yticks([])
     ax_bar.tick_params(labelbottom=False, length=0)
     for s in ax_bar.spines.values():
         s.set_visible(False)
-    _legend_outside(ax_bar, title="condition")
     mesh = ax.pcolormesh(z.T, cmap="viridis", vmin=0, vmax=1, edgecolors="face", linewidth=0)
     for _c, start, _n in bounds[1:]:
         ax.axvline(start, color="white", lw=1.0)
@@ -364,6 +374,16 @@ def cell_heatmap_figure(adata, genes: Sequence[str], *, groupby: str = "conditio
     if title:
         ax_bar.set_title(title)
     return fig
+
+
+def _wrap(label: str, width: int) -> str:
+    """``label`` on at most two lines of ``width`` characters (cut with an ellipsis)."""
+    import textwrap
+
+    lines = textwrap.wrap(str(label), width) or [""]
+    if len(lines) > 2:
+        lines = [lines[0], _short(" ".join(lines[1:]), width)]
+    return "\n".join(lines)
 
 
 def cluster_order(rows: np.ndarray) -> list[int]:
@@ -393,7 +413,7 @@ def score_violin_figure(scores, groups, *, order: Sequence[str] | None = None,
     scores = np.asarray(scores, float)
     groups = np.asarray(groups).astype(str)
     cats = [c for c in (order or list(dict.fromkeys(groups))) if c in set(groups)]
-    fig = new_figure(max(4.5, 1.5 + 0.8 * len(cats)), 4.2)
+    fig = new_figure(min(max(6.0, 2.8 + 1.0 * len(cats)), 14.0), 4.4)
     ax = fig.add_subplot()
     data = [scores[groups == c] for c in cats]
     parts = ax.violinplot(data, showmedians=True, showextrema=False)
@@ -414,8 +434,7 @@ def score_violin_figure(scores, groups, *, order: Sequence[str] | None = None,
         _legend_outside(ax)
     ax.set_xticks(np.arange(1, len(cats) + 1), [_short(c, 30) for c in cats], rotation=30,
                   ha="right", rotation_mode="anchor")
-    ax.set_ylabel("gene-set score\n(mean of the set minus matched control genes,\n"
-                  "log normalised expression)")
+    ax.set_ylabel("gene-set score\n(log normalised expression)")
     ax.set_title(f"{set_name}" + (f" ({source})" if source else ""))
     return fig
 
@@ -509,11 +528,12 @@ def combination_grid_figure(targets: Sequence[str], size: np.ndarray, deviation:
                               "Purples")):
         mm = np.ma.masked_invalid(np.asarray(m, float))
         mesh = ax.pcolormesh(mm, cmap=cmap, edgecolors="white", linewidth=0.5, vmin=0)
+        top = float(np.nanmax(m)) if np.isfinite(m).any() else 1.0
         for i in range(n):
             for j in range(n):
                 if np.isfinite(m[i, j]):
                     ax.text(j + 0.5, i + 0.5, f"{m[i, j]:.2f}", ha="center", va="center",
-                            fontsize=7)
+                            fontsize=7, color="white" if m[i, j] > 0.6 * top else "black")
         ax.set_xlim(0, n)
         ax.set_ylim(n, 0)
         ax.set_xticks(np.arange(n) + 0.5, targets, rotation=60, ha="right",

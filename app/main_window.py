@@ -542,6 +542,9 @@ class MainWindow(QMainWindow):
 
     def _session_opened(self, manifest) -> None:
         self.apply_view_state(manifest.view)
+        path = manifest.dataset_path
+        if path and Path(path).exists() and self.session.data_path != path:
+            self.controller.load_dataset(path, show=False)  # the real cells compared with
         ro = [e for e in manifest.experiments if e.read_only]
         if ro:
             self.statusBar().showMessage(

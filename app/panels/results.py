@@ -403,7 +403,10 @@ class ResultsPanel(QWidget):
             return
         self._view_done[kind] = key
         missing = p.pop("missing", [])
-        self.views[kind].show_message("Drawing…")
+        v = self.views[kind]
+        if v.width() > 100:
+            p["_size"] = (v.width(), v.height())
+        v.show_message("Drawing…")
         self.view_notes[kind].setText(
             f"Not among the model's genes: {', '.join(missing)}." if missing else "")
         self.view_requested.emit(kind, p)
@@ -431,6 +434,9 @@ class ResultsPanel(QWidget):
 
     def color_umap_by_score(self, gene_set, scores) -> None:
         self._umap_gene = (gene_set.name, scores)
+        self.gene.blockSignals(True)
+        self.gene.clear()           # the colours are the set's, not the gene typed before
+        self.gene.blockSignals(False)
         self.gene_msg.setText("")
         title = f"{gene_set.label} score"
         self.umap.color_by_value(np.nan_to_num(scores), title=title)
