@@ -524,6 +524,20 @@ def _is_integer_matrix(m) -> bool:
     return bool(np.all(np.isfinite(data)) and np.all(data == np.round(data)))
 
 
+def _plain_dose(meta: pd.DataFrame) -> pd.DataFrame:
+    """An empty ``dose`` where no part of the condition has a dose: a combination without doses
+    reads ``+`` (one empty dose per part) in the generated ``obs``, which means nothing in a
+    table."""
+    if "dose" not in meta.columns:
+        return meta
+    d = meta["dose"].astype(str)
+    blank = d.str.fullmatch(r"[+\s]*") | d.isin(["nan", "None"])
+    if blank.any():
+        meta = meta.copy()
+        meta["dose"] = d.where(~blank, "")
+    return meta
+
+
 def write_csv(adata: AnnData, path: str | Path, *, layer: str = "counts",
               float_format: str = "%.6g", progress: ProgressFn | None = None,
               cancel: CancelToken | None = None) -> Path:
@@ -591,7 +605,7 @@ def write_csv(adata: AnnData, path: str | Path, *, layer: str = "counts",
             if as_int:
                 dense = dense.astype(np.int64)
             values = pd.DataFrame(dense, columns=genes, copy=False)
-            meta = adata.obs.iloc[start:stop][cols].reset_index(drop=True)
+            meta = _plain_dose(adata.obs.iloc[start:stop][cols].reset_index(drop=True))
             chunk = pd.concat([meta, values], axis=1, copy=False)
             chunk.index = pd.Index(adata.obs_names[start:stop], name="cell")
             chunk.to_csv(f, sep=sep, header=start == 0, float_format=float_format,

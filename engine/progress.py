@@ -46,6 +46,10 @@ def check_cancel(cancel: CancelToken | None) -> None:
         raise Cancelled("cancelled by the user; nothing was written")
 
 
+#: A rate (and the time left) is reported once this much time has passed.
+MIN_RATE_SECONDS = 0.25
+
+
 class Reporter:
     """Turns (done, total) into Progress records with rate and time left."""
 
@@ -60,7 +64,9 @@ class Reporter:
         if self.progress is None:
             return
         elapsed = max(time.perf_counter() - self.t0, 1e-9)
-        rate = done / elapsed if done else None
+        # no rate from the first instants: a batch reported a few microseconds after the start
+        # would read as millions of cells per second
+        rate = done / elapsed if done and elapsed >= MIN_RATE_SECONDS else None
         eta = (self.total - done) / rate if rate else None
         frac = self.start + self.span * min(done / self.total, 1.0)
         self.progress(Progress(frac, phase or self.phase, done, self.total, rate, eta, loss, extra))
