@@ -168,7 +168,7 @@ class MainWindow(QMainWindow):
         self.models_page.model_chosen.connect(self.use_model)
         self.models_page.import_requested.connect(self.import_model_dialog)
         self.models_page.refresh_requested.connect(self.refresh_models)
-        self.compose_page.generate_requested.connect(c.generate)
+        self.compose_page.generate_requested.connect(self._generate)
         self.perturb_page.perturb_requested.connect(c.perturb)
         self.train_page.train_requested.connect(c.train)
         r = self.results_page
@@ -196,6 +196,17 @@ class MainWindow(QMainWindow):
         ev.busy.connect(self._busy_changed)
         ev.history.connect(self._history_changed)
 
+    def _generate(self, req) -> None:
+        self._run_steps = getattr(req, "steps", None)
+        self.controller.generate(req)
+
+    def _note_rate(self, p) -> None:
+        """Remember how fast this computer generates (for the composer's time estimate)."""
+        steps = getattr(self, "_run_steps", None)
+        if (self.session.busy == "run" and steps and p.rate and p.loss is None
+                and p.total > 0 and p.done >= p.total * 0.5):
+            cfg.put("generation_rate", f"{float(p.rate):.1f},{int(steps)}")
+
     def _wire_controller(self) -> None:
         """Show what the controller says, and pass its outcomes on."""
         c = self.controller
@@ -208,8 +219,11 @@ class MainWindow(QMainWindow):
         c.show_page.connect(lambda key: self.nav.setCurrentRow(PAGE_ROWS[key]))
         c.fg_started.connect(self.run_bar.start)
         c.fg_progress.connect(self.run_bar.update)
+        c.fg_progress.connect(self._note_rate)
         c.fg_cancelling.connect(self.run_bar.cancelling)
         c.fg_ended.connect(self.run_bar.idle)
+        c.fg_ended.connect(lambda _t: (setattr(self, "_run_steps", None),
+                                       self.compose_page._update_summary()))
         d = self.data_page
         c.dataset_loading.connect(d.set_loading)
         c.dataset_failed.connect(d.set_load_error)
@@ -378,7 +392,9 @@ class MainWindow(QMainWindow):
         log.error("%s\n%s", message, details)
         self.last_error = message
         dialogs.error_box(self, message, details, title)
-        self.statusBar().showMessage(message, 10000)
+        # one short line: a long message would run into the model and device labels
+        line = " ".join(message.split())
+        self.statusBar().showMessage(line if len(line) <= 90 else line[:89] + "…", 10000)
         self.error_shown.emit(message)
 
     # -- what the user does -------------------------------------------------------------------------

@@ -302,6 +302,21 @@ class ComposerPanel(QWidget):
                     "such conditions.</span>")
         return f"<br><span style='color:#444'>{text}</span>"
 
+    def _confirm_long(self, cells: int) -> bool:
+        """Ask before a run expected to take more than :data:`ASK_ABOVE_S` seconds."""
+        est = self.estimate_seconds(cells)
+        if est is None or est <= ASK_ABOVE_S:
+            return True
+        from PySide6.QtWidgets import QMessageBox
+
+        ans = QMessageBox.question(
+            self, "A long run", f"Generating {cells:,} cells should take about "
+            f"{duration_text(est)} on this computer (measured on your last run). You can "
+            "cancel it at any time (Esc). Generate?",
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+            QMessageBox.StandardButton.No)
+        return ans == QMessageBox.StandardButton.Yes
+
     def add_current(self) -> None:
         if self._validate():
             self.add_condition(self.current_condition())
@@ -357,8 +372,10 @@ class ComposerPanel(QWidget):
         conds = self.conditions_preview()
         n_ctrl = len({c.control() for c in conds} - set(conds))
         total = (len(conds) + n_ctrl) * self.n_cells.value()
+        est = self.estimate_seconds(total)
         self.summary.setText(f"{len(conds)} condition(s) + {n_ctrl} matching control(s) = "
-                             f"{total:,} cells")
+                             f"{total:,} cells" + (f", about {duration_text(est)} here"
+                                                   if est is not None else ""))
 
     def conditions_preview(self) -> list:
         if self.queue.count():
@@ -375,10 +392,41 @@ class ComposerPanel(QWidget):
                                seed=self.seed.value(), steps=self.steps.value(),
                                guidance=self.guidance.value())
 
+    def estimate_seconds(self, cells: int) -> float | None:
+        """How long generating ``cells`` cells should take on this computer, from the speed of
+        the last run (cells per second at its number of steps, remembered between sessions);
+        None before any run."""
+        from .. import settings as cfg
+
+        raw = str(cfg.get("generation_rate") or "")
+        try:
+            rate, steps = (float(x) for x in raw.split(","))
+        except ValueError:
+            return None
+        if rate <= 0 or steps <= 0:
+            return None
+        return cells / rate * (self.steps.value() / steps) + 2.0
+
     def _generate(self) -> None:
         if self.space is None:           # Ctrl+G with no model: the controller says why
             self.generate_requested.emit(None)
             return
         req = self.request()
+        if req is not None and not self._confirm_long(req.n_total):
+            return
         if req is not None:
             self.generate_requested.emit(req)
+
+
+#: Generate asks first when a run is expected to take longer than this (seconds).
+ASK_ABOVE_S = 180.0
+
+
+def duration_text(seconds: float) -> str:
+    """5 s, 40 s, 3 min, 1 h 20 min."""
+    s = max(float(seconds), 1.0)
+    if s < 60:
+        return f"{s:.0f} s"
+    if s < 3600:
+        return f"{s / 60:.0f} min"
+    return f"{int(s // 3600)} h {int(s % 3600 // 60)} min"

@@ -14,6 +14,7 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QLineEdit,
+    QMenu,
     QPushButton,
     QSlider,
     QToolButton,
@@ -88,6 +89,10 @@ class DoseEditor(QWidget):
         return float(self.spin.value())
 
 
+#: Models with at most this many perturbation targets offer them as a list as well.
+FEW_TARGETS = 30
+
+
 class PerturbationRow(QWidget):
     """Target (with autocomplete) + type + optional dose + remove button."""
 
@@ -108,6 +113,20 @@ class PerturbationRow(QWidget):
         comp.setFilterMode(Qt.MatchFlag.MatchContains)
         comp.setMaxVisibleItems(15)
         self.target.setCompleter(comp)
+        self.pick: QToolButton | None = None
+        if 0 < len(space.targets) <= FEW_TARGETS:   # few: offer them as a list too
+            self.pick = QToolButton()
+            self.pick.setText("▾")
+            self.pick.setToolTip("Pick one of this model's " + str(len(space.targets)) +
+                                 " perturbations")
+            self.pick.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
+            menu = QMenu(self.pick)
+            for t in space.targets:
+                menu.addAction(t, lambda t=t: self.target.setText(t))
+            self.pick.setMenu(menu)
+            self.target.setPlaceholderText(
+                "pick from the list ▾ or type, e.g. " + space.targets[0])
+        self.target.editingFinished.connect(self._target_done)
         self.type = QComboBox()
         self.type.setToolTip("How the target is perturbed (only the kinds this model saw)")
         self.type.setMinimumContentsLength(9)
@@ -126,6 +145,8 @@ class PerturbationRow(QWidget):
         top = QHBoxLayout()
         top.setContentsMargins(0, 0, 0, 0)
         top.addWidget(self.target, 2)
+        if self.pick is not None:
+            top.addWidget(self.pick)
         top.addWidget(self.type, 1)
         if self.dose is not None:
             top.addWidget(self.dose, 3)
@@ -153,6 +174,15 @@ class PerturbationRow(QWidget):
                 self.type.setCurrentText(current)
         self.type.setEnabled(bool(types))
         self.type.setVisible(bool(self.space.perturbation_types))
+
+    def _target_done(self) -> None:
+        """The entry is complete: a target typed in another case becomes the model's
+        spelling, and the row is checked (an error shows now, not at the first keystroke)."""
+        text = self.target.text().strip()
+        match = [t for t in self.space.targets if t.lower() == text.lower()]
+        if match and match[0] != text:
+            self.target.setText(match[0])
+        self.changed.emit()
 
     def _target_changed(self, text: str) -> None:
         self._fill_types(text.strip())
@@ -281,6 +311,15 @@ class PerturbationEditor(QWidget):
             p = r.perturbation()
             problem = None
             if p is not None:
+                typing = r.target.hasFocus() and p.target not in targets
+                hits = [t for t in self.space.targets if p.target.lower() in t.lower()]
+                if typing and hits:       # still typing a name the model knows: no error yet
+                    r.set_problem(f"{len(hits)} target(s) match: {', '.join(hits[:5])}"
+                                  f"{' …' if len(hits) > 5 else ''}. Pick one or keep typing.")
+                    r.status.setStyleSheet("color: #555;")
+                    r.target.setStyleSheet("")
+                    ok = False
+                    continue
                 if p.target not in targets:
                     close = [t for t in self.space.targets if p.target.lower() in t.lower()][:5]
                     problem = (f"'{p.target}' was never perturbed in this model's training data."

@@ -540,6 +540,8 @@ class ResultsPanel(QWidget):
                 self.view_notes[kind].setText("")
             self.cmp_label.clear()
         self.copy_cmd.setEnabled(exp is not None)
+        self.gene_msg.setText("")       # no error about a gene typed for the previous results
+        self.heatmap.clear()
         for b in (self.export_h5ad, self.export_csv, self.export_plot, self.export_de):
             b.setEnabled(exp is not None)
         self.compare.blockSignals(True)

@@ -131,9 +131,12 @@ class TrainPanel(QWidget):
                               for k, v in schema.roles().items())
             self.status.setText(f"Training on {adata.n_obs:,} cells × {adata.n_vars:,} genes "
                                 f"with {esc(roles) if roles else 'no condition columns'}.")
-            if not self.name.text() and path:
+            # the name follows the dataset unless the user typed one
+            auto = getattr(self, "_auto_name", None)
+            if path and (not self.name.text() or self.name.text() == auto):
                 stem = re.sub(r"[^A-Za-z0-9_-]+", "-", path.rsplit("/", 1)[-1].split(".")[0])
-                self.name.setText(stem.strip("-")[:40] or "my-model")
+                self._auto_name = stem.strip("-")[:40] or "my-model"
+                self.name.setText(self._auto_name)
         self._validate()
 
     def _validate(self, *_a) -> bool:

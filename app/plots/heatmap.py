@@ -19,6 +19,8 @@ from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 from .common import diverging_cmap, export_scene
 
 
+READOUT_HINT = "Hover over a cell of the heatmap to see its value."
+
 class HeatmapPlot(QWidget):
     """Rows x columns matrix with labels, a symmetric diverging colour bar and hover read-out."""
 
@@ -52,7 +54,7 @@ class HeatmapPlot(QWidget):
             # labels are thinned in _update_ticks() when they would overlap
             self.plot.getAxis(name).setStyle(tickLength=0, tickFont=font, autoExpandTextSpace=True,
                                              hideOverlappingLabels=False)
-        self.readout = QLabel("Hover over a cell of the heatmap to see its value.")
+        self.readout = QLabel(READOUT_HINT)
         self.readout.setTextFormat(Qt.TextFormat.PlainText)  # gene and condition names
         self.readout.setStyleSheet("color: #444;")
         lay = QVBoxLayout(self)
@@ -109,6 +111,7 @@ class HeatmapPlot(QWidget):
             self._update_ticks()
 
     def clear(self) -> None:
+        self.readout.setText(READOUT_HINT)    # no hover line left from the previous heatmap
         self.matrix = np.zeros((0, 0), dtype=np.float32)
         self.row_labels, self.col_labels = [], []
         self.image.setImage(np.zeros((1, 1), dtype=np.float32), autoLevels=False, levels=(-1, 1))
