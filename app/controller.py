@@ -610,7 +610,11 @@ class Controller(QObject):
                 exp = Experiment.from_generated(e.adata, model_name=e.model_name,
                                                 conditions=conds, model=model)
             exp.read_only = e.read_only
+            exp.saved_to = e.file          # the header says where the cells are kept
             s.set_experiment(exp, name=e.name, read_only=e.read_only, created=e.created)
+            entry = s.entry_of(exp)
+            if entry is not None:
+                entry.file = e.file
             if i == m.current:
                 shown = exp
         s.session_dir = m.folder

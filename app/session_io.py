@@ -143,6 +143,7 @@ class SavedExperiment:
     source: Any = None
     read_only: str = ""                    # why (empty: the model is here, unchanged)
     model_path: str | None = None
+    file: str | None = None                # the cells' h5ad in the session folder
 
 
 @dataclass
@@ -176,16 +177,25 @@ def save_session(folder, entries, *, dataset_path: str | None = None, schema=Non
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     exps = []
+    owned = {Path(e.file).name for e in entries
+             if e.file and Path(e.file).parent.resolve() == folder.resolve()}
     for i, e in enumerate(entries, 1):
         exp = e.experiment
-        file = f"exp-{e.id:03d}.h5ad"
-        target = folder / file
-        if e.file != str(target) or not target.exists():
-            engine.write_h5ad(exp.adata, target)
-            e.file = str(target)
+        mine = e.file and Path(e.file).parent.resolve() == folder.resolve() and \
+            Path(e.file).exists()
+        if mine:                      # kept here already (saved before, or opened from here)
+            file = Path(e.file).name
+        else:                         # a new name that no other experiment here uses
+            k, file = 0, f"exp-{e.id:03d}.h5ad"
+            while file in owned or (folder / file).exists():
+                k += 1
+                file = f"exp-{e.id:03d}-{k}.h5ad"
+            owned.add(file)
+            engine.write_h5ad(exp.adata, folder / file)
+            e.file = str(folder / file)
         src_file = None
         if exp.mode == "perturb" and exp.source is not None:
-            src_file = f"exp-{e.id:03d}-source.h5ad"
+            src_file = file.replace(".h5ad", "-source.h5ad")
             if not (folder / src_file).exists():
                 _write_plain_h5ad(exp.source, folder / src_file)
         prov = provenance(exp.adata)
@@ -296,7 +306,7 @@ def load_session(folder, infos, *, progress=None, cancel=None) -> SessionManifes
                                 str(model.get("name", "")), str(model.get("weights_sha256", "")),
                                 list(e.get("conditions") or []),
                                 float(e.get("created", time.time())), src, why,
-                                str(info.path) if info is not None else None)
+                                str(info.path) if info is not None else None, str(file))
         if e.get("id") == m.get("current"):
             out.current = len(out.experiments)
         out.experiments.append(saved)

@@ -149,3 +149,57 @@ def test_generate_without_a_model_says_why(qtbot, window):
     with qtbot.waitSignal(w.error_shown, timeout=10_000) as sig:
         w.controller.generate(None)
     assert "Choose a model" in sig.args[0]
+
+
+def test_session_io_names_and_manifest_errors(tmp_path):
+    """Saving again into the folder a session came from keeps its files; a new experiment never
+    overwrites another's file; a folder that is not a session is refused with a reason."""
+    import anndata as ad
+    import numpy as np
+    import pandas as pd
+    import pytest
+    import scipy.sparse as sp
+
+    from app.experiment import Experiment
+    from app.session import HistoryEntry
+    from app.session_io import commands, read_manifest, save_session
+
+    def exp(label):
+        obs = pd.DataFrame({"condition": [label] * 3 + ["T | control"] * 3,
+                            "cell_type": ["T"] * 6,
+                            "perturbation": ["A"] * 3 + ["control"] * 3,
+                            "is_control": [False] * 3 + [True] * 3},
+                           index=[f"{label}{i}" for i in range(6)])
+        a = ad.AnnData(sp.csr_matrix(np.ones((6, 2), np.float32)), obs=obs,
+                       var=pd.DataFrame(index=["g1", "g2"]))
+        a.layers["counts"] = a.X.copy()
+        a.uns["perturb_studio"] = {
+            "model": "m", "weights_sha256": "ab" * 32, "seed": 7, "steps": 5, "guidance": 1.5,
+            "conditions_json": '[{"cell_type": "T", "perturbations": [{"target": "A", '
+                               '"type": "CRISPRa", "dose": null}], "context": {"tissue": '
+                               '"blood"}}]'}
+        return Experiment.from_generated(a, model_name="m")
+
+    folder = tmp_path / "s"
+    e1 = HistoryEntry(exp("T | A"), "first")
+    save_session(folder, [e1])
+    first_file = e1.file
+    e2 = HistoryEntry(exp("T | A"), "second")
+    e2.id = e1.id                       # same id (e.g. after a restart): never the same file
+    save_session(folder, [e1, e2])
+    assert e1.file == first_file and e2.file != first_file
+    m = read_manifest(folder)
+    assert [x["name"] for x in m["experiments"]] == ["first", "second"]
+    assert m["experiments"][0]["settings"] == {"n": 3, "seed": 7, "steps": 5, "guidance": 1.5}
+    assert len(list(folder.glob("*.h5ad"))) == 2
+    lines = commands(e1.experiment)
+    gen = next(x for x in lines if x.startswith("perturb-studio generate"))
+    assert ("--model m --cell-type T --perturbation A --perturbation-type CRISPRa "
+            "--context tissue=blood -n=3 --with-control --seed=7 --steps=5 --guidance=1.5"
+            in gen)
+    with pytest.raises(ValueError, match="not a Perturb Studio session"):
+        read_manifest(tmp_path)
+    (tmp_path / "session.json").write_text('{"format": "perturb-studio-session", '
+                                            '"version": 99}')
+    with pytest.raises(ValueError, match="newer Perturb Studio"):
+        read_manifest(tmp_path)
