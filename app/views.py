@@ -204,6 +204,7 @@ def umap_scores(parts: dict, gene_set) -> np.ndarray:
     """The gene-set score of every UMAP point (the parts in order; NaN where a part lacks the
     set's genes)."""
     import anndata as ad
+
     from engine.analysis import log_normalized
     from engine.genesets import score_cells
 

@@ -18,7 +18,6 @@ from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 
 from .common import diverging_cmap, export_scene
 
-
 READOUT_HINT = "Hover over a cell of the heatmap to see its value."
 
 class HeatmapPlot(QWidget):
