@@ -15,7 +15,6 @@ config refused) before torch is imported or anything is allocated.
 from __future__ import annotations
 
 import importlib
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -82,21 +81,15 @@ def _transformer_params(s: int, c: int, kw: Mapping) -> int:
     return _tokens_io(s, c, w, k) + depth * block
 
 
-def ssm_dt_rank(width: int) -> int:
-    """Rank of the input-dependent step size's projection (Mamba: ceil(d_model / 16))."""
-    return max(1, math.ceil(width / 16))
-
-
 def _ssm_params(s: int, c: int, kw: Mapping) -> int:
     w, depth, k = int(kw["width"]), int(kw["depth"]), int(kw["tokens"])
     n, conv, e = int(kw["d_state"]), int(kw["d_conv"]), int(kw["expand"]) * int(kw["width"])
-    r = ssm_dt_rank(w)
+    h = int(kw["heads"])
     block = (_linear(c, 3 * w)                                    # AdaLN-Zero modulation
              + _linear(w, 2 * e, bias=False)                      # in_proj -> x, z
              + e * conv + e                                       # depthwise causal conv
-             + _linear(e, r + 2 * n, bias=False)                  # x_proj -> dt, B, C
-             + _linear(r, e)                                      # dt_proj
-             + e * n + e                                          # A_log, D
+             + _linear(e, h + 2 * n, bias=False)                  # x_proj -> dt, B, C
+             + 3 * h                                              # dt_bias, A_log, D
              + _linear(e, w, bias=False))                         # out_proj
     return _tokens_io(s, c, w, k) + depth * block
 
@@ -105,6 +98,14 @@ def _heads_divide_width(kw: Mapping) -> str | None:
     if int(kw["width"]) % int(kw["heads"]):
         return (f"width {kw['width']} must be a multiple of heads {kw['heads']} (attention "
                 "splits the width between heads)")
+    return None
+
+
+def _heads_divide_inner(kw: Mapping) -> str | None:
+    inner = int(kw["expand"]) * int(kw["width"])
+    if inner % int(kw["heads"]):
+        return (f"expand x width ({kw['expand']} x {kw['width']} = {inner}) must be a multiple "
+                f"of heads {kw['heads']} (the scan splits the inner channels between heads)")
     return None
 
 
@@ -137,8 +138,10 @@ BACKBONE_SPECS: dict[str, BackboneSpec] = {
              "tokens": Option("int", 1, 1_024, 8, _TOKENS),
              "d_state": Option("int", 1, 256, 16, "state size per channel (N)"),
              "d_conv": Option("int", 1, 64, 4, "kernel of the causal depthwise convolution"),
-             "expand": Option("int", 1, 16, 2, "inner channels = expand x width")},
-            _ssm_params),
+             "expand": Option("int", 1, 16, 2, "inner channels = expand x width"),
+             "heads": Option("int", 1, 256, 4, "scan heads, each with its own step size and "
+                                               "decay (must divide expand x width)")},
+            _ssm_params, _heads_divide_inner),
     )
 }
 

@@ -120,6 +120,9 @@ MALFORMED = [
     ("ssm d_state 10^6", lambda c: c["architecture"].update(
         backbone="ssm", backbone_kw={"d_state": 10**6}),
      r"backbone_kw.d_state must be between 1 and 256, got the number 1000000"),
+    ("ssm heads do not divide the inner width", lambda c: c["architecture"].update(
+        backbone="ssm", backbone_kw={"width": 10, "expand": 2, "heads": 3}),
+     r"expand x width \(2 x 10 = 20\) must be a multiple of heads 3"),
     ("ssm option on the mlp", _set("architecture.backbone_kw.d_conv", 4),
      r"backbone_kw has an unknown entry 'd_conv'"),
     ("unknown space key", _set("space.colour", 1), r"space has an unknown entry 'colour'"),
@@ -280,9 +283,10 @@ def test_shipped_configs_validate_and_count_their_parameters(folder):
     {"backbone": "mlp", "backbone_kw": {}, "latent_dim": 5, "ae_hidden": 33, "cond_dim": 7},
     {"backbone": "ssm", "backbone_kw": {}},
     {"backbone": "ssm", "backbone_kw": {"width": 33, "depth": 2, "tokens": 3, "d_state": 5,
-                                        "d_conv": 2, "expand": 3}, "dispersion": "gene-cell"},
+                                        "d_conv": 2, "expand": 3, "heads": 11},
+     "dispersion": "gene-cell"},
     {"backbone": "ssm", "backbone_kw": {"width": 8, "depth": 0, "tokens": 1, "d_state": 1,
-                                        "d_conv": 1, "expand": 1}, "cond_dim": 7},
+                                        "d_conv": 1, "expand": 1, "heads": 1}, "cond_dim": 7},
 ], ids=["transformer-gene-cell", "transformer-defaults", "mlp-depth-0", "mlp-odd-sizes",
         "ssm-defaults", "ssm-odd-sizes", "ssm-smallest"])
 def test_parameter_count_is_exact(tiny_model_dir, arch):

@@ -11,7 +11,7 @@ import torch
 from engine import BACKBONE_NAMES, Condition, PerturbModel, train_model
 from engine.config import BACKBONE_DEFAULTS, ModelConfig
 from engine.nn.specs import BACKBONE_SPECS
-from engine.nn.ssm import SSMBackbone, SSMBlock, selective_scan
+from engine.nn.ssm import SSMBackbone, SSMBlock, selective_scan, ssd
 
 from .conftest import TINY
 
@@ -28,9 +28,9 @@ def test_ssm_is_registered_everywhere():
     assert BACKBONE_DEFAULTS["ssm"] == BACKBONE_SPECS["ssm"].defaults()
     mc = ModelConfig.from_overrides("ssm", width=32, d_state=4)
     assert mc.arch.backbone_kw == {"width": 32, "depth": 3, "tokens": 8, "d_state": 4,
-                                   "d_conv": 4, "expand": 2}
-    with pytest.raises(TypeError, match=r"the ssm backbone has no option 'heads'"):
-        ModelConfig.from_overrides("ssm", heads=2)
+                                   "d_conv": 4, "expand": 2, "heads": 4}
+    with pytest.raises(TypeError, match=r"the ssm backbone has no option 'dropout'"):
+        ModelConfig.from_overrides("ssm", dropout=0.1)
 
 
 def test_config_module_stays_torch_free():
@@ -45,7 +45,9 @@ def test_config_module_stays_torch_free():
 
 
 @pytest.mark.parametrize("kw", [{}, {"width": 12, "depth": 2, "tokens": 3, "d_state": 5,
-                                     "d_conv": 2, "expand": 3}])
+                                     "d_conv": 2, "expand": 3, "heads": 9},
+                                {"width": 5, "depth": 1, "tokens": 1, "d_state": 1, "d_conv": 1,
+                                 "expand": 1, "heads": 1}])
 def test_shapes(kw):
     torch.manual_seed(0)
     net = SSMBackbone(9, 16, **kw)
@@ -77,30 +79,52 @@ def test_blocks_learn_once_the_modulation_moves():
     assert block.mod.weight.grad.abs().sum() > 0
 
 
-def _reference_scan(x, dt, A, B, C, D):
-    """Literal per-element loop of s_k = exp(dt A) s + dt B x, y = C.s + D x."""
-    b, k, e = x.shape
-    n = A.shape[1]
-    y = np.zeros((b, k, e))
+def _reference_scan(x, dt, a, B, C, D):
+    """Literal per-element loop of s_k = exp(dt_k a) s + dt_k x_k B_k, y = C_k.s + D x_k."""
+    b, k, h, p = x.shape
+    y = np.zeros(x.shape)
     for i in range(b):
-        for j in range(e):
-            s = np.zeros(n)
-            for t in range(k):
-                s = np.exp(dt[i, t, j] * A[j]) * s + dt[i, t, j] * B[i, t] * x[i, t, j]
-                y[i, t, j] = C[i, t] @ s + D[j] * x[i, t, j]
+        for hh in range(h):
+            for j in range(p):
+                s = np.zeros(B.shape[-1])
+                for t in range(k):
+                    s = np.exp(dt[i, t, hh] * a[hh]) * s + dt[i, t, hh] * x[i, t, hh, j] * B[i, t]
+                    y[i, t, hh, j] = C[i, t] @ s + D[hh] * x[i, t, hh, j]
     return y
 
 
-def test_selective_scan_matches_the_recurrence():
+def test_scan_and_its_matrix_form_match_the_recurrence():
     g = torch.Generator().manual_seed(1)
-    b, k, e, n = 2, 5, 3, 4
-    x, B, C = (torch.randn(b, k, e, generator=g), torch.randn(b, k, n, generator=g),
-               torch.randn(b, k, n, generator=g))
-    dt = torch.rand(b, k, e, generator=g)
-    A, D = -torch.rand(e, n, generator=g) * 3, torch.randn(e, generator=g)
-    got = selective_scan(x, dt, A, B, C, D).numpy()
-    want = _reference_scan(*(t.double().numpy() for t in (x, dt, A, B, C, D)))
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    b, k, h, p, n = 2, 6, 3, 2, 4
+    x = torch.randn(b, k, h, p, generator=g)
+    B, C = torch.randn(b, k, n, generator=g), torch.randn(b, k, n, generator=g)  # noqa: N806
+    dt = torch.rand(b, k, h, generator=g) * 2
+    a, D = -torch.rand(h, generator=g) * 5, torch.randn(h, generator=g)  # noqa: N806
+    want = _reference_scan(*(t.double().numpy() for t in (x, dt, a, B, C, D)))
+    np.testing.assert_allclose(selective_scan(x, dt, a, B, C, D).numpy(), want, rtol=1e-5,
+                               atol=1e-5)
+    np.testing.assert_allclose(ssd(x, dt, a, B, C, D).numpy(), want, rtol=1e-5, atol=1e-5)
+
+
+def test_matrix_form_is_stable_for_long_strong_decay():
+    """Large dt x |a| over many tokens: no overflow (only differences of the cumulative sum
+    that are <= 0 are exponentiated)."""
+    g = torch.Generator().manual_seed(2)
+    x, B, C = (torch.randn(1, 64, 2, 3, generator=g), torch.randn(1, 64, 4, generator=g),  # noqa: N806
+               torch.randn(1, 64, 4, generator=g))
+    dt, a, D = torch.full((1, 64, 2), 5.0), torch.tensor([-16.0, -0.01]), torch.ones(2)  # noqa: N806
+    y = ssd(x, dt, a, B, C, D)
+    assert torch.isfinite(y).all()
+    torch.testing.assert_close(y, selective_scan(x, dt, a, B, C, D), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("d_conv", [1, 2, 4])
+def test_causal_conv_is_the_grouped_conv1d(d_conv):
+    torch.manual_seed(0)
+    block = SSMBlock(6, 4, d_conv=d_conv)
+    x = torch.randn(3, 5, 12)
+    want = block.conv(x.transpose(1, 2))[..., :5].transpose(1, 2)
+    torch.testing.assert_close(block.causal_conv(x), want, rtol=1e-5, atol=1e-6)
 
 
 def test_scan_is_causal_and_alternates_direction():
@@ -126,11 +150,11 @@ def test_tiny_ssm_model_trains_saves_loads_and_generates(synthetic, schema, tmp_
             "members": 1}
     out = tmp_path / "ssm"
     m = train_model(synthetic.copy(), schema, out, seed=0, device="cpu", backbone="ssm",
-                    tokens=4, d_state=4, **tiny)
+                    tokens=4, d_state=4, heads=2, **tiny)
     arch = m.config["architecture"]
     assert arch["backbone"] == "ssm"
     assert arch["backbone_kw"] == {"width": 16, "depth": 2, "tokens": 4, "d_state": 4,
-                                   "d_conv": 4, "expand": 2}
+                                   "d_conv": 4, "expand": 2, "heads": 2}
     assert m.config["training"]["hyperparameters"]["d_state"] == 4
     cond = Condition.parse("T", "A", "CRISPRa")
     a = m.generate(cond, 32, seed=3)
