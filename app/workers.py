@@ -236,3 +236,17 @@ class JobRunner(QObject):
     def running_threads(self) -> int:
         """Threads of jobs (current or replaced) that have not finished yet."""
         return sum(j.is_running() for j in {*self.jobs.values(), *self._retired})
+
+
+def warm_imports() -> None:
+    """Import now, while a model loads, what generation and its analysis will need: a first
+    import inside the generation worker holds the GIL long enough to freeze the window."""
+    import importlib
+
+    for name in ("anndata", "pandas", "scipy.sparse", "scipy.stats", "h5py", "engine.export",
+                 "engine.analysis", "engine.data.io", "sklearn.decomposition",
+                 "sklearn.neighbors"):
+        try:
+            importlib.import_module(name)
+        except ImportError:  # pragma: no cover - reported when actually used
+            pass

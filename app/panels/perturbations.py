@@ -120,6 +120,7 @@ class PerturbationRow(QWidget):
             self.pick.setToolTip("Pick one of this model's " + str(len(space.targets)) +
                                  " perturbations")
             self.pick.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
+            self.pick.setStyleSheet("QToolButton::menu-indicator { image: none; width: 0; }")
             menu = QMenu(self.pick)
             for t in space.targets:
                 menu.addAction(t, lambda t=t: self.target.setText(t))

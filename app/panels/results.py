@@ -17,8 +17,6 @@ from PySide6.QtWidgets import (
     QHeaderView,
     QLabel,
     QLineEdit,
-    QListWidget,
-    QListWidgetItem,
     QPushButton,
     QSpinBox,
     QSplitter,
@@ -30,18 +28,19 @@ from PySide6.QtWidgets import (
 
 from ..plots.effect_plot import EffectPlot
 from ..plots.embedding import EmbeddingPlot
-from ..plots.figure_view import FigureView
 from ..plots.heatmap import HeatmapPlot
 from ..richtext import esc, plain
 from ..umap_table import category_order, describe_point, find_gene
 from .effect_model import EffectTableModel
+from .figure_tabs import FigureTabsMixin
+from .history import HistoryMixin
 
 #: Column widths of the effect table by kind of column (pixels).
 WIDTHS = {"text": 76, "lfc": 96, "interval": 112, "yesno": 80, "num": 80}
 WARN = "#a15c00"
 
 
-class ResultsPanel(QWidget):
+class ResultsPanel(FigureTabsMixin, HistoryMixin, QWidget):
     export_requested = Signal(str)      # 'h5ad' | 'csv' | 'plot' | 'de'
     de_requested = Signal(str)          # condition label
     color_requested = Signal(str)       # 'condition' | 'cell type' | 'source' | 'gene:NAME'
@@ -80,13 +79,19 @@ class ResultsPanel(QWidget):
         for b, kind in ((self.export_h5ad, "h5ad"), (self.export_csv, "csv"),
                         (self.export_plot, "plot"), (self.export_de, "de")):
             b.clicked.connect(lambda _=False, k=kind: self.export_requested.emit(k))
-        top = QHBoxLayout()
-        top.addWidget(self.header, 1)
+        # the experiment's description on its own line (it wraps into a column beside the
+        # buttons at 1280 px), the buttons under it
+        buttons = QHBoxLayout()
+        buttons.addStretch(1)
         for b in (self.export_h5ad, self.export_csv, self.export_plot):
-            top.addWidget(b)
-        top.addWidget(self.dpi)
-        top.addWidget(self.export_de)
-        top.addWidget(self.copy_cmd)
+            buttons.addWidget(b)
+        buttons.addWidget(self.dpi)
+        buttons.addWidget(self.export_de)
+        buttons.addWidget(self.copy_cmd)
+        top = QVBoxLayout()
+        top.setSpacing(2)
+        top.addWidget(self.header)
+        top.addLayout(buttons)
 
         # heatmap tab
         self.heatmap = HeatmapPlot()
@@ -220,7 +225,7 @@ class ResultsPanel(QWidget):
         self.split.addWidget(self.history_box)
         self.split.addWidget(right)
         self.split.setStretchFactor(1, 1)
-        self.split.setSizes([220, 1200])
+        self.split.setSizes([190, 1200])
         self.split.setCollapsible(1, False)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(6, 6, 6, 6)
@@ -236,296 +241,6 @@ class ResultsPanel(QWidget):
         self.embedding = None     # app.messages.Embedding shown in the UMAP
         self._umap_gene = None    # (gene, values per point) while coloured by a gene
         self.set_experiment(None)
-
-    # -- figure views (app.views) ----------------------------------------------------------------
-    def _build_views(self) -> None:
-        from ..views import KINDS, TITLES
-
-        self.views: dict[str, FigureView] = {}
-        self.view_notes: dict[str, QLabel] = {}
-        self.view_genes: dict[str, QLineEdit] = {}
-        self._view_done: dict[str, object] = {}   # kind -> the parameters it was computed with
-        self._top_genes: list[str] = []
-        tips = {"dotplot": "Fraction of cells expressing each gene (dot size) and its mean "
-                           "expression (colour), per condition",
-                "violin": "Expression of chosen genes per condition, as stacked violins",
-                "cells": "Every generated cell as a column, grouped by condition, genes "
-                         "clustered",
-                "genesets": "Hallmark and Reactome gene-set scores per cell, as violins and "
-                            "on the UMAP",
-                "compare": "A double against its singles and the additive expectation, or "
-                           "generated vs real cells",
-                "sweep": "Dose-response curves, combination grid or the ranked singles"}
-        for kind in KINDS:
-            w = QWidget()
-            lay = QVBoxLayout(w)
-            row = QHBoxLayout()
-            if kind in ("dotplot", "violin", "cells", "sweep"):
-                genes = QLineEdit()
-                genes.setPlaceholderText("genes, e.g. ISG15 IFI6 CXCL10 (empty: the genes "
-                                         "that change most)")
-                genes.setToolTip("Genes to show, separated by spaces or commas; press Enter")
-                genes.setClearButtonEnabled(True)
-                genes.setCompleter(self._gene_completer())
-                genes.returnPressed.connect(lambda k=kind: self.request_view(k, force=True))
-                self.view_genes[kind] = genes
-                row.addWidget(QLabel("Genes"))
-                row.addWidget(genes, 1)
-            if kind == "genesets":
-                self.gs_collection = QComboBox()
-                self.gs_collection.setToolTip("Gene-set collection (shipped with the app, with "
-                                              "citations: resources/genesets/README.md)")
-                self.gs_set = QComboBox()
-                self.gs_set.setEditable(True)
-                self.gs_set.setInsertPolicy(QComboBox.InsertPolicy.NoInsert)
-                self.gs_set.setToolTip("Type to search the sets")
-                self.gs_set.completer().setFilterMode(Qt.MatchFlag.MatchContains)
-                self.gs_set.completer().setCompletionMode(
-                    QCompleter.CompletionMode.PopupCompletion)
-                self.gs_collection.currentTextChanged.connect(self._fill_sets)
-                self.gs_set.activated.connect(lambda _i: self.request_view("genesets"))
-                self.gs_umap = QPushButton("Show on UMAP")
-                self.gs_umap.setToolTip("Colour the UMAP's cells by this score")
-                self.gs_umap.clicked.connect(self._geneset_on_umap)
-                row.addWidget(QLabel("Collection"))
-                row.addWidget(self.gs_collection)
-                row.addWidget(QLabel("Set"))
-                row.addWidget(self.gs_set, 1)
-                row.addWidget(self.gs_umap)
-                self._genesets = None
-            if kind == "compare":
-                self.cmp_mode = QComboBox()
-                self.cmp_mode.addItem("double vs singles and additive", "additive")
-                self.cmp_mode.addItem("generated vs real cells", "real")
-                self.cmp_mode.setToolTip("What to compare")
-                self.cmp_label = QComboBox()
-                self.cmp_label.setToolTip("The condition compared")
-                self.cmp_mode.currentIndexChanged.connect(
-                    lambda _i: (self._fill_compare(), self.request_view("compare")))
-                self.cmp_label.activated.connect(lambda _i: self.request_view("compare"))
-                row.addWidget(self.cmp_mode)
-                row.addWidget(self.cmp_label, 1)
-            note = plain(QLabel())
-            note.setWordWrap(True)
-            view = FigureView()
-            view.setToolTip(tips[kind])
-            lay.addLayout(row)
-            lay.addWidget(note)
-            lay.addWidget(view, 1)
-            self.views[kind] = view
-            self.view_notes[kind] = note
-            i = self.tabs.addTab(w, TITLES[kind])
-            self.tabs.setTabToolTip(i, tips[kind])
-        self.tabs.currentChanged.connect(lambda _i: self.request_view(self.current_plot_name()))
-
-    def _gene_completer(self) -> QCompleter:
-        comp = QCompleter(self._gene_model, self)
-        comp.setCaseSensitivity(Qt.CaseSensitivity.CaseInsensitive)
-        comp.setFilterMode(Qt.MatchFlag.MatchContains)
-        return comp
-
-    def _load_genesets(self) -> None:
-        if self._genesets is not None:
-            return
-        try:
-            from engine.genesets import collections
-
-            self._genesets = collections()
-        except Exception as e:  # noqa: BLE001 - said in the tab
-            self._genesets = {}
-            self.view_notes["genesets"].setText(f"The gene sets could not be read: {e}")
-        self.gs_collection.blockSignals(True)
-        self.gs_collection.clear()
-        self.gs_collection.addItems([k for k, v in self._genesets.items() if v])
-        self.gs_collection.blockSignals(False)
-        self._fill_sets(self.gs_collection.currentText())
-
-    def _fill_sets(self, collection: str) -> None:
-        sets = (self._genesets or {}).get(collection, [])
-        self.gs_set.clear()
-        self.gs_set.addItems([g.name for g in sets])
-        pref = [i for i, g in enumerate(sets) if "INTERFERON" in g.name.upper()]
-        if pref:
-            self.gs_set.setCurrentIndex(pref[0])
-
-    def current_gene_set(self):
-        sets = (self._genesets or {}).get(self.gs_collection.currentText(), [])
-        name = self.gs_set.currentText()
-        return next((g for g in sets if g.name == name), None)
-
-    def _fill_compare(self) -> None:
-        from ..views import doubles
-
-        self.cmp_label.clear()
-        if self.exp is None:
-            return
-        mode = self.cmp_mode.currentData()
-        labels = doubles(self.exp) if mode == "additive" else list(self.exp.labels)
-        self.cmp_label.addItems(labels)
-
-    def view_params(self, kind: str) -> dict | None:
-        """What the view ``kind`` is asked to show (None: nothing to ask, e.g. no gene set)."""
-        if self.exp is None:
-            return None
-        p: dict = {"top": list(self._top_genes)}
-        if kind in self.view_genes:
-            from ..views import parse_genes
-
-            found, missing = parse_genes(self.view_genes[kind].text(),
-                                         self.exp.adata.var_names)
-            p["genes"] = found
-            p["missing"] = missing
-        if kind == "genesets":
-            self._load_genesets()
-            gs = self.current_gene_set()
-            if gs is None:
-                return None
-            p["gene_set"] = gs
-        if kind == "compare":
-            if self.cmp_label.count() == 0:
-                self._fill_compare()
-            p["compare"] = self.cmp_mode.currentData()
-            p["label"] = self.cmp_label.currentText()
-        return p
-
-    def request_view(self, kind: str, *, force: bool = False) -> None:
-        """Ask for the figure of ``kind`` when it is shown and not computed with these
-        parameters yet."""
-        from ..views import KINDS
-
-        if kind not in KINDS or self.exp is None:
-            return
-        p = self.view_params(kind)
-        if p is None:
-            return
-        key = repr(sorted((k, str(v)) for k, v in p.items()))
-        if not force and self._view_done.get(kind) == key:
-            return
-        self._view_done[kind] = key
-        missing = p.pop("missing", [])
-        v = self.views[kind]
-        if v.width() > 100:
-            p["_size"] = (v.width(), v.height())
-        v.show_message("Drawing…")
-        self.view_notes[kind].setText(
-            f"Not among the model's genes: {', '.join(missing)}." if missing else "")
-        self.view_requested.emit(kind, p)
-
-    def set_view(self, kind: str, result) -> None:
-        """Show a computed app.views.ViewResult."""
-        self.views[kind].set_figure(result.figure, result.png)
-        old = self.view_notes[kind].text()
-        self.view_notes[kind].setText((old + " " if old.startswith("Not among") else "")
-                                      + result.note)
-
-    def view_failed(self, kind: str, message: str) -> None:
-        self.views[kind].show_message(message)
-        self._view_done.pop(kind, None)
-
-    def _geneset_on_umap(self) -> None:
-        gs = self.current_gene_set()
-        if gs is None:
-            return
-        self.tabs.setCurrentIndex(1)
-        if self.embedding is None:
-            self.gene_msg.setText("The UMAP is not ready yet")
-            return
-        self.geneset_umap_requested.emit(gs)
-
-    def color_umap_by_score(self, gene_set, scores) -> None:
-        self._umap_gene = (gene_set.name, scores)
-        self.gene.blockSignals(True)
-        self.gene.clear()           # the colours are the set's, not the gene typed before
-        self.gene.blockSignals(False)
-        self.gene_msg.setText("")
-        title = f"{gene_set.label} score"
-        self.umap.color_by_value(np.nan_to_num(scores), title=title)
-        self._umap_state = ("value", np.asarray(scores), None, None, title,
-                            "gene-set score (log normalised expression)")
-
-    # -- history --------------------------------------------------------------------------------
-    def _build_history(self) -> None:
-        self.history_box = QWidget()
-        lay = QVBoxLayout(self.history_box)
-        lay.setContentsMargins(0, 0, 4, 0)
-        title = QLabel("<b>History</b>")
-        self.history = QListWidget()
-        self.history.setToolTip("Every experiment of this session: click one to look at it "
-                                "again; double-click (or F2) to rename it")
-        self.history.setEditTriggers(QAbstractItemView.EditTrigger.DoubleClicked
-                                     | QAbstractItemView.EditTrigger.EditKeyPressed)
-        self.history.itemClicked.connect(self._history_clicked)
-        self.history.itemChanged.connect(self._history_changed)
-        self.history.setWordWrap(True)
-        self.history_delete = QPushButton("Delete")
-        self.history_delete.setToolTip("Remove the selected experiment from the history (a file "
-                                       "already saved stays on disk)")
-        self.history_delete.clicked.connect(self._history_delete)
-        self.history_rename = QPushButton("Rename")
-        self.history_rename.clicked.connect(
-            lambda: self.history.currentItem() and self.history.editItem(
-                self.history.currentItem()))
-        row = QHBoxLayout()
-        row.addWidget(self.history_rename)
-        row.addWidget(self.history_delete)
-        lay.addWidget(title)
-        lay.addWidget(self.history, 1)
-        self.history_details = plain(QLabel())
-        self.history_details.setWordWrap(True)
-        self.history_details.setStyleSheet("color:#555")
-        lay.addWidget(self.history_details)
-        lay.addLayout(row)
-        self.history.currentItemChanged.connect(
-            lambda it, _p: self.history_details.setText(it.toolTip() if it else ""))
-        self._filling = False
-
-    def set_history(self, entries, current_id: int | None) -> None:
-        """``entries``: app.session.HistoryEntry, oldest first (shown newest first)."""
-        entries = list(reversed(list(entries)))
-        ids = [e.id for e in entries]
-        have = [int(self.history.item(i).data(Qt.ItemDataRole.UserRole))
-                for i in range(self.history.count())]
-        self._filling = True
-        if ids == have:     # same entries: update in place (a click's item stays alive)
-            for i, e in enumerate(entries):
-                it = self.history.item(i)
-                if it.text() != e.name:
-                    it.setText(e.name)
-                it.setToolTip(e.tooltip())
-                if e.id == current_id and self.history.currentRow() != i:
-                    self.history.setCurrentRow(i)
-            self._filling = False
-            if self.history.currentItem() is not None:
-                self.history_details.setText(self.history.currentItem().toolTip())
-            return
-        self.history.clear()
-        for e in entries:
-            it = QListWidgetItem(e.name)
-            it.setData(Qt.ItemDataRole.UserRole, e.id)
-            it.setToolTip(e.tooltip())
-            it.setFlags(it.flags() | Qt.ItemFlag.ItemIsEditable)
-            self.history.addItem(it)
-            if e.id == current_id:
-                self.history.setCurrentItem(it)
-        self._filling = False
-        n = self.history.count()
-        self.history_delete.setEnabled(n > 0)
-        self.history_rename.setEnabled(n > 0)
-
-    def _history_clicked(self, item) -> None:
-        self.history_selected.emit(int(item.data(Qt.ItemDataRole.UserRole)))
-
-    def _history_changed(self, item) -> None:
-        if self._filling:
-            return
-        name = item.text().strip()
-        if name:
-            self.history_renamed.emit(int(item.data(Qt.ItemDataRole.UserRole)), name)
-
-    def _history_delete(self) -> None:
-        it = self.history.currentItem()
-        if it is not None:
-            self.history_deleted.emit(int(it.data(Qt.ItemDataRole.UserRole)))
 
     # -- experiment -----------------------------------------------------------------------------
     def set_experiment(self, exp) -> None:
