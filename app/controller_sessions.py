@@ -84,7 +84,7 @@ class SessionJobsMixin:
             from .session_io import save_session
 
             save_session(folder, entries, dataset_path=data_path, schema=schema,
-                         current_id=current, view=view)
+                         current_id=current, view=view, prune=autosave)
             return folder
 
         def done(path):

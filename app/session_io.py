@@ -167,10 +167,12 @@ def _schema_dict(schema) -> dict | None:
 
 def save_session(folder, entries, *, dataset_path: str | None = None, schema=None,
                  current_id: int | None = None, view: dict | None = None,
-                 progress=None) -> Path:
+                 progress=None, prune: bool = False) -> Path:
     """Write ``entries`` (app.session.HistoryEntry) to ``folder``: cells first (each
     atomically; an experiment already saved there is not written again), the manifest last,
-    so a session folder is never half-written."""
+    so a session folder is never half-written. ``prune`` (the autosave folder only): remove
+    the ``exp-*.h5ad`` files the manifest no longer lists (deleted experiments, earlier
+    runs)."""
     import engine
     from engine.export import atomic_path
 
@@ -215,6 +217,12 @@ def save_session(folder, entries, *, dataset_path: str | None = None, schema=Non
                 "current": current_id, "view": view or {}, "experiments": exps}
     with atomic_path(folder / MANIFEST, suffix=".tmp.json") as tmp:
         Path(tmp).write_text(json.dumps(manifest, indent=2, default=_json_default))
+    if prune:
+        listed = {e["file"] for e in exps} | {e["source_file"] for e in exps if
+                                              e["source_file"]}
+        for f in folder.glob("exp-*.h5ad"):
+            if f.name not in listed and f.is_file() and not f.is_symlink():
+                f.unlink()
     return folder
 
 

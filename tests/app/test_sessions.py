@@ -154,6 +154,8 @@ def test_generate_without_a_model_says_why(qtbot, window):
 def test_session_io_names_and_manifest_errors(tmp_path):
     """Saving again into the folder a session came from keeps its files; a new experiment never
     overwrites another's file; a folder that is not a session is refused with a reason."""
+    from pathlib import Path
+
     import anndata as ad
     import numpy as np
     import pandas as pd
@@ -197,6 +199,9 @@ def test_session_io_names_and_manifest_errors(tmp_path):
     assert ("--model m --cell-type T --perturbation A --perturbation-type CRISPRa "
             "--context tissue=blood -n=3 --with-control --seed=7 --steps=5 --guidance=1.5"
             in gen)
+    # the autosave folder drops the cells of experiments it no longer lists
+    save_session(folder, [e2], prune=True)
+    assert [p.name for p in folder.glob("*.h5ad")] == [Path(e2.file).name]
     with pytest.raises(ValueError, match="not a Perturb Studio session"):
         read_manifest(tmp_path)
     (tmp_path / "session.json").write_text('{"format": "perturb-studio-session", '
