@@ -67,13 +67,13 @@ def main(argv=None) -> int:
              f"{args.threads} thread(s); best of {args.rounds} rounds of {args.reps} forward "
              f"passes on {args.batch:,} states (state 33, condition 128); sampling at "
              f"{steps} Euler steps, guidance 1",
-             f"{'backbone':<12} {'options':<58} {'params':>9} {'ms/forward':>11} "
+             f"{'backbone':<12} {'options':<70} {'params':>9} {'ms/forward':>11} "
              f"{'states/s':>10} {'cells/s':>9}"]
     for name in nets:
         kw = BACKBONE_SPECS[name].defaults()
         opts = ", ".join(f"{k}={v}" for k, v in kw.items())
         sec = best[name]
-        lines.append(f"{name:<12} {opts:<58} {params[name]:>9,} {sec * 1e3:>11.1f} "
+        lines.append(f"{name:<12} {opts:<70} {params[name]:>9,} {sec * 1e3:>11.1f} "
                      f"{args.batch / sec:>10,.0f} {args.batch / sec / steps:>9,.0f}")
     text = "\n".join(lines) + "\n"
     print(text, end="")

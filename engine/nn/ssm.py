@@ -98,9 +98,9 @@ class SSMBlock(nn.Module):
         k, d = x.shape[1], self.conv.kernel_size[0]
         xp = F.pad(x, (0, 0, d - 1, 0))                              # (B, K + d - 1, E)
         w = self.conv.weight[:, 0]                                   # (E, d)
-        out = self.conv.bias + xp[:, :k] * w[:, 0]                   # (B, K, E)
+        out = torch.addcmul(self.conv.bias, xp[:, :k], w[:, 0])      # (B, K, E)
         for i in range(1, d):
-            out = out + xp[:, i:i + k] * w[:, i]
+            out = torch.addcmul(out, xp[:, i:i + k], w[:, i])        # (B, K, E)
         return out
 
     def mixer(self, a: torch.Tensor) -> torch.Tensor:
