@@ -40,6 +40,37 @@ class ViewResult:
 
 
 # -- groups and genes ----------------------------------------------------------------------------
+BEFORE = "your cells (before)"
+
+
+def cells_for_views(exp):
+    """The cells the views show: the generated ones; in 'perturb' mode also the user's cells
+    before the perturbation (in the model's genes, log normalised over those genes as
+    engine.effects_from_perturbed does; genes the data lack are 0), as the group
+    :data:`BEFORE`."""
+    if exp.mode != "perturb" or exp.source is None:
+        return exp.adata
+    import anndata as ad
+    import pandas as pd
+    import scipy.sparse as sp
+    from engine.analysis import log_normalized
+
+    a, src = exp.adata, exp.source
+    common = [g for g in a.var_names if g in set(src.var_names)]
+    x = sp.lil_matrix((src.n_obs, a.n_vars), dtype=np.float32)
+    if common:
+        x[:, a.var_names.get_indexer(common)] = log_normalized(src[:, common]).toarray()
+    before = ad.AnnData(sp.csr_matrix(x), obs=pd.DataFrame(
+        {"condition": BEFORE}, index=[f"before{i}" for i in range(src.n_obs)]),
+        var=pd.DataFrame(index=a.var_names))
+    after = ad.AnnData(a.X, obs=pd.DataFrame({"condition": a.obs["condition"].astype(str)
+                                                  .to_numpy()}, index=a.obs_names),
+                       var=pd.DataFrame(index=a.var_names))
+    if "member" in a.obs:
+        after.obs["member"] = a.obs["member"].to_numpy()
+    return ad.concat([before, after], merge="same")
+
+
 def group_order(exp) -> list[str]:
     """Each condition followed by its matching control (each control once)."""
     labels = exp.adata.obs["condition"].astype(str).to_numpy()
@@ -52,6 +83,8 @@ def group_order(exp) -> list[str]:
             ctrl = labels[exp.controls[lab][0]]
             if ctrl not in out:
                 out.append(ctrl)
+    if exp.mode == "perturb" and exp.source is not None:
+        out.insert(0, BEFORE)
     return out + [p for p in present if p not in out]
 
 
@@ -134,26 +167,28 @@ def build_view(kind: str, exp, params: dict, *, dataset=None, schema=None) -> Vi
     ``compare`` ('additive' | 'real')."""
     genes = list(params.get("genes") or default_genes(exp, params.get("top")))
     order = group_order(exp)
+    cells = cells_for_views(exp) if kind in ("dotplot", "violin", "cells", "genesets") \
+        else exp.adata
     title_model = f"{exp.model_name}: generated cells" if exp.model_name else "generated cells"
     if kind == "dotplot":
-        fig = F.dotplot_figure(exp.adata, genes, order=order, title=title_model)
+        fig = F.dotplot_figure(cells, genes, order=order, title=title_model)
         return ViewResult(kind, fig, f"{len(genes)} genes × {len(order)} groups of generated "
                           "cells. Dot size: fraction of cells expressing the gene; colour: "
                           "mean log normalised expression.", {"genes": genes, "groups": order})
     if kind == "violin":
-        fig = F.violin_figure(exp.adata, genes, order=order, title=title_model)
+        fig = F.violin_figure(cells, genes, order=order, title=title_model)
         return ViewResult(kind, fig, f"Expression of {len(genes)} genes in each group of "
                           "generated cells (one violin per group).",
                           {"genes": genes, "groups": order})
     if kind == "cells":
         genes = list(params.get("genes") or default_genes(exp, params.get("top"), 30))
-        fig = F.cell_heatmap_figure(exp.adata, genes, order=order, title=title_model)
+        fig = F.cell_heatmap_figure(cells, genes, order=order, title=title_model)
         return ViewResult(kind, fig, "Each column is a generated cell (at most 150 per group, "
                           "drawn with a fixed seed), grouped by condition; genes clustered by "
                           "their correlation across these cells.", {"genes": genes,
                                                                    "groups": order})
     if kind == "genesets":
-        return geneset_view(exp, params["gene_set"], order)
+        return geneset_view(cells, params["gene_set"], order)
     if kind == "compare":
         if params.get("compare") == "real":
             return real_view(exp, params.get("label") or exp.labels[0], dataset, schema)
@@ -163,12 +198,12 @@ def build_view(kind: str, exp, params: dict, *, dataset=None, schema=None) -> Vi
     raise ValueError(f"unknown view {kind!r}")
 
 
-def geneset_view(exp, gene_set, order) -> ViewResult:
+def geneset_view(cells, gene_set, order) -> ViewResult:
     from engine.genesets import COLLECTIONS, score_cells
 
-    scores, found = score_cells(exp.adata, gene_set)
-    groups = exp.adata.obs["condition"].astype(str).to_numpy()
-    members = member_means(exp.adata, scores)
+    scores, found = score_cells(cells, gene_set)
+    groups = cells.obs["condition"].astype(str).to_numpy()
+    members = member_means(cells, scores)
     cite = COLLECTIONS.get(gene_set.collection, ("", gene_set.collection))[1]
     fig = F.score_violin_figure(scores, groups, order=order, member_means=members,
                                 set_name=gene_set.label, source=f"{len(found)} of "

@@ -91,3 +91,29 @@ def test_singles_ranked_and_gene_parsing_and_group_order():
     assert res.data["sizes"][c2.label] > res.data["sizes"][c1.label]
     assert group_order(exp) == [c1.label, "T | control", c2.label]
     assert parse_genes("g1, G3;nope  g1", exp.adata.var_names) == (["G1", "G3"], ["nope"])
+
+
+def test_perturb_mode_views_show_the_cells_before_and_after():
+    from app.experiment import Experiment
+    from app.views import BEFORE, build_view, cells_for_views
+
+    genes = [f"G{i}" for i in range(4)]
+    after = ad.AnnData(sp.csr_matrix(np.full((5, 4), 2.0, np.float32)),
+                       obs=pd.DataFrame({"condition": ["T | A"] * 5},
+                                        index=[f"a{i}" for i in range(5)]),
+                       var=pd.DataFrame(index=genes))
+    # the user's cells: raw counts, one gene (G3) missing, one extra gene
+    src = ad.AnnData(sp.csr_matrix(np.array([[10, 0, 5, 7]] * 3, np.float32)),
+                     obs=pd.DataFrame(index=[f"s{i}" for i in range(3)]),
+                     var=pd.DataFrame(index=["G0", "G1", "G2", "OTHER"]))
+    exp = Experiment.from_perturbed(after, src, model_name="toy")
+    cells = cells_for_views(exp)
+    assert list(cells.var_names) == genes and cells.n_obs == 8
+    before = cells[cells.obs["condition"] == BEFORE]
+    x = before.X.toarray()
+    # normalised over the model's genes, as engine.effects_from_perturbed does
+    assert np.allclose(x[:, 3], 0) and np.allclose(x[:, 0], np.log1p(10 / 15 * 1e4), rtol=1e-4)
+    res = build_view("dotplot", exp, {"genes": genes})
+    assert res.data["groups"][0] == BEFORE
+    labels = {t.get_text() for ax in res.figure.axes for t in ax.get_yticklabels()}
+    assert {BEFORE, "T | A"} <= labels
