@@ -53,6 +53,7 @@ def cells_for_views(exp):
     import anndata as ad
     import pandas as pd
     import scipy.sparse as sp
+
     from engine.analysis import log_normalized
 
     a, src = exp.adata, exp.source
