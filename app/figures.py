@@ -466,9 +466,7 @@ def comparison_figure(panels: Sequence[dict], *, title: str = "") -> Figure:
             lo_, hi_ = float(min(x.min(), y.min())), float(max(x.max(), y.max()))
             ax.plot([lo_, hi_], [lo_, hi_], color="#555", lw=0.8, ls="--", zorder=0,
                     label="y = x")
-            for i in out:
-                ax.annotate(genes[i], (x[i], y[i]), xytext=(3, 3), textcoords="offset points",
-                            fontsize=7, color="#b2182b")
+            _annotate_apart(ax, x, y, [genes[i] for i in out], list(out))
             r2 = r_squared(x, y)
             ax.text(0.02, 0.98, f"R² = {r2:.2f}\nn = {len(x):,} genes", transform=ax.transAxes,
                     va="top", fontsize=8)
@@ -478,6 +476,33 @@ def comparison_figure(panels: Sequence[dict], *, title: str = "") -> Figure:
     if title:
         fig.suptitle(title)
     return fig
+
+
+def _annotate_apart(ax, x, y, names, idx, *, fontsize: float = 7) -> None:
+    """Name the points ``idx`` with labels nudged up (in steps of a line) until they do not
+    overlap a label placed before (a greedy repel, in points)."""
+    ax.autoscale_view()
+    xy = ax.transData.transform(np.column_stack([x, y])) if len(x) else np.zeros((0, 2))
+    scale = 72.0 / ax.figure.dpi                     # display pixels -> points
+    boxes: list[tuple[float, float, float, float]] = []
+    line = fontsize * 1.25
+    order = sorted(range(len(idx)), key=lambda k: (xy[idx[k], 1], xy[idx[k], 0]))
+    for k in order:
+        i = idx[k]
+        px, py = xy[i] * scale
+        w = 0.6 * fontsize * len(names[k])
+        dy = 3.0
+        for _ in range(12):
+            b = (px + 3, py + dy, px + 3 + w, py + dy + line)
+            if not any(b[0] < o[2] and o[0] < b[2] and b[1] < o[3] and o[1] < b[3]
+                       for o in boxes):
+                break
+            dy += line
+        boxes.append(b)
+        ax.annotate(names[k], (x[i], y[i]), xytext=(3, dy), textcoords="offset points",
+                    fontsize=fontsize, color="#b2182b",
+                    arrowprops={"arrowstyle": "-", "color": "#d6a0a8", "lw": 0.5}
+                    if dy > 3.0 else None)
 
 
 def r_squared(x, y) -> float:
