@@ -1,7 +1,7 @@
 """Build the gene-set prior resource: a fixed embedding per human gene symbol, from gene sets.
 
     python build_scripts/build_gene_priors.py [--genesets DIR] [--out resources/priors]
-        [--dims 64] [--evaluate docs/results/gene_priors.txt]
+        [--dims 64] [--evaluate docs/results/gene_priors.txt] [--orgdb org.Hs.eg.sqlite]
 
 Reads the GMT files of ``../shared/genesets`` (or ``$PERTURB_STUDIO_GENESETS``, or
 ``--genesets``): MSigDB Hallmark v7.5.1, Reactome, GO biological process / molecular function /
@@ -22,7 +22,13 @@ float16 in a fixed order (genes sorted), so building twice gives the same bytes.
 Writes ``gene_priors.safetensors`` (``embedding`` float16 genes x dims; memberships as CSR:
 ``member_indptr`` int32, ``member_indices`` int16 set numbers; ``singular_values`` float32) and
 ``gene_priors.json`` (genes, sets with source / id / name / size, sources with version, licence,
-citation and the input file's sha256, build parameters). ``--evaluate`` also measures, for each
+citation and the input file's sha256, build parameters). With ``--orgdb`` (or
+``$PERTURB_STUDIO_ORGDB``): the SQLite file of Bioconductor's org.Hs.eg.db 3.16, as the Debian
+package ships it (``apt-get download r-bioc-org.hs.eg.db``, ``dpkg-deb -x``, then
+``usr/lib/R/site-library/org.Hs.eg.db/extdata/org.Hs.eg.sqlite``), it also writes
+``gene_aliases.json.gz``: alias symbols (MARCH8 -> MARCHF8) and Ensembl gene ids that name
+exactly one gene of the priors (an alias that is itself a symbol of the priors is left out).
+``--evaluate`` also measures, for each
 source, how well an embedding built without that source ranks gene pairs that share one of its
 sets above random pairs (AUC), the check behind the weighting.
 """
@@ -194,6 +200,53 @@ def write(result: dict, out: Path) -> None:
                                           encoding="utf-8")
 
 
+# -- aliases and Ensembl ids (org.Hs.eg.db) ----------------------------------------------------
+ORGDB_VERSION = "org.Hs.eg.db 3.16.0 (Bioconductor 3.16; NCBI Gene 2022-09-12)"
+ORGDB_CITATION = ("Carlson M. org.Hs.eg.db: Genome wide annotation for Human. R package "
+                  "version 3.16.0 (2022). doi:10.18129/B9.bioc.org.Hs.eg.db; gene symbols, aliases "
+                  "and Ensembl ids from NCBI Gene (https://www.ncbi.nlm.nih.gov/gene)")
+
+
+def build_aliases(sqlite: Path, genes: list[str]) -> dict:
+    """Alias -> symbol and Ensembl gene id -> symbol, for the genes of the priors: only names
+    that lead to exactly one of them, and no alias that is itself one of their symbols."""
+    import sqlite3
+
+    known = set(genes)
+    con = sqlite3.connect(f"file:{sqlite}?mode=ro", uri=True)
+    try:
+        symbol = {i: sym for i, sym in con.execute("select _id, symbol from gene_info")}
+        pairs = {"aliases": con.execute("select _id, alias_symbol from alias").fetchall(),
+                 "ensembl": con.execute("select _id, ensembl_id from ensembl").fetchall()}
+    finally:
+        con.close()
+    out: dict = {"format": "perturb-studio-gene-aliases", "format_version": 1,
+                 "source": ORGDB_VERSION, "licence": "Artistic-2.0 (org.Hs.eg.db); NCBI Gene "
+                 "data carry no restrictions", "citation": ORGDB_CITATION,
+                 "sha256": hashlib.sha256(Path(sqlite).read_bytes()).hexdigest()}
+    for key, rows in pairs.items():
+        targets: dict[str, set[str]] = {}
+        for i, name in rows:
+            sym = symbol.get(i)
+            if sym in known and name and name not in known:
+                targets.setdefault(name, set()).add(sym)
+        out[key] = {n: next(iter(t)) for n, t in sorted(targets.items()) if len(t) == 1}
+        out[f"{key}_ambiguous"] = sum(len(t) > 1 for t in targets.values())
+    return out
+
+
+def write_aliases(aliases: dict, out: Path) -> None:
+    """gene_aliases.json.gz, byte-identical for the same content (no time stamp, no name)."""
+    import gzip
+    import io
+
+    raw = (json.dumps(aliases, separators=(",", ":"), ensure_ascii=False) + "\n").encode()
+    buf = io.BytesIO()
+    with gzip.GzipFile(filename="", mode="wb", fileobj=buf, mtime=0, compresslevel=9) as f:
+        f.write(raw)
+    (out / "gene_aliases.json.gz").write_bytes(buf.getvalue())
+
+
 # -- evaluation: leave one source out ------------------------------------------------------------
 def _auc(pos: np.ndarray, neg: np.ndarray) -> float:
     from scipy.stats import rankdata
@@ -290,12 +343,20 @@ def main(argv=None) -> int:
     p.add_argument("--dims", type=int, default=64)
     p.add_argument("--source-balance", type=float, default=0.5)
     p.add_argument("--evaluate", type=Path, help="also write the leave-one-source-out check here")
+    p.add_argument("--orgdb", type=Path, default=os.environ.get("PERTURB_STUDIO_ORGDB"),
+                   help="org.Hs.eg.sqlite: also write gene_aliases.json.gz")
     args = p.parse_args(argv)
     result = build(args.genesets, args.dims, args.source_balance)
     write(result, args.out)
     meta = result["meta"]
     print(f"{meta['n_genes']:,} genes x {meta['dims']} dims from {meta['n_sets']:,} sets -> "
           f"{args.out}")
+    if args.orgdb:
+        aliases = build_aliases(args.orgdb, meta["genes"])
+        write_aliases(aliases, args.out)
+        print(f"{len(aliases['aliases']):,} aliases ({aliases['aliases_ambiguous']:,} ambiguous "
+              f"left out) and {len(aliases['ensembl']):,} Ensembl ids -> "
+              f"{args.out / 'gene_aliases.json.gz'}")
     if args.evaluate:
         lines = evaluate(args.genesets, args.dims)
         text = "\n".join([f"# python build_scripts/build_gene_priors.py --evaluate {args.evaluate}",

@@ -5,7 +5,8 @@ The resource ``resources/priors/gene_priors.safetensors`` (+ ``gene_priors.json`
 propagated) and WikiPathways (CC BY 4.0 / CC0; citations in ``resources/priors/README.md``): a
 gene's embedding is its row of U S in a truncated SVD of the weighted gene x set membership
 matrix, so genes in the same pathways and GO terms lie close together. It is what a model can
-know about a gene it never saw perturbed.
+know about a gene it never saw perturbed. ``gene_aliases.json.gz`` (org.Hs.eg.db) lets older
+symbols and Ensembl gene ids find their gene (MARCH8 -> MARCHF8, ENSG00000115415 -> STAT1).
 
 Headless and light: numpy and safetensors only (no torch, no scanpy).
 
@@ -29,6 +30,7 @@ FORMAT = "perturb-studio-gene-priors"
 FORMAT_VERSION = 1
 FILE = "gene_priors.safetensors"
 META = "gene_priors.json"
+ALIASES = "gene_aliases.json.gz"          # optional: aliases and Ensembl ids -> symbols
 
 
 @dataclass(frozen=True)
@@ -55,10 +57,12 @@ def priors_dir() -> Path:
 class GenePriors:
     """The embedding (genes x dims, float32) and memberships of every gene in the priors.
 
-    Symbols are matched exactly, then ignoring case (human symbols are upper case)."""
+    Names are matched as symbols exactly, then ignoring case (human symbols are upper case),
+    then as aliases or Ensembl gene ids (:meth:`resolve` says which gene a name found)."""
 
     def __init__(self, genes: list[str], embedding: np.ndarray, indptr: np.ndarray,
-                 indices: np.ndarray, sets: list[SetRef], meta: dict) -> None:
+                 indices: np.ndarray, sets: list[SetRef], meta: dict,
+                 aliases: dict | None = None) -> None:
         if embedding.shape[0] != len(genes) or len(indptr) != len(genes) + 1:
             raise DataError("gene priors: the gene list and the arrays do not match")
         self.genes: tuple[str, ...] = tuple(genes)
@@ -70,6 +74,17 @@ class GenePriors:
         self._upper: dict[str, int] = {}
         for i, g in enumerate(self.genes):
             self._upper.setdefault(g.upper(), i)
+        # other names -> row: aliases (MARCH8 -> MARCHF8) and Ensembl gene ids, from
+        # gene_aliases.json.gz when it is there
+        self.aliases_source: str | None = None
+        self._alias: dict[str, int] = {}
+        if aliases:
+            self.aliases_source = aliases.get("source")
+            for key in ("aliases", "ensembl"):
+                for name, sym in (aliases.get(key) or {}).items():
+                    i = self._index.get(sym)
+                    if i is not None:
+                        self._alias.setdefault(name.upper(), i)
         norm = np.linalg.norm(self.matrix, axis=1, keepdims=True)
         self._unit = self.matrix / np.maximum(norm, 1e-12)
 
@@ -83,11 +98,25 @@ class GenePriors:
         return dict(self.meta.get("sources", {}))
 
     def index(self, symbol: str) -> int | None:
-        """Row of ``symbol`` in :attr:`matrix`, or None if the priors do not know it."""
+        """Row of ``symbol`` in :attr:`matrix`, or None if the priors do not know it: the
+        symbol itself, ignoring case, else an alias or an Ensembl gene id (version dropped)."""
         if not isinstance(symbol, str):
             return None
         i = self._index.get(symbol)
-        return self._upper.get(symbol.strip().upper()) if i is None else i
+        if i is not None:
+            return i
+        name = symbol.strip().upper()
+        i = self._upper.get(name)
+        if i is None and self._alias:
+            i = self._alias.get(name)
+            if i is None and name.startswith("ENSG") and "." in name:
+                i = self._alias.get(name.split(".", 1)[0])
+        return i
+
+    def resolve(self, name: str) -> str | None:
+        """The priors' symbol for a symbol, alias or Ensembl id (None if unknown)."""
+        i = self.index(name)
+        return None if i is None else self.genes[i]
 
     def __contains__(self, symbol: object) -> bool:
         return isinstance(symbol, str) and self.index(symbol) is not None
@@ -165,11 +194,21 @@ def load_gene_priors(folder: str | os.PathLike | None = None) -> GenePriors:
     if meta.get("format_version", 0) > FORMAT_VERSION:
         raise DataError(f"{folder / META} is of a newer format ({meta['format_version']}); "
                         "please update the app")
+    aliases = None
+    if (folder / ALIASES).is_file():
+        import gzip
+
+        try:
+            aliases = json.loads(gzip.decompress((folder / ALIASES).read_bytes()))
+        except (OSError, ValueError) as e:
+            raise DataError(f"{folder / ALIASES}: cannot read the gene aliases ({e})") from None
+        if not isinstance(aliases, dict):
+            raise DataError(f"{folder / ALIASES} is not a gene-alias table")
     try:
         sets = [SetRef(s["source"], s["id"], s["name"], int(s["size"])) for s in meta["sets"]]
         priors = GenePriors(list(meta["genes"]), tensors["embedding"],
                             tensors["member_indptr"].astype(np.int64),
-                            tensors["member_indices"].astype(np.int64), sets, meta)
+                            tensors["member_indices"].astype(np.int64), sets, meta, aliases)
     except (KeyError, TypeError) as e:
         raise DataError(f"{folder}: the gene priors lack an entry ({e})") from None
     if len(priors._indices) and (priors._indices.min() < 0

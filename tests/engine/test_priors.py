@@ -7,6 +7,7 @@ where it is absent; the loader tests read the shipped ``resources/priors``.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -60,11 +61,21 @@ def test_known_genes_and_their_sets(priors):
 
 
 def test_unknown_symbols(priors):
-    for g in ("NOT_A_GENE", "", "control", "MARCH8"):        # MARCH8 is now MARCHF8
+    for g in ("NOT_A_GENE", "", "control", "IER5L", "ENSG00000000000"):
         assert priors.embedding(g) is None and priors.sets_of(g) is None
         assert priors.nearest(g) is None and g not in priors
     assert priors.embedding(None) is None                      # type: ignore[arg-type]
     assert np.array_equal(priors.embedding("stat1"), priors.embedding("STAT1"))
+
+
+def test_aliases_and_ensembl_ids_find_their_gene(priors):
+    """Older symbols (Papalexi's MARCH8 is MARCHF8 since 2020) and Ensembl gene ids."""
+    assert priors.aliases_source and "org.Hs.eg.db" in priors.aliases_source
+    assert priors.resolve("MARCH8") == priors.resolve("march8") == "MARCHF8"
+    assert np.array_equal(priors.embedding("MARCH8"), priors.embedding("MARCHF8"))
+    assert priors.resolve("SEPT7") == "SEPTIN7"
+    assert priors.resolve("ENSG00000115415") == priors.resolve("ENSG00000115415.20") == "STAT1"
+    assert priors.resolve("STAT1") == "STAT1" and priors.resolve("IER5L") is None
 
 
 def test_related_genes_are_closer_than_random_ones(priors):
@@ -110,6 +121,20 @@ def test_build_is_deterministic_and_is_what_ships(tmp_path):
         a, b = (tmp_path / "a" / f).read_bytes(), (tmp_path / "b" / f).read_bytes()
         assert a == b, f"two builds differ in {f}"
         assert a == (shipped / f).read_bytes(), f"resources/priors/{f} is not the current build"
+
+
+@pytest.mark.skipif(not os.environ.get("PERTURB_STUDIO_ORGDB"),
+                    reason="set PERTURB_STUDIO_ORGDB to org.Hs.eg.db's org.Hs.eg.sqlite")
+def test_alias_table_is_deterministic_and_is_what_ships(tmp_path, priors):
+    from build_scripts.build_gene_priors import build_aliases, write_aliases
+
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        write_aliases(build_aliases(Path(os.environ["PERTURB_STUDIO_ORGDB"]),
+                                    list(priors.genes)), tmp_path / name)
+    a = (tmp_path / "a" / "gene_aliases.json.gz").read_bytes()
+    assert a == (tmp_path / "b" / "gene_aliases.json.gz").read_bytes()
+    assert a == (priors_dir() / "gene_aliases.json.gz").read_bytes()
 
 
 @needs_genesets
