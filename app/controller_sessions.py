@@ -63,7 +63,8 @@ class SessionJobsMixin:
 
     # -- sessions --------------------------------------------------------------------------------
     def session_autosave_dir(self) -> Path:
-        return cfg.output_dir() / "perturb-studio" / "session-autosave"
+        """Beside (not inside) the folder of autosaved cells, which holds files only."""
+        return cfg.output_dir() / "perturb-studio-session"
 
     def save_session(self, folder: str, view: dict | None = None, *,
                      autosave: bool = False) -> None:
