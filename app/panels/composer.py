@@ -9,6 +9,7 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QColor, QKeySequence
 from PySide6.QtWidgets import (
     QAbstractItemView,
+    QBoxLayout,
     QComboBox,
     QDoubleSpinBox,
     QFormLayout,
@@ -135,12 +136,22 @@ class ComposerPanel(QWidget):
         lay = QVBoxLayout(inner)
         lay.addWidget(self.title)
         lay.addWidget(self.subtitle)
-        top = QHBoxLayout()
+        # narrow (e.g. 1280 px): condition and sampling side by side above the queue; wide
+        # (1920 px): condition and sampling stacked on the left, the queue on the right
+        self._top = top = QBoxLayout(QBoxLayout.Direction.LeftToRight)
         top.addWidget(cond_box, 3)
         top.addWidget(run_box, 1, Qt.AlignmentFlag.AlignTop)
-        lay.addLayout(top)
-        lay.addWidget(q_box, 1)
+        left = QWidget()
+        ll = QVBoxLayout(left)
+        ll.setContentsMargins(0, 0, 0, 0)
+        ll.addLayout(top)
+        ll.addStretch(0)
+        self._body = body = QBoxLayout(QBoxLayout.Direction.TopToBottom)
+        body.addWidget(left, 0)
+        body.addWidget(q_box, 1)
+        lay.addLayout(body, 1)
         lay.addLayout(gen_row)
+        self._wide = False
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
         scroll.setWidget(inner)
@@ -160,6 +171,17 @@ class ComposerPanel(QWidget):
         self.clear_btn.clicked.connect(self.queue.clear)
         self.generate_btn.clicked.connect(self._generate)
         self.set_model(None)
+
+    def resizeEvent(self, event) -> None:  # noqa: N802
+        super().resizeEvent(event)
+        wide = self.width() >= WIDE_PX
+        if wide != self._wide:
+            self._wide = wide
+            D = QBoxLayout.Direction  # noqa: N806
+            self._body.setDirection(D.LeftToRight if wide else D.TopToBottom)
+            self._top.setDirection(D.TopToBottom if wide else D.LeftToRight)
+            self._body.setStretch(0, 1 if wide else 0)
+            self._body.setStretch(1, 1)
 
     # -- model -------------------------------------------------------------------------------
     def set_model(self, model) -> None:
@@ -417,6 +439,9 @@ class ComposerPanel(QWidget):
         if req is not None:
             self.generate_requested.emit(req)
 
+
+#: From this width on, the queue sits beside the condition instead of under it.
+WIDE_PX = 1500
 
 #: Generate asks first when a run is expected to take longer than this (seconds).
 ASK_ABOVE_S = 180.0
