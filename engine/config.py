@@ -503,6 +503,9 @@ class ArchConfig:
             raise TypeError(f"the {self.backbone} backbone has no option {extra[0]!r}; its "
                             f"options are: {', '.join(BACKBONE_KW[self.backbone])}")
         self.backbone_kw = {**BACKBONE_DEFAULTS[self.backbone], **self.backbone_kw}
+        problem = BACKBONE_SPECS[self.backbone].check(self.backbone_kw)
+        if problem:                     # e.g. heads that do not divide the width
+            raise ValueError(f"the {self.backbone} backbone: {problem}")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -23,7 +23,8 @@ Time and condition enter by AdaLN-Zero, as in the DiT blocks: ``LN(h) * (1 + sca
 before the mixer and a gate on its output, all from a zero-initialised linear layer, so a new
 block is the identity. The tokens have no natural order, so the scan direction alternates between
 blocks (even blocks scan 1..K, odd blocks K..1): after two blocks every token has seen every
-other. Runs on CPU, CUDA and MPS alike; no ``mamba-ssm`` or custom kernel is needed.
+other. Only operations that CPU, CUDA and MPS all support (linear layers, cumsum, exp, einsum;
+tested here on CPU); no ``mamba-ssm`` or custom kernel is needed.
 """
 
 from __future__ import annotations

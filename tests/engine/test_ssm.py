@@ -31,6 +31,11 @@ def test_ssm_is_registered_everywhere():
                                    "d_conv": 4, "expand": 2, "heads": 4}
     with pytest.raises(TypeError, match=r"the ssm backbone has no option 'dropout'"):
         ModelConfig.from_overrides("ssm", dropout=0.1)
+    with pytest.raises(ValueError, match=r"the ssm backbone: expand x width \(2 x 64 = 128\) "
+                       r"must be a multiple of heads 3"):
+        ModelConfig.from_overrides("ssm", heads=3)
+    with pytest.raises(ValueError, match=r"the transformer backbone: width 10 must be a multiple"):
+        ModelConfig.from_overrides("transformer", width=10, heads=3)
 
 
 def test_config_module_stays_torch_free():
