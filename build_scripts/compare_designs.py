@@ -20,6 +20,7 @@ sys.path.insert(0, str(ROOT))
 VARIANTS = {
     "mlp + rectified flow (default)": dict(backbone="mlp"),
     "transformer + rectified flow": dict(backbone="transformer"),
+    "ssm (selective state space over latent tokens) + rectified flow": dict(backbone="ssm"),
     "mlp + DDPM (cosine, DDIM sampling)": dict(backbone="mlp", objective="ddpm"),
     "mlp + rectified flow on posterior means (before 0.2)": dict(backbone="mlp",
                                                                   latent_sampling=False),
