@@ -586,9 +586,12 @@ class PerturbModel:
             ctx = cond.context_dict()
             row = {OBS.CONDITION: cond.label, OBS.CELL_TYPE: cond.cell_type or "",
                    OBS.PERTURBATION: cond.perturbation_label,
-                   OBS.PERTURBATION_TYPE: "+".join(p.type or "" for p in cond.perturbations),
-                   OBS.DOSE: "+".join("" if p.dose is None else f"{p.dose:g}"
-                                      for p in cond.perturbations),
+                   OBS.PERTURBATION_TYPE: ("" if all(not p.type for p in cond.perturbations)
+                                           else "+".join(p.type or ""
+                                                         for p in cond.perturbations)),
+                   OBS.DOSE: ("" if all(p.dose is None for p in cond.perturbations) else
+                              "+".join("" if p.dose is None else f"{p.dose:g}"
+                                       for p in cond.perturbations)),
                    OBS.IS_CONTROL: cond.is_control}
             row.update({lv: ctx.get(lv, "") for lv in levels})
             rows.append(row)
