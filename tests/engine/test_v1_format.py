@@ -69,9 +69,12 @@ def test_v1_generated_means_equal_the_v1_code():
                            seed=ref["seed"])
         assert list(map(str, a.var_names)) == want["genes"]
         got = _means(a)
-        np.testing.assert_allclose(got, np.array(want["mean_log1p"]), rtol=0, atol=1e-5)
+        # 1e-4: the fixture was computed on another CPU, whose float rounding in the decoder
+        # flips a rare NB draw (seen here: one gene off by 1.2e-5 with the v1 code itself); a
+        # model read wrongly (another width, steps or member) is off by > 1e-2
+        np.testing.assert_allclose(got, np.array(want["mean_log1p"]), rtol=0, atol=1e-4)
         assert float(np.asarray(a.X.sum(1)).mean()) == pytest.approx(want["mean_counts"],
-                                                                      rel=1e-6)
+                                                                      rel=1e-5)
 
 
 def test_upgrade_v1_fills_the_v1_fallbacks():
