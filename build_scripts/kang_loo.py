@@ -48,8 +48,17 @@ def main(argv=None) -> int:
                    help="ensemble members (default: the engine's default)")
     p.add_argument("--ensemble-json", type=Path,
                    help="write the card evidence + calibration for new cell types here")
+    p.add_argument("--summarise", type=Path, metavar="ROWS_JSON",
+                   help="no training: rebuild --ensemble-json from the rows of an earlier run "
+                        "(--json) and the records kept in --ensemble-json")
     args = p.parse_args(argv)
     from engine.effects import coverage_record, predict_effects, real_effect
+
+    if args.summarise:
+        rows = json.loads(args.summarise.read_text())
+        records = json.loads(args.ensemble_json.read_text())["records"]
+        ensemble_summary(rows, records, args)
+        return 0
     torch.set_num_threads(args.threads)
     adata, schema, _ = kang()
     rows, records = [], []
@@ -156,10 +165,29 @@ def ensemble_summary(rows: list[dict], records: list[dict], args) -> None:
                 out[k] = round(float(np.mean(v)), 3)
         return out | {"n": len({r["cell_type"] for r in sel})}
 
-    entry = {"model": mean_of("model"), "baseline": {"name": "mean_shift", **mean_of(
-        "mean_shift")}, "coverage": cov,
-        "source": f"Kang leave-one-cell-type-out, {len(records)} cell types "
-                  "(build_scripts/kang_loo.py), de novo, guidance 1"}
+    def r2(ct, method):
+        return next(r["r2_top100"] for r in rows if r["cell_type"] == ct and r["method"] ==
+                    method and r["mode"] == "denovo" and r["guidance"] == 1.0)
+
+    cts = list(dict.fromkeys(r["cell_type"] for r in rows))
+    below = [ct for ct in cts if r2(ct, "model") < r2(ct, "mean_shift")]
+    model, base = mean_of("model"), mean_of("mean_shift")
+    verdict = (f"New cell type for this perturbation: in leave-one-cell-type-out tests "
+               f"({len(cts)} cell types) the model reached R2 {model['r2_top100']:.2f} on "
+               f"average on the top-100 changed genes, the mean-shift baseline "
+               f"{base['r2_top100']:.2f}")
+    if below:
+        verdict += (f"; but the baseline did better for {len(below)} of the {len(cts)} cell "
+                    f"types ({', '.join(below)}): compare the two before acting on a gene")
+    verdict += (f". The 90% intervals are wide here (median width {cov['median_width']:.1f} "
+                f"against a median real effect of {cov['median_abs_real']:.1f}): for a cell "
+                "type it never saw with this perturbation, the model gets the pattern of "
+                f"changes (Pearson delta {model['pearson_delta_top100']:.2f}) more reliably "
+                "than their size.")
+    entry = {"model": model | {"cell_types_below_baseline": below},
+             "baseline": {"name": "mean_shift", **base}, "coverage": cov, "verdict": verdict,
+             "source": f"Kang leave-one-cell-type-out, {len(records)} cell types "
+                       "(build_scripts/kang_loo.py), de novo, guidance 1"}
     if args.ensemble_json:
         args.ensemble_json.write_text(json.dumps(
             {"evidence": {"new_cell_type": entry}, "calibration": {"new_cell_type": cov["scale"]},

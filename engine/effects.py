@@ -167,6 +167,9 @@ def evidence_for(model, cond: Condition) -> Evidence:
     score = _scores(entry.get("model"))
     base = _scores(entry.get("baseline"), named=True) if score is not None else None
     below = bool(score and base and score["r2_top100"] < base["r2_top100"])
+    losses = (entry.get("model") or {}).get("cell_types_below_baseline") \
+        if isinstance(entry.get("model"), dict) else None
+    below = below or bool(score and base and isinstance(losses, list) and losses)
     cov = entry.get("coverage") if isinstance(entry.get("coverage"), dict) else None
     verdict = entry.get("verdict") if isinstance(entry.get("verdict"), str) else \
         _verdict(kind, score, base, below)
