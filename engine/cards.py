@@ -160,6 +160,10 @@ def plain_sentences(card: dict) -> list[str]:
             text += (f"; the simple {b['name'].replace('_', ' ')} baseline reaches "
                      f"{b['r2_top100']:.2f}" + ("" if better else
                                                  ", so prefer the baseline there"))
+            losses = s.get("cell_types_below_baseline") or []
+            if better and losses:
+                text += (f", and it did better for {len(losses)} of the {s.get('n', '?')} "
+                         f"cell types tested ({', '.join(losses)}): look at both")
         out.append(text + ".")
     if not any(ev.get(k) for k in ("new_cell_type", "new_combination")) and \
             (card.get("conditions") or {}).get("targets"):
