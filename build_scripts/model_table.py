@@ -18,7 +18,7 @@ def coverage(card: dict) -> str:
     if c.get("coverage") is None:
         return f"n/a ({card.get('members', 1)})"
     return (f"{c['coverage_noise_aware']:.2f} / {c['coverage']:.2f} "
-            f"({card.get('members', 1)}; width {c['median_width']:.2f} vs |real| "
+            f"({card.get('members', 1)}; width {c['median_width']:.2f} vs real "
             f"{c['median_abs_real']:.2f})")
 
 
