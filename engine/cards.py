@@ -170,6 +170,10 @@ def plain_sentences(card: dict) -> list[str]:
         out.append("Predictions for cell types or combinations not seen in training were not "
                    "tested for this model: treat them as hypotheses and compare with the "
                    "baseline shown beside them.")
+    if not (card.get("conditions") or {}).get("targets"):
+        n_types = len((card.get("conditions") or {}).get("cell_types") or [])
+        out.append(f"It has no perturbations: use it to generate reference populations of its "
+                   f"{n_types} cell types, not to predict the effect of a perturbation.")
     cov = (m or {}).get("coverage") if m else None
     if cov and cov.get("coverage_noise_aware") is not None:
         out.append(f"Each predicted effect carries a 90% interval from {card.get('members', 5)} "
@@ -177,6 +181,11 @@ def plain_sentences(card: dict) -> list[str]:
                    f"real effect for {cov['coverage_noise_aware']:.0%} of the top-100 changed "
                    f"genes (allowing for the noise of the held-out cells; "
                    f"{cov['coverage']:.0%} without that allowance).")
+    for limit in card.get("limitations") or []:       # the card's own caveats, first first
+        if len(out) >= 3:
+            break
+        if isinstance(limit, str) and limit not in out:
+            out.append(limit if limit.endswith(".") else limit + ".")
     return out[:5]
 
 

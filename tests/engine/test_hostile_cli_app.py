@@ -36,7 +36,7 @@ def test_not_a_command_exits_2_with_commands(capsys, argv, match):
     err = capsys.readouterr().err
     lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1 and match in lines[0], err
-    assert "commands: train, generate, evaluate, models, bench" in err
+    assert "commands: train, generate, effects, evaluate, models, bench" in err
 
 
 def test_files_and_qt_options_still_open_the_app(tmp_path):

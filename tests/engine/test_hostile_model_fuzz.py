@@ -203,9 +203,13 @@ def test_accepted_shipped_config_mutations_always_build(name, data):
     assert n <= MAX_PARAMETERS
     if n > BUILD_LIMIT:
         return
+    from engine.config import ensemble_members
+
     ae, net = PerturbModel.build_modules(config)
-    assert sum(t.numel() for m in (ae, net) for t in m.state_dict().values()) == n
-    model = PerturbModel(config, ae, net, device="cpu")
+    nets = [net] + [PerturbModel.build_net(config) for _ in range(ensemble_members(config) - 1)]
+    assert sum(t.numel() for m in (ae, *nets) for t in m.state_dict().values()) == n
+    model = PerturbModel(config, ae, nets, device="cpu")
+    assert model.members == ensemble_members(config)
     assert model.latent_dim == config["architecture"]["latent_dim"]
 
 

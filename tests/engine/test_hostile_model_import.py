@@ -19,7 +19,7 @@ from engine import install
 from engine.errors import ModelError, ResourceError
 from engine.install import check_model_name, import_model
 
-MODEL_FILES = {"config.json", "model.safetensors", "card.json"}
+MODEL_FILES = {"config.json", "model.safetensors", "card.json", "reference.safetensors"}
 
 
 @pytest.fixture()
@@ -78,7 +78,8 @@ def test_fifo_as_a_model_file_is_refused_and_as_an_extra_is_ignored(src, user_di
     (src / "card.json").unlink()
     os.mkfifo(src / "pipe")                                 # not a model file: never opened
     info = import_model(src)
-    assert sorted(os.listdir(info.path)) == ["config.json", "model.safetensors"]
+    assert sorted(os.listdir(info.path)) == ["config.json", "model.safetensors",
+                                             "reference.safetensors"]
 
 
 def test_folder_named_like_a_model_file_is_refused(src, user_dir):

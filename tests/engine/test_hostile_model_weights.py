@@ -36,7 +36,7 @@ def _rewrite(folder, change):
     save_file(state, str(path), metadata={"format": "perturb-studio-model"})
 
 
-PAD = b"\0" * 400_000        # as large as the tiny model's weights: read_config lets it pass
+PAD = b"\0" * 2_000_000      # larger than the tiny ensemble's weights: read_config lets it pass
 
 
 def _raw(folder, header: dict, data: bytes = b"", length: int | None = None):
@@ -59,9 +59,9 @@ def test_weights_that_are_not_float32_are_refused_naming_the_tensor(model_dir, d
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
 def test_non_finite_weights_are_refused_naming_the_tensor(model_dir, value):
     def poison(state):
-        state["net.backbone.inp.weight"][0, 0] = value
+        state["members.0.net.backbone.inp.weight"][0, 0] = value
     _rewrite(model_dir, poison)
-    with pytest.raises(ModelError, match="tensor net.backbone.inp.weight holds NaN or infinite"):
+    with pytest.raises(ModelError, match="tensor members.0.net.backbone.inp.weight holds NaN or infinite"):
         PerturbModel.load(model_dir, device="cpu")
 
 

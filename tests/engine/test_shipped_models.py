@@ -32,8 +32,17 @@ def test_card_matches_config(name):
     assert (folder / "CARD.md").read_text().startswith(f"# {name}")
     assert card["metrics"], "card has no held-out metrics"
     assert card["citation"] and card["split"]
-    # weights are small enough to commit (a few MB)
-    assert (folder / "model.safetensors").stat().st_size < 16 * 2**20
+    # weights are small enough to commit: an autoencoder and 5 flow members (Kang: 21 MB)
+    assert (folder / "model.safetensors").stat().st_size < 32 * 2**20
+    # ensembles with their reference cells, calibrated on held-out cells (issue 10)
+    config = json.loads((folder / "config.json").read_text())
+    assert config["ensemble"]["members"] == 5
+    assert 0 < (folder / "reference.safetensors").stat().st_size < 8 * 2**20
+    if config["space"]["targets"]:
+        assert config["ensemble"]["calibration"]["measured"] > 0
+        cov = card["evidence"]["measured"]["coverage"]
+        assert 0.8 <= cov["coverage_noise_aware"] <= 0.95
+    assert card["plain"] and 3 <= len(card["plain"]) <= 5
 
 
 @pytest.mark.parametrize("name", SHIPPED)
