@@ -199,8 +199,25 @@ class MainWindow(SessionActionsMixin, QMainWindow):
         ev.de.connect(self._restore_compare)
 
     def _generate(self, req) -> None:
+        import time
+
         self._run_steps = getattr(req, "steps", None)
+        self._run_t0 = time.perf_counter()
         self.controller.generate(req)
+
+    def _note_finished_rate(self) -> None:
+        """The run's own average speed, when no progress report recorded one (a short run
+        can finish between two throttled reports)."""
+        import time
+
+        t0, steps = getattr(self, "_run_t0", None), getattr(self, "_run_steps", None)
+        exp = self.session.experiment
+        if t0 is None or not steps or exp is None or getattr(exp, "adata", None) is None:
+            return
+        self._run_t0 = None
+        if cfg.get("generation_rate") in (None, "", "None"):
+            dt = max(time.perf_counter() - t0, 1e-3)
+            cfg.put("generation_rate", f"{exp.adata.n_obs / dt:.1f},{int(steps)}")
 
     def _note_rate(self, p) -> None:
         """Remember how fast this computer generates (for the composer's time estimate)."""
@@ -212,6 +229,7 @@ class MainWindow(SessionActionsMixin, QMainWindow):
     def _wire_controller(self) -> None:
         """Show what the controller says, and pass its outcomes on."""
         c = self.controller
+        c.generation_finished.connect(self._note_finished_rate)    # before it is passed on
         for name in ("dataset_loaded", "models_listed", "model_loaded", "generation_finished",
                      "generation_cancelled", "heatmap_updated", "de_updated", "umap_updated",
                      "training_finished", "exported"):
