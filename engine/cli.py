@@ -269,7 +269,10 @@ def cmd_generate(args) -> int:
     (write_h5ad if out.name.lower().endswith(".h5ad") else write_csv)(adata, out)
     seen = "" if model.space.is_seen(cond) else \
         " (this exact condition was not in training: a prediction by composition)"
-    print(f"{adata.n_obs} cells of {cond.label}{seen} in {dt:.1f} s "
+    what = (f"{adata.n_obs} cells ({args.n} of {cond.label}{seen} and {args.n} of its control)"
+            if cells is None and args.with_control and not cond.is_control else
+            f"{adata.n_obs} cells of {cond.label}{seen}")
+    print(f"{what} in {dt:.1f} s "
           f"({adata.n_obs / max(dt, 1e-9):,.0f} cells/s) -> {out}")
     return 0
 
