@@ -126,17 +126,23 @@ class EffectPlot(QWidget):
         xr = float(np.ptp(x)) if len(x) else 1.0
         yr = float(np.ptp(y)) if len(y) else 1.0
         xr, yr = xr or 1.0, yr or 1.0
-        placed: list[tuple[float, float]] = []
+        mid = (float(np.min(x)) + float(np.max(x))) / 2 if len(x) else 0.0
+        # each label's box in plot fractions: about 2% of the width per character, drawn
+        # inwards (left of the point on the right half), one text line high
+        placed: list[tuple[float, float, float, float]] = []
         chosen = []
         for i in np.argsort(-score):
             if len(chosen) == N_LABELS or score[i] <= 0:
                 break
             px, py = x[i] / xr, y[i] / yr
-            if any(abs(px - qx) < 0.09 and abs(py - qy) < 0.035 for qx, qy in placed):
+            w = 0.02 * max(len(str(genes[i])), 2)
+            x0, x1 = (px - w, px) if x[i] > mid else (px, px + w)
+            y0, y1 = py, py + 0.05
+            if any(x0 < qx1 and qx0 < x1 and y0 < qy1 and qy0 < y1
+                   for qx0, qx1, qy0, qy1 in placed):
                 continue
-            placed.append((px, py))
+            placed.append((x0, x1, y0, y1))
             chosen.append(i)
-        mid = (float(np.min(x)) + float(np.max(x))) / 2 if len(x) else 0.0
         for k, t in enumerate(self.labels):
             if k < len(chosen):
                 i = chosen[k]
