@@ -12,13 +12,13 @@ Public API: :func:`collections`, :func:`read_gmt`, :class:`GeneSet`, :func:`scor
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .errors import DataError
+from .resources import resource_dir
 
 #: Shipped collections: display name -> (file, citation).
 COLLECTIONS = {
@@ -41,12 +41,7 @@ class GeneSet:
 
 
 def genesets_dir() -> Path:
-    env = os.environ.get("PERTURB_STUDIO_GENESETS_DIR")
-    if env:
-        return Path(env)
-    if getattr(sys, "frozen", False) and hasattr(sys, "_MEIPASS"):
-        return Path(sys._MEIPASS) / "resources" / "genesets"
-    return Path(__file__).resolve().parents[1] / "resources" / "genesets"
+    return resource_dir("genesets", "PERTURB_STUDIO_GENESETS_DIR")
 
 
 def read_gmt(path: str | os.PathLike, collection: str = "") -> list[GeneSet]:

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .errors import DataError
+from .resources import resource_dir
 
 FORMAT = "perturb-studio-gene-priors"
 FORMAT_VERSION = 1
@@ -46,12 +46,7 @@ class SetRef:
 
 def priors_dir() -> Path:
     """``$PERTURB_STUDIO_PRIORS_DIR``, else ``resources/priors`` (inside a frozen build too)."""
-    env = os.environ.get("PERTURB_STUDIO_PRIORS_DIR")
-    if env:
-        return Path(env)
-    if getattr(sys, "frozen", False) and hasattr(sys, "_MEIPASS"):
-        return Path(sys._MEIPASS) / "resources" / "priors"
-    return Path(__file__).resolve().parents[1] / "resources" / "priors"
+    return resource_dir("priors", "PERTURB_STUDIO_PRIORS_DIR")
 
 
 class GenePriors:

@@ -19,15 +19,11 @@ from pathlib import Path
 from .checkpoint import WEIGHTS, read_card, read_config
 from .conditions.spec import ConditionSpace
 from .errors import ModelError, PerturbStudioError
+from .resources import resource_dir
 
 
 def shipped_models_dir() -> Path:
-    env = os.environ.get("PERTURB_STUDIO_SHIPPED_MODELS")
-    if env:
-        return Path(env)
-    if getattr(sys, "frozen", False) and hasattr(sys, "_MEIPASS"):
-        return Path(sys._MEIPASS) / "resources" / "models"
-    return Path(__file__).resolve().parents[1] / "resources" / "models"
+    return resource_dir("models", "PERTURB_STUDIO_SHIPPED_MODELS")
 
 
 def user_models_dir() -> Path:

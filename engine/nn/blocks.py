@@ -105,17 +105,19 @@ class DiTBlock(nn.Module):
         return h + g2 * self.mlp(self.norm2(h) * (1 + c2) + s2)    # (B, K, W)
 
 
-class TransformerBackbone(nn.Module):
-    """The latent state is projected to K tokens (no gene ordering is imposed: tokens are learned
-    mixtures of latent dimensions), processed by DiT blocks, and projected back."""
+class LatentTokenBackbone(nn.Module):
+    """The latent state projected to K tokens (no gene ordering is imposed: tokens are learned
+    mixtures of latent dimensions), processed by ``depth`` blocks ``make_block(i)`` modulated by
+    the condition, and projected back. The transformer and the ssm backbones are this with
+    their own blocks."""
 
-    def __init__(self, state_dim: int, cond_dim: int, width: int = 64, depth: int = 3,
-                 tokens: int = 8, heads: int = 4) -> None:
+    def __init__(self, state_dim: int, cond_dim: int, width: int, depth: int, tokens: int,
+                 make_block) -> None:
         super().__init__()
         self.tokens, self.width = tokens, width
         self.inp = nn.Linear(state_dim, tokens * width)
         self.pos = nn.Parameter(torch.randn(1, tokens, width) * 0.02)
-        self.blocks = nn.ModuleList(DiTBlock(width, cond_dim, heads) for _ in range(depth))
+        self.blocks = nn.ModuleList(make_block(i) for i in range(depth))
         self.final = FinalLayer(width, cond_dim, width)
         self.out = nn.Linear(tokens * width, state_dim)
 
@@ -125,6 +127,15 @@ class TransformerBackbone(nn.Module):
             h = block(h, cond)                                        # (B, K, W)
         h = self.final(h, cond)                                       # (B, K, W)
         return self.out(h.flatten(1))                                 # (B, D)
+
+
+class TransformerBackbone(LatentTokenBackbone):
+    """Latent tokens processed by DiT blocks (attention + MLP, AdaLN-Zero)."""
+
+    def __init__(self, state_dim: int, cond_dim: int, width: int = 64, depth: int = 3,
+                 tokens: int = 8, heads: int = 4) -> None:
+        super().__init__(state_dim, cond_dim, width, depth, tokens,
+                         lambda _: DiTBlock(width, cond_dim, heads))
 
 
 def __getattr__(name: str):

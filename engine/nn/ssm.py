@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
-from .blocks import FinalLayer, _zero
+from .blocks import LatentTokenBackbone, _zero
 
 
 def selective_scan(x: torch.Tensor, dt: torch.Tensor, a: torch.Tensor, B: torch.Tensor,  # noqa: N803
@@ -121,27 +121,13 @@ class SSMBlock(nn.Module):
         return h + gate * self.mixer(a)                              # (B, K, W)
 
 
-class SSMBackbone(nn.Module):
-    """The latent state is projected to K tokens (learned mixtures of latent dimensions, as in
-    the transformer backbone), processed by selective state-space blocks that alternate their
-    scan direction, and projected back."""
+class SSMBackbone(LatentTokenBackbone):
+    """Latent tokens (as in the transformer backbone) processed by selective state-space blocks
+    that alternate their scan direction."""
 
     def __init__(self, state_dim: int, cond_dim: int, width: int = 64, depth: int = 3,
                  tokens: int = 8, d_state: int = 16, d_conv: int = 4, expand: int = 2,
                  heads: int = 4) -> None:
-        super().__init__()
-        self.tokens, self.width = tokens, width
-        self.inp = nn.Linear(state_dim, tokens * width)
-        self.pos = nn.Parameter(torch.randn(1, tokens, width) * 0.02)
-        self.blocks = nn.ModuleList(
-            SSMBlock(width, cond_dim, d_state, d_conv, expand, heads, reverse=bool(i % 2))
-            for i in range(depth))
-        self.final = FinalLayer(width, cond_dim, width)
-        self.out = nn.Linear(tokens * width, state_dim)
-
-    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        h = self.inp(x).view(-1, self.tokens, self.width) + self.pos  # (B, K, W)
-        for block in self.blocks:
-            h = block(h, cond)                                        # (B, K, W)
-        h = self.final(h, cond)                                       # (B, K, W)
-        return self.out(h.flatten(1))                                 # (B, D)
+        super().__init__(state_dim, cond_dim, width, depth, tokens,
+                         lambda i: SSMBlock(width, cond_dim, d_state, d_conv, expand, heads,
+                                            reverse=bool(i % 2)))
