@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .conditions.spec import Condition
+from .conditions.spec import Condition, group_key
 from .errors import ConditionError, DataError
 
 LN2 = math.log(2.0)
@@ -590,9 +590,6 @@ def real_effect(model, adata, schema, condition: Condition, *,
 
     from .data.io import get_counts
     from .data.preprocess import log1p_normalize
-
-    def group_key(c: Condition) -> tuple:
-        return (c.cell_type, tuple((p.target, p.type) for p in c.perturbations), c.context)
 
     cond = model.check_condition(condition)
     real = schema.filter(adata)

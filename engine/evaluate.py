@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .conditions.spec import Condition
+from .conditions.spec import Condition, group_key
 from .data.preprocess import log1p_normalize
 from .errors import ConditionError, DataError
 from .keys import LAYERS
@@ -104,12 +104,6 @@ def lognorm(counts) -> np.ndarray:
 
     x = counts.toarray() if sp.issparse(counts) else np.asarray(counts)
     return log1p_normalize(x, dtype=np.float64)
-
-
-def group_key(c: Condition) -> tuple:
-    """What makes two conditions the same evaluation group: cell type, the perturbations'
-    (target, type) pairs in order, and the context. Doses are not part of it."""
-    return (c.cell_type, tuple((p.target, p.type) for p in c.perturbations), c.context)
 
 
 _group_key = group_key          # the former private name (build scripts of older checkouts)

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .checkpoint import MAX_REFERENCE_BYTES, REFERENCE, read_weights_header
-from .conditions.spec import Condition
+from .conditions.spec import Condition, group_key
 from .errors import ModelError
 
 FORMAT = "perturb-studio-reference"
@@ -126,10 +126,6 @@ class Reference:
         return out
 
 
-def _key(c: Condition) -> tuple:
-    return (c.cell_type, tuple(sorted((p.target, p.type) for p in c.perturbations)), c.context)
-
-
 @dataclass
 class GroupStats:
     """Mean log1p-normalised expression of every training condition group, over the model's
@@ -140,10 +136,10 @@ class GroupStats:
     counts: np.ndarray       # (groups,) training cells
 
     def __post_init__(self) -> None:
-        self._index = {_key(c): i for i, c in enumerate(self.conditions)}
+        self._index = {group_key(c): i for i, c in enumerate(self.conditions)}
 
     def mean(self, c: Condition) -> np.ndarray | None:
-        i = self._index.get(_key(c))
+        i = self._index.get(group_key(c))
         return None if i is None or self.counts[i] < 3 else self.means[i]
 
     def effect(self, c: Condition) -> np.ndarray | None:
@@ -152,12 +148,12 @@ class GroupStats:
 
     def mean_effect(self, c: Condition, *, exclude: bool) -> np.ndarray | None:
         pk = tuple(sorted((p.target, p.type) for p in c.perturbations))
-        own = _key(c)
+        own = group_key(c)
         effects = []
         for d in self.conditions:
             if d.is_control or tuple(sorted((p.target, p.type) for p in d.perturbations)) != pk:
                 continue
-            if exclude and _key(d) == own:
+            if exclude and group_key(d) == own:
                 continue
             e = self.effect(d)
             if e is not None:

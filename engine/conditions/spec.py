@@ -126,6 +126,13 @@ class Condition:
         return cls.make(d.get("cell_type"), perts, d.get("context") or {})
 
 
+def group_key(c: Condition) -> tuple:
+    """What makes two conditions the same group of cells: cell type, the perturbations'
+    (target, type) pairs (order-free: A+B is B+A) and the context. Doses are not part of it."""
+    return (c.cell_type, tuple(sorted((p.target, p.type or "") for p in c.perturbations)),
+            c.context)
+
+
 def is_control_word(value: str, control_labels: Iterable[str] = ()) -> bool:
     """True when ``value`` (a whole perturbation value or one part of ``A+B``) means "no
     perturbation": one of :data:`CONTROL_WORDS` or of ``control_labels``, ignoring case and
