@@ -105,6 +105,10 @@ class MainWindow(SessionActionsMixin, QMainWindow):
             self.nav.addItem(item)
             self.stack.addWidget(self.pages[key])
         self.nav.currentRowChanged.connect(self.stack.setCurrentIndex)
+        # wide enough for its longest step name ("4  Perturb my cells" was cut off, with a
+        # horizontal scroll bar, in a 1035 px window)
+        self.nav.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.nav.setMinimumWidth(max(150, self.nav.sizeHintForColumn(0) + 16))
         self.splitter = QSplitter(Qt.Orientation.Horizontal)
         self.splitter.addWidget(self.nav)
         self.splitter.addWidget(self.stack)
