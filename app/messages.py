@@ -22,7 +22,7 @@ class GenerateRequest:
     n: int                       # cells per condition (and per matching control)
     seed: int
     steps: int                   # sampling steps
-    guidance: float
+    guidance: float | None       # None: the model's choice for each condition's evidence class
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "conditions", tuple(self.conditions))

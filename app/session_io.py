@@ -101,7 +101,9 @@ def commands(exp, *, out_dir: str = "out", data_path: str | None = None) -> list
     common = [f"--seed={st['seed']}"] if "seed" in st else []
     if "steps" in st:
         common.append(f"--steps={st['steps']}")
-    if "guidance" in st:
+    if "guidance" in st and not prov.get("guidance_rule"):
+        # guidance chosen by the model per evidence class: the command leaves it to the model
+        # too, so the condition and its control get the same scales as in the app
         common.append(f"--guidance={st['guidance']:g}")
     lines = [f"# {len(conds)} condition(s) made by {model} "
              f"(weights sha256 {str(prov.get('weights_sha256', '?'))[:12]}…, engine "

@@ -224,7 +224,9 @@ def render_markdown(config: dict, card: dict) -> str:
               f"- NB-VAE (latent {config['architecture']['latent_dim']}) + "
               f"{config['architecture']['objective']} in latent space, "
               f"{config['architecture']['backbone']} backbone; sampling "
-              f"{config['sampling']['steps']} steps, guidance {config['sampling']['guidance']}",
+              f"{config['sampling']['steps']} steps, guidance {config['sampling']['guidance']}"
+              + "".join(f", {g:g} for {kind.replace('_', ' ')} conditions" for kind, g in
+                        (config['sampling'].get('guidance_by_evidence') or {}).items()),
               f"- Preprocessing: {config['preprocessing']['encoder_input']}; decoder "
               f"{config['preprocessing']['decoder']}",
               f"- Training: {tr.get('seconds')} s on {tr.get('hardware')} "

@@ -274,6 +274,12 @@ def cmd_generate(args) -> int:
             f"{adata.n_obs} cells of {cond.label}{seen}")
     print(f"{what} in {dt:.1f} s "
           f"({adata.n_obs / max(dt, 1e-9):,.0f} cells/s) -> {out}")
+    if args.guidance is None and model.guidance_by_evidence and not args.quiet:
+        from .effects import classify
+
+        kind = classify(model.space, model.space.complete(cond))
+        print(f"guidance {model.guidance_for(cond):g} (the model's choice for {kind} "
+              "conditions, made on held-out folds; --guidance overrides it)")
     return 0
 
 
@@ -546,7 +552,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"sampling steps, 1 to {STEPS_MAX} (default: the model's)")
         sp.add_argument("--guidance", type=_float_arg(0.0, GUIDANCE_MAX),
                         help=f"classifier-free guidance scale, 0 to {GUIDANCE_MAX:g} "
-                             "(default: the model's)")
+                             "(default: the model's, per evidence class where its config "
+                             "has sampling.guidance_by_evidence)")
         sp.add_argument("--device", default="auto")
 
     g = sub.add_parser("generate", help="generate cells for a condition")

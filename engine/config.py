@@ -66,7 +66,7 @@ VOCAB_KEYS = {"levels", "level_values", "targets", "types", "max_perturbations",
 SPACE_KEYS = {"cell_types", "targets", "perturbation_types", "target_types", "context_levels",
               "context_values", "has_dose", "dose_range", "max_perturbations", "control_label",
               "seen", "simulated_dose"}
-SAMPLING_KEYS = {"steps", "guidance", "batch_size"}
+SAMPLING_KEYS = {"steps", "guidance", "batch_size", "guidance_by_evidence"}
 ENSEMBLE_KEYS = {"members", "seeds", "bootstrap", "shared", "calibration", "calibration_note"}
 EVIDENCE_KINDS = ("population", "measured", "new_combination", "new_cell_type",
                   "new_combination_new_cell_type", "beyond_evidence")   # engine.effects
@@ -440,6 +440,16 @@ class _Validator:
             self.number("sampling.guidance", sampling["guidance"], 0.0, MAX_GUIDANCE)
         if "batch_size" in sampling:
             self.integer("sampling.batch_size", sampling["batch_size"], 1, MAX_BATCH)
+        if "guidance_by_evidence" in sampling:
+            by = sampling["guidance_by_evidence"]
+            if not isinstance(by, dict):
+                self.fail("sampling.guidance_by_evidence", "must map evidence classes to "
+                          f"guidance scales, got {_kind(by)}")
+            for kind, g in by.items():
+                if not isinstance(kind, str) or not kind.replace("_", "").isalnum():
+                    self.fail("sampling.guidance_by_evidence", f"{kind!r} is not an evidence "
+                              "class name")
+                self.number(f"sampling.guidance_by_evidence.{kind}", g, 0.0, MAX_GUIDANCE)
 
     def ensemble(self, ens: Any) -> None:
         ens = self.mapping("ensemble", ens, ENSEMBLE_KEYS, ("members",))
@@ -549,12 +559,20 @@ class TrainConfig:
 
 @dataclass
 class SamplingConfig:
+    """How cells are drawn. ``guidance_by_evidence``: a guidance scale per evidence class
+    (``engine.effects.EVIDENCE_KINDS``: measured, new_cell_type, ...), chosen on held-out
+    folds, used when the caller gives no guidance; classes it lacks use ``guidance``."""
+
     steps: int = 10
     guidance: float = 1.0
     batch_size: int = 2048
+    guidance_by_evidence: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        if not out["guidance_by_evidence"]:          # earlier configs never had the key
+            del out["guidance_by_evidence"]
+        return out
 
 
 # train_model(**overrides) names that are not field names of the same spelling

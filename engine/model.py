@@ -253,6 +253,25 @@ class PerturbModel:
 
         return float(self.config.get("sampling", {}).get("guidance", SamplingConfig.guidance))
 
+    @property
+    def guidance_by_evidence(self) -> dict[str, float]:
+        """Guidance per evidence class (``sampling.guidance_by_evidence``), chosen on held-out
+        folds when the model was built; empty for models that use one guidance for all."""
+        by = self.config.get("sampling", {}).get("guidance_by_evidence") or {}
+        return {str(k): float(v) for k, v in by.items()}
+
+    def guidance_for(self, condition: Condition) -> float:
+        """The guidance a condition is drawn with when the caller gives none: the value for
+        its evidence class (:func:`engine.effects.classify`) if the model has one, else the
+        model's default."""
+        by = self.guidance_by_evidence
+        if not by:
+            return self.default_guidance
+        from .effects import classify
+
+        cond = self.space.complete(self.check_condition(condition))
+        return float(by.get(classify(self.space, cond), self.default_guidance))
+
     # -- conditions ------------------------------------------------------------------------------
     def check_condition(self, condition: Condition) -> Condition:
         if not isinstance(condition, Condition):
@@ -391,7 +410,9 @@ class PerturbModel:
                 if c.control() not in conds:
                     conds.append(c.control())
         n = _cell_count(n)
+        auto = guidance is None
         steps, guidance = self._sampling(steps, guidance)
+        per_cond = [self.guidance_for(c) if auto else guidance for c in conds]
         _check_seed(seed)
         total = n * len(conds)
         est = self._check_memory(total)
@@ -402,7 +423,7 @@ class PerturbModel:
         labels, done = [], 0
         with out_of_memory_as_resource_error(f"generating {total:,} cells", est):
             builder = self._builder(total)
-            for cond in conds:
+            for cond, g in zip(conds, per_cond, strict=True):
                 pairs = [self._cond_pair(cond, net) for net in self.nets]
                 for m, b in self._member_batches(n):
                     c, c_null = pairs[m]
@@ -411,7 +432,7 @@ class PerturbModel:
                     def on_step(k, _b=b, _done=done):
                         report(_done + int(_b * k / (steps + 1)))
 
-                    x = self._integrate(x, c, c_null, guidance, grid, on_step, cancel,
+                    x = self._integrate(x, c, c_null, g, grid, on_step, cancel,
                                         net=self.nets[m])
                     check_cancel(cancel)
                     builder.add(*self._decode_counts(x, g_dev))
@@ -419,10 +440,14 @@ class PerturbModel:
                     done += b
                     report(done)
             check_cancel(cancel)
-            run_id = self._run_id("denovo", conds, n, seed, steps, guidance)
+            same = len(set(per_cond)) == 1
+            run_id = self._run_id("denovo", conds, n, seed, steps,
+                                  per_cond[0] if same else per_cond)
             adata = self._assemble(builder, labels, run_id)
-        adata.uns[UNS.PROVENANCE] = self._provenance("denovo", conds, seed, steps, guidance)
-        adata.uns[UNS.PROVENANCE]["run_id"] = run_id
+        prov = self._provenance("denovo", conds, seed, steps, per_cond[0])
+        prov.update(self._guidance_record(conds, per_cond, auto))
+        prov["run_id"] = run_id
+        adata.uns[UNS.PROVENANCE] = prov
         return adata
 
     # -- mode 2: perturb given cells ----------------------------------------------------------------
@@ -440,7 +465,8 @@ class PerturbModel:
         from .data.io import get_counts
 
         cond = self.check_condition(condition)
-        steps, guidance = self._sampling(steps, guidance)
+        auto = guidance is None
+        steps, guidance = self._sampling(steps, self.guidance_for(cond) if auto else guidance)
         _check_seed(seed)
         mapping = self.gene_mapping(cells)
         if mapping.fraction_found < min_gene_fraction:
@@ -498,6 +524,7 @@ class PerturbModel:
                     adata.obs[name] = cells.obs[col].to_numpy()
             adata.obs_names = [f"{s}-{cond.perturbation_label}" for s in cells.obs_names]
         prov = self._provenance("perturb", [cond], seed, steps, guidance)
+        prov.update(self._guidance_record([cond], [guidance], auto))
         prov.update(genes_found=len(mapping.found), genes_missing=len(mapping.missing),
                     source_cells=int(n))
         adata.uns[UNS.PROVENANCE] = prov
@@ -556,8 +583,10 @@ class PerturbModel:
         import hashlib
         import json
 
+        g = [float(x) for x in guidance] if isinstance(guidance, list | tuple) \
+            else float(guidance)
         key = json.dumps([self._weights_sha or self.name, mode, [c.to_dict() for c in conds],
-                          int(n), int(seed), int(steps), float(guidance)], sort_keys=True)
+                          int(n), int(seed), int(steps), g], sort_keys=True)
         return hashlib.sha1(key.encode()).hexdigest()[:8]
 
     def _assemble(self, builder: CsrBuilder, labels, run_id: str = "gen"):
@@ -613,6 +642,20 @@ class PerturbModel:
              else np.asarray(m, np.int16) for _, b, m in labels]) if labels else \
             np.zeros(0, np.int16)
         return pd.DataFrame(cols)
+
+    def _guidance_record(self, conds, per_cond, auto: bool) -> dict:
+        """Provenance keys saying how guidance was chosen: ``guidance_rule`` when it came from
+        the model's per-evidence-class table, ``guidance_by_condition`` (JSON, label -> scale)
+        when the conditions of one run used different scales."""
+        import json
+
+        out = {}
+        if auto and self.guidance_by_evidence:
+            out["guidance_rule"] = "by evidence class (sampling.guidance_by_evidence)"
+        if len(set(per_cond)) > 1:
+            out["guidance_by_condition"] = json.dumps(
+                {c.label: float(g) for c, g in zip(conds, per_cond, strict=True)})
+        return out
 
     def _provenance(self, mode: str, conds, seed, steps, guidance) -> dict:
         import json

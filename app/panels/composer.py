@@ -36,6 +36,9 @@ WARN = "#a15c00"
 #: Item data role of a queued condition's engine.effects.Evidence (None when unknown).
 EVIDENCE_ROLE = Qt.ItemDataRole.UserRole + 1
 
+#: the guidance spin box's lowest value, shown as "model's choice" (guidance=None)
+AUTO_GUIDANCE = -0.5
+
 
 class ComposerPanel(QWidget):
     generate_requested = Signal(object)  # app.messages.GenerateRequest
@@ -83,11 +86,16 @@ class ComposerPanel(QWidget):
         self.steps.setRange(1, 1000)
         self.steps.setToolTip("Sampling steps: more is slower and slightly more accurate")
         self.guidance = QDoubleSpinBox()
-        self.guidance.setRange(0.0, 20.0)
+        self.guidance.setRange(AUTO_GUIDANCE, 20.0)
         self.guidance.setSingleStep(0.5)
         self.guidance.setDecimals(2)
+        # the lowest value reads "model's choice": the guidance the model chose for each kind
+        # of condition (measured, new cell type, ...) on held-out folds
+        self.guidance.setSpecialValueText("model's choice")
         self.guidance.setToolTip("How strongly cells follow the condition (1 = as trained; "
-                                 "higher exaggerates the effect)")
+                                 "higher exaggerates the effect). \"model's choice\" uses the "
+                                 "value the model's builders chose for each kind of condition "
+                                 "on held-out cells (shown on the model card)")
         run_form.addRow("Cells per condition", self.n_cells)
         run_form.addRow("Seed", self.seed)
         run_form.addRow("Sampling steps", self.steps)
@@ -227,7 +235,10 @@ class ComposerPanel(QWidget):
         unit = str(card_value(model, "dose_unit"))
         self.perts.set_space(space, unit=unit)
         self.steps.setValue(int(getattr(model, "default_steps", 20) or 20))
-        self.guidance.setValue(float(getattr(model, "default_guidance", 1.0) or 1.0))
+        if getattr(model, "guidance_by_evidence", None):
+            self.guidance.setValue(AUTO_GUIDANCE)
+        else:
+            self.guidance.setValue(float(getattr(model, "default_guidance", 1.0) or 1.0))
         self.singles_btn.setEnabled(bool(space.targets))
         self.dose_btn.setEnabled(bool(space.has_dose))
         self._validate()
@@ -412,7 +423,8 @@ class ComposerPanel(QWidget):
             return None
         return GenerateRequest(conditions=tuple(conds), n=self.n_cells.value(),
                                seed=self.seed.value(), steps=self.steps.value(),
-                               guidance=self.guidance.value())
+                               guidance=None if self.guidance.value() < 0 else
+                               self.guidance.value())
 
     def estimate_seconds(self, cells: int) -> float | None:
         """How long generating ``cells`` cells should take on this computer, from the speed of

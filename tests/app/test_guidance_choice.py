@@ -1,0 +1,51 @@
+"""Issue 14: the composer's guidance box offers the model's per-evidence-class choice."""
+
+from __future__ import annotations
+
+from tests.app.test_flows import _compose, _use_model
+
+
+def test_guidance_box_offers_the_models_choice(qtbot, window, model_name):
+    from app.panels.composer import AUTO_GUIDANCE
+
+    w = window
+    _use_model(qtbot, w, model_name)
+    model = w.session.model
+    c = _compose(w)
+    if model.guidance_by_evidence:          # the shipped Kang model chose 2 for new cell types
+        assert c.guidance.value() == AUTO_GUIDANCE
+    c.guidance.setValue(AUTO_GUIDANCE)
+    assert c.guidance.text() == "model's choice"
+    assert c.request().guidance is None
+    c.guidance.setValue(2.0)
+    assert c.request().guidance == 2.0
+
+
+def test_copied_command_leaves_the_models_choice_to_the_model():
+    import anndata as ad
+    import numpy as np
+    import pandas as pd
+    import scipy.sparse as sp
+
+    from app.experiment import Experiment
+    from app.session_io import commands
+
+    def exp(**prov):
+        obs = pd.DataFrame({"condition": ["T | A"] * 2 + ["T | control"] * 2,
+                            "cell_type": ["T"] * 4, "perturbation": ["A"] * 2 + ["control"] * 2,
+                            "is_control": [False] * 2 + [True] * 2},
+                           index=[f"c{i}" for i in range(4)])
+        a = ad.AnnData(sp.csr_matrix(np.ones((4, 2), np.float32)), obs=obs,
+                       var=pd.DataFrame(index=["g1", "g2"]))
+        a.layers["counts"] = a.X.copy()
+        a.uns["perturb_studio"] = {
+            "model": "m", "seed": 7, "steps": 5, "guidance": 2.0, **prov,
+            "conditions_json": '[{"cell_type": "T", "perturbations": [{"target": "A", '
+                               '"type": null, "dose": null}], "context": {}}]'}
+        return Experiment.from_generated(a, model_name="m")
+
+    given = next(x for x in commands(exp()) if x.startswith("perturb-studio generate"))
+    auto = next(x for x in commands(exp(guidance_rule="by evidence class"))
+                if x.startswith("perturb-studio generate"))
+    assert "--guidance=2" in given
+    assert "--guidance" not in auto and "--seed=7 --steps=5" in auto
