@@ -354,8 +354,16 @@ class BlockShuffler:
 
     def __init__(self, n: int, batch: int, *, block: int = BLOCK_ROWS, pool: int = POOL_BLOCKS,
                  seed: int = 0, rank: int = 0, world: int = 1):
-        self.n, self.batch, self.block, self.pool = int(n), int(batch), int(block), int(pool)
-        self.seed, self.rank, self.world = int(seed), int(rank), int(world)
+        self.n, self.batch, self.seed = int(n), int(batch), int(seed)
+        self.rank, self.world = int(rank), max(int(world), 1)
+        # small data: blocks and pools shrink so that every rank has a pool of a minibatch
+        self.block = max(1, min(int(block), self.n // (self.world * 2) or 1))
+        n_blocks = -(-self.n // self.block)
+        self.pool = max(1, min(int(pool), n_blocks // self.world),
+                        -(-self.batch // self.block))
+        if self.n < self.world * self.batch:
+            raise DataError(f"{self.n} cells cannot give each of {self.world} processes a "
+                            f"minibatch of {self.batch}")
 
     def epoch(self, epoch: int) -> Iterator[tuple[np.ndarray, list[np.ndarray]]]:
         """(positions of the pool's rows, sorted; the pool-local positions of each minibatch)
