@@ -374,6 +374,16 @@ def _prepare_stream(ds, schema, mc: ModelConfig, seed: int, dev: str, progress, 
     return src, codes, uniq, genes, h5.source, cols is None, density
 
 
+def _advance(sched, steps: int) -> None:
+    """Step a fresh learning-rate schedule to where a resumed run stopped."""
+    import warnings
+
+    with warnings.catch_warnings():        # stepping before any optimizer.step() is intended
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(int(steps)):
+            sched.step()
+
+
 def train_model(adata, schema, out_dir: str | os.PathLike | None = None, *,
                 backbone: str = "mlp", seed: int = 0, device: str = "auto",
                 name: str | None = None, exclude: Sequence[Mapping[str, str]] = (),
@@ -618,8 +628,7 @@ def fit_autoencoder(ae, counts, tc: TrainConfig, gen, dev: str, progress: Progre
         meta, tensors = run.resume
         load_module(ae, "ae.w", tensors)
         step = int(meta["step"])
-        for _ in range(step):
-            sched.step()
+        _advance(sched, step)
         load_optimizer_state(opt, "opt", tensors, meta["optimizer"])
         if "gen.epoch" in tensors:
             gen.set_state(tensors["gen.epoch"])
@@ -789,6 +798,9 @@ class DiskLatentStates(LatentStates):
     def batch(self, idx):
         import torch
 
+        self._calls = getattr(self, "_calls", 0) + 1
+        if self._calls % 256 == 0:            # hand the pages read so far back to the kernel:
+            _drop_pages(self.mus, self.sds, self.libs)   # resident memory stays bounded
         i = idx.cpu().numpy()
         dev = self.mean.device
         mu = torch.from_numpy(np.asarray(self.mus[i])).to(dev)
@@ -803,6 +815,15 @@ class DiskLatentStates(LatentStates):
         self.mus = self.sds = self.libs = None
         if self.folder:
             shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _drop_pages(*arrays) -> None:
+    import mmap
+
+    for a in arrays:
+        m = getattr(a, "_mmap", None)
+        if m is not None and hasattr(m, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+            m.madvise(mmap.MADV_DONTNEED)
 
 
 # -- phase 2: latent generative model ---------------------------------------------------------
@@ -848,8 +869,7 @@ def fit_flow(net, states: LatentStates, conds_arr, mc: ModelConfig, gen, dev: st
         load_module(net, "net", tensors)
         load_module(ema, "ema", tensors)
         first = int(meta["step"]) + 1
-        for _ in range(first - 1):
-            sched.step()
+        _advance(sched, first - 1)
         load_optimizer_state(opt, "opt", tensors, meta["optimizer"])
         gen.set_state(tensors["gen.run"])
         torch.set_rng_state(tensors["rng.torch"])
