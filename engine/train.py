@@ -272,9 +272,10 @@ class StreamCounts:
             self._prefetch.close()
             self._prefetch = None
 
-    def blocks(self, lo: int, hi: int, size: int = 2048):
+    def blocks(self, lo: int, hi: int, size: int = 8192):
+        """CSR blocks (encoded sparse, :func:`encode_sparse`: no dense copy of the counts)."""
         for s in range(lo, hi, size):
-            yield self.take(np.arange(s, min(s + size, hi))).toarray()
+            yield self.take(np.arange(s, min(s + size, hi)))
 
     def reference(self, codes, conditions, seed: int) -> Reference:
         return Reference.build_streaming(self.chunks(), codes, conditions, self.take, seed=seed)
@@ -742,23 +743,29 @@ class LatentStates:
         s = 0
         with torch.no_grad():
             for block in blocks:
-                x = torch.as_tensor(block, device=dev)
-                mu, logvar = ae.encode(x)
+                if isinstance(block, np.ndarray):
+                    x = torch.as_tensor(block, device=dev)
+                    mu, logvar = ae.encode(x)
+                    lib = torch.log(x.sum(1, keepdim=True).clamp_min(1))
+                else:
+                    mu, logvar, lib = encode_sparse(ae, block, dev)
                 sd = torch.exp(0.5 * logvar) if tc.latent_sampling else torch.zeros_like(mu)
-                lib = torch.log(x.sum(1, keepdim=True).clamp_min(1))
                 states._put(s, mu, sd, lib)
                 spread = torch.cat([mu + sd * torch.randn(mu.shape, generator=gen).to(dev), lib],
                                    1).double().cpu()
-                tot[0] += len(x)
+                tot[0] += len(mu)
                 tot[1] += spread.sum(0)
                 tot[2] += (spread ** 2).sum(0)
-                s += len(x)
+                s += len(mu)
         dist.all_reduce_sum(tot)
         cnt = tot[0]
         mean = tot[1] / cnt
         var = (tot[2] - cnt * mean ** 2) / (cnt - 1).clamp_min(1)
         states.mean = mean.float().to(dev)
         states.std = var.clamp_min(0).sqrt().float().clamp_min(1e-3).to(dev)
+        for a in (states.mus, states.sds, states.libs):
+            if hasattr(a, "flush"):                 # np.memmap (DiskLatentStates)
+                a.flush()
         return states
 
     def __len__(self) -> int:
@@ -772,6 +779,31 @@ class LatentStates:
         z = self.mus[i] + self.sds[i] * torch.randn(self.mus[i].shape,
                                                     generator=self.gen).to(self.mus.device)
         return ((torch.cat([z, self.libs[i]], 1) - self.mean) / self.std).float()
+
+
+def encode_sparse(ae, m, dev: str):
+    """``ae.encode`` of a CSR block without making it dense: the first layer of the encoder as
+    a sparse x dense product over the stored values (log1p(count / library * 1e4) is zero where
+    the count is). Returns (mu, logvar, log library)."""
+    import torch
+
+    m = m.tocsr()
+    lib = np.asarray(m.sum(axis=1), np.float64).ravel()
+    scale = 1e4 / np.maximum(lib, 1.0)
+    vals = np.log1p(m.data * np.repeat(scale, np.diff(m.indptr))).astype(np.float32)
+    first = ae.encoder[0]
+    if not isinstance(first, torch.nn.Linear):            # another encoder: densify
+        x = torch.as_tensor(m.toarray(), device=dev)
+        mu, logvar = ae.encode(x)
+    else:
+        xs = torch.sparse_csr_tensor(torch.as_tensor(m.indptr, dtype=torch.int64),
+                                     torch.as_tensor(m.indices, dtype=torch.int64),
+                                     torch.as_tensor(vals), size=m.shape).to(dev)
+        h = ae.encoder[1:](torch.sparse.mm(xs, first.weight.t()) + first.bias)
+        mu, logvar = ae.mu(h), ae.logvar(h).clamp(-12, 8)
+    log_lib = torch.log(torch.as_tensor(lib, dtype=torch.float32, device=dev)
+                        .clamp_min(1))[:, None]
+    return mu, logvar, log_lib
 
 
 @dataclass

@@ -201,3 +201,19 @@ def test_two_process_gloo_run_writes_one_model(small_h5ad, tmp_path):
     m = PerturbModel.load(out)
     assert m.config["training"]["world_size"] == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp", "small.h5ad"]
+
+
+def test_sparse_encoding_equals_the_dense_encoder(synthetic):
+    import torch
+
+    from engine.models.autoencoder import NBAutoencoder
+    from engine.train import encode_sparse
+
+    torch.manual_seed(0)
+    ae = NBAutoencoder(synthetic.n_vars, latent_dim=4, hidden=16).eval()
+    m = sp.csr_matrix(synthetic.layers["counts"]).astype(np.float32)
+    with torch.no_grad():
+        mu, logvar = ae.encode(torch.as_tensor(m.toarray()))
+        mu_s, logvar_s, lib = encode_sparse(ae, m, "cpu")
+    assert torch.allclose(mu, mu_s, atol=1e-5) and torch.allclose(logvar, logvar_s, atol=1e-5)
+    assert torch.allclose(lib[:, 0], torch.log(torch.as_tensor(m.sum(1)).ravel().float()))
