@@ -95,8 +95,12 @@ class H5adCounts:
         self._f.close()
 
     def obs_columns(self) -> list[str]:
+        """The ``obs`` columns in the file's order (``column-order``)."""
         g = self._f["obs"]
-        return [k for k in g.keys() if k != g.attrs.get("_index", "_index")]
+        order = [c.decode() if isinstance(c, bytes) else str(c)
+                 for c in np.atleast_1d(g.attrs.get("column-order", []))]
+        rest = [k for k in g.keys() if k != g.attrs.get("_index", "_index") and k not in order]
+        return [c for c in order if c in g] + sorted(rest)
 
     def obs(self, columns: Sequence[str]) -> pd.DataFrame:
         """The named ``obs`` columns (only those: no cell names), index 0..n-1 as text."""
@@ -271,6 +275,67 @@ def should_stream(path: str | Path, available: int | None = None) -> tuple[bool,
                       f"{fmt_bytes(avail)} is available")
 
 
+# -- opening a dataset for the app --------------------------------------------------------------
+#: h5ad files larger than this open backed (also when training in memory would not fit).
+BACKED_FROM_BYTES = 2 * 1024 ** 3
+#: Cells of a backed dataset read into memory for the views that need cells (analysis, UMAP,
+#: perturbing real cells): a random sample.
+VIEW_SAMPLE_CELLS = 50_000
+
+
+class OpenedDataset:
+    """What :func:`open_dataset` gives: ``adata`` (the whole dataset in memory, or a random
+    sample of :data:`VIEW_SAMPLE_CELLS` cells of a backed one), ``backed`` (the
+    :class:`BackedDataset` to train from, None when in memory), ``summary`` (of every cell)
+    and the guessed ``schema``."""
+
+    def __init__(self, adata, backed, summary, schema) -> None:
+        self.adata, self.backed, self.summary, self.schema = adata, backed, summary, schema
+
+
+def open_dataset(path: str | Path, *, progress=None, backed: bool | None = None,
+                 seed: int = 0) -> OpenedDataset:
+    """Open a dataset for the app: in memory as :func:`engine.data.io.read_dataset` does, or,
+    for an h5ad above :data:`BACKED_FROM_BYTES` or one that :func:`should_stream` would stream
+    (``backed`` forces either way), backed: only ``obs`` and the gene names are read, the
+    summary counts every cell, the counts stay on disk (a sample of cells is read for the
+    views) and training streams them."""
+    from .io import DatasetSummary, read_dataset, summarize_columns, summarize_dataset
+    from .schema import guess_schema
+
+    path = Path(path)
+    if backed is None:
+        backed = path.suffix.lower() == ".h5ad" and path.is_file() and (
+            path.stat().st_size > BACKED_FROM_BYTES or should_stream(path)[0])
+    if not backed:
+        adata = read_dataset(path, progress=progress)
+        return OpenedDataset(adata, None, summarize_dataset(adata), guess_schema(adata))
+    from ..progress import Reporter
+
+    report = Reporter(progress, 3, "reading")
+    report(0)
+    ds = BackedDataset.open(path)
+    report(1)
+    head = ds.counts.rows(0, min(2000, ds.n_obs)).data
+    problem = None
+    if len(head) and (not np.isfinite(head).all() or (head < 0).any()
+                      or (head != np.round(head)).any()):
+        problem = (f"{ds.counts.source} of the first cells holds values that are not raw "
+                   "counts (negative or not whole numbers)")
+    summary = DatasetSummary(ds.n_obs, ds.n_vars, None if problem else ds.counts.source,
+                             problem, summarize_columns(ds.obs))
+    report(2)
+    rng = np.random.default_rng(seed)
+    k = min(VIEW_SAMPLE_CELLS, ds.n_obs)
+    sample = ds.to_memory(np.sort(rng.choice(ds.n_obs, k, replace=False)))
+    sample.uns["perturb_studio_backed"] = {
+        "file": str(path), "n_cells": int(ds.n_obs),
+        "note": f"a random sample of {k:,} of the {ds.n_obs:,} cells; training reads all "
+                "of them from disk"}
+    report(3)
+    return OpenedDataset(sample, ds, summary, guess_schema(sample))
+
+
 # -- the scan -----------------------------------------------------------------------------------
 class ScanStats:
     """What one pass over the counts gives: library sizes of every cell (all genes), per-gene
@@ -439,6 +504,7 @@ class Prefetcher:
         self._t.join(timeout=5)
 
 
-__all__ = ["BLOCK_ROWS", "POOL_BLOCKS", "BackedDataset", "BlockShuffler", "H5adCounts",
+__all__ = ["BACKED_FROM_BYTES", "BLOCK_ROWS", "POOL_BLOCKS", "BackedDataset", "BlockShuffler",
+           "H5adCounts", "OpenedDataset", "VIEW_SAMPLE_CELLS", "open_dataset",
            "estimate_in_memory_bytes", "should_stream", "Prefetcher",
            "ScanStats", "hvg_seurat", "scan"]

@@ -217,3 +217,23 @@ def test_sparse_encoding_equals_the_dense_encoder(synthetic):
         mu_s, logvar_s, lib = encode_sparse(ae, m, "cpu")
     assert torch.allclose(mu, mu_s, atol=1e-5) and torch.allclose(logvar, logvar_s, atol=1e-5)
     assert torch.allclose(lib[:, 0], torch.log(torch.as_tensor(m.sum(1)).ravel().float()))
+
+
+def test_open_dataset_backed_summarises_every_cell_and_samples_the_views(small_h5ad,
+                                                                          monkeypatch):
+    import engine
+    from engine.data import stream
+
+    a, path = small_h5ad
+    in_memory = engine.open_dataset(path)
+    assert in_memory.backed is None and in_memory.adata.n_obs == 320
+    monkeypatch.setattr(stream, "VIEW_SAMPLE_CELLS", 100)
+    opened = engine.open_dataset(path, backed=True)
+    assert isinstance(opened.backed, engine.BackedDataset) and opened.backed.n_obs == 320
+    assert opened.summary.n_cells == 320 and opened.summary.counts_source == "layers['counts']"
+    assert [c.name for c in opened.summary.columns] == \
+        [c.name for c in in_memory.summary.columns]
+    assert {c.name: c.top for c in opened.summary.columns} == \
+        {c.name: c.top for c in in_memory.summary.columns}
+    assert opened.adata.n_obs == 100 and opened.schema == in_memory.schema
+    assert set(opened.adata.obs_names) <= set(a.obs_names)
