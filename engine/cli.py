@@ -531,7 +531,7 @@ def cmd_bench(args) -> int:
     from .bench import run_bench
 
     result = run_bench(model=args.model, n=args.n, threads=args.threads, device=args.device,
-                       big_n=args.big_n)
+                       big_n=args.big_n, train=args.train)
     if args.json:
         print(json.dumps(result, indent=1))
     else:
@@ -683,6 +683,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cells for the memory run (0: skip)")
     b.add_argument("--threads", type=_int_arg(1, 1024), default=2, help="CPU threads, 1 to 1024")
     b.add_argument("--device", default="cpu")
+    b.add_argument("--train", action="store_true",
+                   help="also measure training throughput (autoencoder cells/s; on the GPU "
+                        "too when one is present, bf16)")
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench)
     return p

@@ -237,3 +237,10 @@ def test_open_dataset_backed_summarises_every_cell_and_samples_the_views(small_h
         {c.name: c.top for c in in_memory.summary.columns}
     assert opened.adata.n_obs == 100 and opened.schema == in_memory.schema
     assert set(opened.adata.obs_names) <= set(a.obs_names)
+
+
+def test_training_benchmark_reports_cells_per_second():
+    from engine.bench import train_speed
+
+    r = train_speed("cpu", threads=1, genes=200, steps=3, batch=32)
+    assert r["train_cells_per_s"] > 0 and r["mixed_precision"] == "fp32"
