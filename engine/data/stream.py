@@ -127,11 +127,17 @@ class H5adCounts:
         rows = np.asarray(rows, np.int64)
         if not len(rows):
             return sp.csr_matrix((0, self.n_vars), dtype=np.float32)
-        order = np.argsort(rows, kind="stable")
-        s = rows[order]
+        step = np.diff(rows)
+        if (step == 1).all():                              # one run: a single read
+            return self.rows(int(rows[0]), int(rows[-1]) + 1)
+        ordered = bool((step > 0).all())
+        order = None if ordered else np.argsort(rows, kind="stable")
+        s = rows if ordered else rows[order]
         breaks = np.flatnonzero(np.diff(s) != 1) + 1
         parts = [self.rows(int(r[0]), int(r[-1]) + 1) for r in np.split(s, breaks)]
         m = sp.vstack(parts, format="csr")
+        if ordered:
+            return m
         inv = np.empty_like(order)
         inv[order] = np.arange(len(order))
         return m[inv]
