@@ -796,9 +796,13 @@ def encode_sparse(ae, m, dev: str):
         x = torch.as_tensor(m.toarray(), device=dev)
         mu, logvar = ae.encode(x)
     else:
-        xs = torch.sparse_csr_tensor(torch.as_tensor(m.indptr, dtype=torch.int64),
-                                     torch.as_tensor(m.indices, dtype=torch.int64),
-                                     torch.as_tensor(vals), size=m.shape).to(dev)
+        import warnings
+
+        with warnings.catch_warnings():        # "sparse CSR support is in beta" and kin
+            warnings.simplefilter("ignore", UserWarning)
+            xs = torch.sparse_csr_tensor(torch.as_tensor(m.indptr, dtype=torch.int64),
+                                         torch.as_tensor(m.indices, dtype=torch.int64),
+                                         torch.as_tensor(vals), size=m.shape).to(dev)
         h = ae.encoder[1:](torch.sparse.mm(xs, first.weight.t()) + first.bias)
         mu, logvar = ae.mu(h), ae.logvar(h).clamp(-12, 8)
     log_lib = torch.log(torch.as_tensor(lib, dtype=torch.float32, device=dev)
@@ -826,6 +830,11 @@ class DiskLatentStates(LatentStates):
         self.mus[s:s + len(mu)] = mu.float().cpu().numpy()
         self.sds[s:s + len(mu)] = sd.float().cpu().numpy()
         self.libs[s:s + len(mu)] = lib.float().cpu().numpy()
+        self._puts = getattr(self, "_puts", 0) + 1
+        if self._puts % 8 == 0:          # written pages to disk and out of resident memory
+            for a in (self.mus, self.sds, self.libs):
+                a.flush()
+            _drop_pages(self.mus, self.sds, self.libs)
 
     def batch(self, idx):
         import torch
