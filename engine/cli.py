@@ -256,8 +256,7 @@ def cmd_train(args) -> int:
         raise
     finally:
         bar.close()
-    dist.barrier()
-    shutdown(dist)
+    shutdown(dist)            # no barrier: rank 0 alone judges and writes, the others are done
     if not dist.main:
         return 0
     tr = model.config["training"]

@@ -97,7 +97,10 @@ def init_from_env(device: str = "cpu") -> Dist:
     if cuda:
         torch.cuda.set_device(local)
     if not dist.is_initialized():
-        dist.init_process_group(backend)
+        import datetime
+
+        # generous: a rank may wait while rank 0 reads a shard of a large file
+        dist.init_process_group(backend, timeout=datetime.timedelta(hours=1))
     return Dist(rank, world, local, backend)
 
 

@@ -840,8 +840,8 @@ class DiskLatentStates(LatentStates):
         import torch
 
         self._calls = getattr(self, "_calls", 0) + 1
-        if self._calls % 256 == 0:            # hand the pages read so far back to the kernel:
-            _drop_pages(self.mus, self.sds, self.libs)   # resident memory stays bounded
+        if self._calls % 16 == 0:             # hand the pages read so far back to the kernel:
+            _drop_pages(self.mus, self.sds, self.libs)   # at most 16 x 3 x batch pages stay
         i = idx.cpu().numpy()
         dev = self.mean.device
         mu = torch.from_numpy(np.asarray(self.mus[i])).to(dev)
