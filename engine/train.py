@@ -836,23 +836,34 @@ class DiskLatentStates(LatentStates):
                 a.flush()
             _drop_pages(self.mus, self.sds, self.libs)
 
+    def _rows(self, arr, rows: np.ndarray) -> np.ndarray:
+        """Rows of one of the arrays read with ``os.pread`` (sorted, unique ``rows``), not
+        through the mapping: a page fault maps its neighbours too (fault-around, 64 KB), so
+        random rows read through the mapping would keep most of the file resident."""
+        fds = self.__dict__.setdefault("_fds", {})
+        key = id(arr)
+        if key not in fds:
+            fds[key] = os.open(arr.filename, os.O_RDONLY)
+        width = arr.shape[1] * 4
+        buf = b"".join(os.pread(fds[key], width, arr.offset + int(r) * width) for r in rows)
+        return np.frombuffer(buf, np.float32).reshape(len(rows), arr.shape[1])
+
     def batch(self, idx):
         import torch
 
-        self._calls = getattr(self, "_calls", 0) + 1
-        if self._calls % 16 == 0:             # hand the pages read so far back to the kernel:
-            _drop_pages(self.mus, self.sds, self.libs)   # at most 16 x 3 x batch pages stay
         i = idx.cpu().numpy()
+        uniq, inv = np.unique(i, return_inverse=True)
         dev = self.mean.device
-        mu = torch.from_numpy(np.asarray(self.mus[i])).to(dev)
-        sd = torch.from_numpy(np.asarray(self.sds[i])).to(dev)
-        lib = torch.from_numpy(np.asarray(self.libs[i])).to(dev)
+        mu, sd, lib = (torch.from_numpy(self._rows(a, uniq)[inv]).to(dev)
+                       for a in (self.mus, self.sds, self.libs))
         z = mu + sd * torch.randn(mu.shape, generator=self.gen).to(dev)
         return ((torch.cat([z, lib], 1) - self.mean) / self.std).float()
 
     def close(self) -> None:
         import shutil
 
+        for fd in self.__dict__.pop("_fds", {}).values():
+            os.close(fd)
         self.mus = self.sds = self.libs = None
         if self.folder:
             shutil.rmtree(self.folder, ignore_errors=True)
