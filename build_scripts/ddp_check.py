@@ -72,9 +72,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--worker", action="store_true")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    p.add_argument("--ae-steps", type=int, default=2000)
-    p.add_argument("--flow-steps", type=int, default=1500)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1],
+                   help="training seeds of the 1-process runs (their spread is the noise)")
+    p.add_argument("--ddp-seeds", type=int, nargs="+", default=[0],
+                   help="training seeds of the 2-process runs")
+    p.add_argument("--ae-steps", type=int, default=800)
+    p.add_argument("--flow-steps", type=int, default=800)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path)
     a = p.parse_args()
@@ -82,11 +85,11 @@ def main() -> None:
         worker(a.seed, a.ae_steps, a.flow_steps, a.threads)
         return
     rows = []
-    for seed in a.seeds:
-        for world in (1, 2):
-            r = launch(world, seed, a)
-            rows.append(r)
-            print(json.dumps(r), flush=True)
+    runs = [(1, s) for s in a.seeds] + [(2, s) for s in a.ddp_seeds]
+    for world, seed in runs:
+        r = launch(world, seed, a)
+        rows.append(r)
+        print(json.dumps(r), flush=True)
     if a.out:
         a.out.write_text(json.dumps(rows, indent=1) + "\n")
 
