@@ -160,11 +160,11 @@ class Controller(SessionJobsMixin, QObject):
         def fn(progress, cancel):
             import engine
 
-            adata = engine.read_dataset(path, progress=progress)
+            # a large h5ad opens backed: summary and roles from obs, counts stay on disk
+            opened = engine.open_dataset(path, progress=progress)
             if cancel.is_set():
                 return None
-            return LoadedDataset(adata, engine.summarize_dataset(adata),
-                                 engine.guess_schema(adata))
+            return LoadedDataset(opened.adata, opened.summary, opened.schema, opened.backed)
 
         # a failed or cancelled load leaves the dataset loaded before in use, and says so
         if self._start_fg("load", f"Loading {Path(path).name}…", fn,
@@ -176,9 +176,13 @@ class Controller(SessionJobsMixin, QObject):
     def _dataset_ready(self, path: str, loaded: LoadedDataset) -> None:
         cfg.add_recent_file(path)
         self.session.set_dataset(path, loaded)   # the Data page then reports the schema
-        a = loaded.adata
-        self.status.emit(f"Loaded {a.n_obs:,} cells × {a.n_vars:,} genes from {Path(path).name}",
-                         8000)
+        a = loaded.summary if getattr(loaded, "backed", None) is not None else loaded.adata
+        n_obs = a.n_cells if hasattr(a, "n_cells") else a.n_obs
+        n_vars = a.n_genes if hasattr(a, "n_genes") else a.n_vars
+        extra = " (opened from disk; views use a sample of the cells)" \
+            if getattr(loaded, "backed", None) is not None else ""
+        self.status.emit(f"Loaded {n_obs:,} cells × {n_vars:,} genes from {Path(path).name}"
+                         f"{extra}", 8000)
         self.dataset_loaded.emit()
 
     def set_schema(self, schema, ok: bool) -> None:
@@ -482,7 +486,9 @@ class Controller(SessionJobsMixin, QObject):
         s = self.session
         if s.adata is None or s.schema is None:
             return
-        adata, schema, data_path = s.adata, s.schema, s.data_path
+        # a backed (large) dataset trains on all its cells, streamed from disk
+        adata = s.backed if getattr(s, "backed", None) is not None else s.adata
+        schema, data_path = s.schema, s.data_path
 
         def fn(progress, cancel):
             import engine

@@ -63,9 +63,10 @@ class TrainRequest:
 
 @dataclass(frozen=True, eq=False)
 class LoadedDataset:
-    adata: Any                   # AnnData
+    adata: Any                   # AnnData (of a large h5ad: a random sample of its cells)
     summary: Any                 # engine.DatasetSummary
     schema: Any                  # engine.Schema guessed from the columns
+    backed: Any = None           # engine.BackedDataset of a large h5ad: training streams it
 
 
 @dataclass(frozen=True)

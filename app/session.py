@@ -109,6 +109,7 @@ class Session:
         self.events = SessionEvents()
         # data
         self.adata = None
+        self.backed = None                     # engine.BackedDataset of a large h5ad
         self.data_path: str | None = None
         self.summary = None
         self.guessed_schema = None             # what engine.guess_schema proposed at opening
@@ -134,6 +135,7 @@ class Session:
     # -- changes ---------------------------------------------------------------------------------
     def set_dataset(self, path: str, loaded: LoadedDataset) -> None:
         self.adata, self.data_path, self.summary = loaded.adata, path, loaded.summary
+        self.backed = getattr(loaded, "backed", None)    # the whole file, for training
         self.guessed_schema = loaded.schema
         self.events.dataset.emit()
 

@@ -21,6 +21,7 @@ _EXPORTS = {
     # data
     "read_dataset": "data.io", "get_counts": "data.io", "summarize_dataset": "data.io",
     "DatasetSummary": "data.io", "ColumnSummary": "data.io",
+    "open_dataset": "data.stream", "BackedDataset": "data.stream",
     "Schema": "data.schema", "SchemaIssue": "data.schema", "guess_schema": "data.schema",
     "validate_schema": "data.schema",
     "write_h5ad": "export", "write_csv": "export",

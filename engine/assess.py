@@ -23,6 +23,9 @@ from .errors import DataError
 FEW_CELLS = 20
 #: Groups with fewer cells than this are not held out (engine.evaluate.split).
 MIN_SPLIT = 10
+#: Training from disk (a BackedDataset): the held-out cells judged, and the training cells
+#: used as the baselines' reference, are stratified samples of at most this many cells each.
+STREAM_ASSESS_CELLS = 20_000
 
 
 def ensemble_coverage(model, test, schema, *, train=None, n: int = 2000, seed: int = 0
@@ -118,11 +121,14 @@ def train_and_assess(adata, schema, out_dir: str | os.PathLike | None = None, *,
     says in the card that the model was not evaluated."""
     from .cards import plain_sentences, render_markdown
     from .checkpoint import check_destination
+    from .data.stream import BackedDataset
+    from .distributed import SINGLE
     from .evaluate import split
     from .progress import Reporter
     from .train import apply_excludes, train_model
 
-    if out_dir is not None:
+    dist = train_kw.get("dist") or SINGLE
+    if out_dir is not None and dist.main:
         check_destination(out_dir, overwrite=overwrite)
     if not 0.0 <= holdout < 0.9:
         raise DataError(f"the held-out fraction must be between 0 and 0.9, got {holdout}")
@@ -147,6 +153,17 @@ def train_and_assess(adata, schema, out_dir: str | os.PathLike | None = None, *,
     model.config["training"]["holdout"] = holdout
     card = dict(model.card)
     card["members"] = model.members
+    if not dist.main:                # rank > 0 of a data-parallel run: rank 0 judges and writes
+        return model
+    judged_note = ""
+    if test is not None and isinstance(test, BackedDataset):
+        n_train, n_test = train.n_obs, test.n_obs
+        train, test = (_sample_to_memory(d, schema, seed) for d in (train, test))
+        judged_note = (f"; from disk, judged on a stratified sample of {test.n_obs} held-out "
+                       f"cells with {train.n_obs} training cells as reference")
+    else:
+        n_train = train.n_obs
+        n_test = test.n_obs if test is not None else 0
     if test is not None:
         Reporter(progress, 1, "judging the model on held-out cells", start=0.9, span=0.1)(0)
         judged = assess(model, train, test, schema, seed=seed)
@@ -160,7 +177,7 @@ def train_and_assess(adata, schema, out_dir: str | os.PathLike | None = None, *,
         card.update(judged)
         card["split"] = (f"stratified hold-out: {holdout:.0%} of the cells of every condition "
                          f"group with at least {MIN_SPLIT} cells (seed {seed}); trained on "
-                         f"{train.n_obs} cells, evaluated on {test.n_obs} held-out cells")
+                         f"{n_train} cells, evaluated on {n_test} held-out cells{judged_note}")
     else:
         card["split"] = "none: trained on every cell; not evaluated on held-out cells"
     card["warnings"] = warnings
@@ -170,7 +187,25 @@ def train_and_assess(adata, schema, out_dir: str | os.PathLike | None = None, *,
     if out_dir is not None:
         model.save(out_dir, card=card, card_md=render_markdown(model.config, card),
                    overwrite=overwrite)
+        if train_kw.get("checkpoint_dir"):        # the run finished: its checkpoint is spent
+            import shutil
+
+            shutil.rmtree(train_kw["checkpoint_dir"], ignore_errors=True)
     return model
+
+
+def _sample_to_memory(ds, schema, seed: int):
+    """A stratified sample (by condition) of at most :data:`STREAM_ASSESS_CELLS` cells of a
+    BackedDataset, read into memory."""
+    from .reference import _quota
+
+    codes, _ = schema.condition_codes(ds)
+    n = np.bincount(codes)
+    quota = _quota(n, STREAM_ASSESS_CELLS)
+    rng = np.random.default_rng(seed)
+    pos = [rng.choice(np.flatnonzero(codes == i), quota[i], replace=False)
+           for i in range(len(n)) if quota[i]]
+    return ds.to_memory(np.sort(np.concatenate(pos)))
 
 
 __all__ = ["assess", "data_warnings", "ensemble_coverage", "train_and_assess"]

@@ -48,6 +48,47 @@ def _speed(model_name: str, n: int, threads: int, device: str) -> dict:
             "nonzero_fraction": round(adata.layers["counts"].nnz / (n * len(model.genes)), 4)}
 
 
+def train_speed(device: str = "cpu", *, threads: int = 2, genes: int = 5000, steps: int = 50,
+                batch: int = 256) -> dict:
+    """Autoencoder training throughput (cells/s) of the default architecture on ``genes``
+    genes: ``steps`` optimiser steps on random counts after 5 warm-up steps, bf16 autocast on
+    CUDA (the NB likelihood stays fp32), as :func:`engine.train.fit_autoencoder` runs them."""
+    import torch
+
+    from .models.autoencoder import NBAutoencoder
+    from .train import _autocast
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    ae = NBAutoencoder(genes).to(device)
+    opt = torch.optim.AdamW(ae.parameters(), lr=1e-3)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.poisson(torch.full((batch, genes), 0.05)).add_(
+        torch.randint(0, 2, (batch, genes), generator=gen)).to(device)
+    amp = device.startswith("cuda") and torch.cuda.is_bf16_supported()
+
+    def step():
+        with _autocast(device, amp):
+            loss, _ = ae.loss(x, 0.5)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for _ in range(5):
+        step()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    dt = time.perf_counter() - t0
+    return {"device": device, "genes": genes, "batch": batch, "steps": steps,
+            "mixed_precision": "bf16" if amp else "fp32",
+            "train_cells_per_s": round(steps * batch / dt)}
+
+
 def _peak_memory_child(model_name: str, n: int, threads: int, device: str) -> dict:
     code = ("import json,resource,sys,time;from engine.bench import _speed;"
             f"r=_speed({model_name!r},{n},{threads},{device!r});"
@@ -74,7 +115,9 @@ def _check_args(n, threads, big_n) -> None:
 
 
 def run_bench(*, model: str = "kang-ifnb-pbmc", n: int = 20000, threads: int = 2,
-              device: str = "cpu", big_n: int = 100000) -> dict:
+              device: str = "cpu", big_n: int = 100000, train: bool = False) -> dict:
+    """Generation speed and memory; with ``train`` also the autoencoder training throughput
+    (:func:`train_speed`) on the CPU and, when one is present, on the GPU."""
     import torch
 
     _check_args(n, threads, big_n)
@@ -90,4 +133,10 @@ def run_bench(*, model: str = "kang-ifnb-pbmc", n: int = 20000, threads: int = 2
         out.update({"gpu": torch.cuda.get_device_name(0), "gpu_cells_per_s": gpu["cells_per_s"]})
     else:
         out["gpu"] = "none available"
+    if train:
+        out["train_cpu_cells_per_s"] = train_speed("cpu", threads=threads)["train_cells_per_s"]
+        if torch.cuda.is_available():
+            g = train_speed("cuda", threads=threads, steps=200)
+            out["train_gpu_cells_per_s"] = g["train_cells_per_s"]
+            out["train_gpu_precision"] = g["mixed_precision"]
     return out

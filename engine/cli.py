@@ -186,25 +186,79 @@ def _schema_from_args(args, adata):
     return schema
 
 
+def _budget_overrides(args) -> dict:
+    """``--ae-steps``, ``--epochs``, ``--flow-steps`` as TrainConfig overrides; an explicit
+    flow budget turns off its growth with the data (engine.train.training_budget)."""
+    out = {}
+    if args.ae_steps:
+        out["ae_steps"] = args.ae_steps
+    if args.epochs:
+        out["ae_epochs"] = args.epochs
+    if args.flow_steps:
+        out["flow_steps"] = args.flow_steps
+        out["scale_budget"] = False
+    return out
+
+
+def _open_training_data(args, main: bool):
+    """The data to train on: a BackedDataset (counts stay on disk) when ``--streaming`` or
+    when the in-memory estimate exceeds half the available memory (engine.data.stream.
+    should_stream), else the dataset read in memory as before."""
+    from .data.io import read_dataset
+    from .data.stream import BackedDataset, should_stream
+
+    streaming = args.streaming
+    if streaming is None:
+        streaming, why = should_stream(args.data)
+        if streaming and main:
+            print(f"streaming from disk: {why}", file=sys.stderr)
+    if streaming:
+        if Path(args.data).suffix.lower() != ".h5ad":
+            raise PerturbStudioError(f"--streaming reads h5ad files; {args.data} is not one")
+        return BackedDataset.open(args.data)
+    return read_dataset(args.data)
+
+
 def cmd_train(args) -> int:
     from .assess import train_and_assess
     from .checkpoint import check_destination
-    from .data.io import read_dataset
+    from .device import resolve_device
+    from .distributed import init_from_env, shutdown
+    from .resume import partial_folder
 
-    check_destination(args.out, overwrite=args.overwrite)   # before reading or training
-    adata = read_dataset(args.data)
-    schema = _schema_from_args(args, adata)
-    bar = _Bar(args.quiet)
+    dist = init_from_env(resolve_device(args.device))
+    if dist.main:
+        check_destination(args.out, overwrite=args.overwrite)   # before reading or training
+    adata = _open_training_data(args, dist.main)
+    if dist.active and dist.main:
+        print(f"data-parallel training: world size {dist.world} ({dist.backend})",
+              file=sys.stderr, flush=True)
+    schema = _schema_from_args(args, adata) if dist.main or args.quiet else \
+        _quiet(_schema_from_args, args, adata)
+    bar = _Bar(args.quiet or not dist.main)
+    partial = partial_folder(args.out)
     try:
         model = train_and_assess(
             adata, schema, args.out, holdout=args.holdout, seed=args.seed,
             overwrite=args.overwrite, exclude=args.exclude or [], progress=bar,
             backbone=args.backbone, device=args.device, name=args.name,
-            data_file=str(args.data),
+            data_file=str(args.data), dist=dist, resume=args.resume,
+            checkpoint_dir=partial if args.checkpoint_every > 0 or args.resume else None,
+            checkpoint_every=args.checkpoint_every,
             **({"objective": args.objective} if args.objective else {}),
-            **({"members": args.members} if args.members else {}))
+            **({"members": args.members} if args.members else {}),
+            **_budget_overrides(args))
+    except KeyboardInterrupt:
+        if dist.main and (partial / "checkpoint.json").is_file():
+            print(f"interrupted; the model was not written; a checkpoint is in {partial}: run "
+                  "the same command with --resume to continue", file=sys.stderr)
+            return 130
+        raise
     finally:
         bar.close()
+    shutdown(dist)            # no barrier: rank 0 alone judges and writes, the others are done
+    if not dist.main:
+        return 0
     tr = model.config["training"]
     print(f"trained {model.name}: {tr['n_cells']} cells, {tr['n_genes']} genes, "
           f"{tr['n_conditions']} conditions, {model.members} ensemble member"
@@ -212,6 +266,12 @@ def cmd_train(args) -> int:
     for line in model.card.get("plain", []):
         print(f"  {line}")
     return 0
+
+
+def _quiet(fn, *a):
+    """Run ``fn`` with stderr silenced (ranks > 0 of a data-parallel run print nothing)."""
+    with open(os.devnull, "w") as null, contextlib.redirect_stderr(null):
+        return fn(*a)
 
 
 def _condition_from_args(args, model=None):
@@ -476,7 +536,7 @@ def cmd_bench(args) -> int:
     from .bench import run_bench
 
     result = run_bench(model=args.model, n=args.n, threads=args.threads, device=args.device,
-                       big_n=args.big_n)
+                       big_n=args.big_n, train=args.train)
     if args.json:
         print(json.dumps(result, indent=1))
     else:
@@ -536,6 +596,23 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=_int_arg(0, SEED_MAX), default=0,
                    help=f"random seed, 0 to {SEED_MAX}")
     t.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    t.add_argument("--streaming", action=argparse.BooleanOptionalAction, default=None,
+                   help="read minibatches from disk instead of loading every count (h5ad with "
+                        "CSR counts); default: automatic when training in memory would need "
+                        "more than half the available memory")
+    t.add_argument("--ae-steps", type=_int_arg(1, 10_000_000), default=None,
+                   help="autoencoder steps (default: grows with the data, see README)")
+    t.add_argument("--epochs", type=_int_arg(1, 100_000), default=None,
+                   help="autoencoder epochs (passes over the cells), instead of --ae-steps")
+    t.add_argument("--flow-steps", type=_int_arg(1, 10_000_000), default=None,
+                   help="flow steps per ensemble member (default 3000, growing with the "
+                        "square root of the cells above 100,000)")
+    t.add_argument("--checkpoint-every", type=_float_arg(0.0, 1e6), default=300.0,
+                   metavar="SECONDS",
+                   help="write a resumable checkpoint to OUT.partial every SECONDS and on "
+                        "Ctrl-C (default 300; 0: none)")
+    t.add_argument("--resume", action="store_true",
+                   help="continue from the checkpoint in OUT.partial")
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=cmd_train)
 
@@ -612,6 +689,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cells for the memory run (0: skip)")
     b.add_argument("--threads", type=_int_arg(1, 1024), default=2, help="CPU threads, 1 to 1024")
     b.add_argument("--device", default="cpu")
+    b.add_argument("--train", action="store_true",
+                   help="also measure training throughput (autoencoder cells/s; on the GPU "
+                        "too when one is present, bf16)")
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench)
     return p

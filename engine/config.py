@@ -546,10 +546,22 @@ class TrainConfig:
     # are (the format-2 model).
     members: int = 5
     bootstrap: bool = True
+    # the budget (engine.train.training_budget): ``ae_steps`` fixes the autoencoder's steps
+    # (else ``ae_epochs`` epochs, else the rule from ae_max_steps / ae_max_epochs); with
+    # ``scale_budget`` the defaults follow the data size above SCALE_FROM_CELLS cells (flow
+    # steps grow with the square root of the cells, autoencoder steps are capped).
+    ae_steps: int | None = None
+    scale_budget: bool = True
 
     def __post_init__(self) -> None:
         if int(self.flow_steps) < 1 or int(self.ae_max_steps) < 1:
             raise ValueError("ae_max_steps and flow_steps must be at least 1")
+        if self.ae_steps is not None and (isinstance(self.ae_steps, bool)
+                                          or int(self.ae_steps) < 1):
+            raise ValueError("ae_steps must be at least 1")
+        if self.ae_epochs is not None and (isinstance(self.ae_epochs, bool)
+                                           or int(self.ae_epochs) < 0):
+            raise ValueError("ae_epochs must be 0 (the default rule) or more")
         if isinstance(self.members, bool) or not 1 <= int(self.members) <= MAX_MEMBERS:
             raise ValueError(f"members must be a whole number from 1 to {MAX_MEMBERS}")
 

@@ -86,6 +86,40 @@ class Reference:
                    sub.indices.astype(np.int32), sub.data.astype(np.float32),
                    codes[rows].astype(np.int32), g)
 
+    @classmethod
+    def build_streaming(cls, chunks, codes: np.ndarray, conditions: list[Condition], take, *,
+                        seed: int = 0, max_cells: int = MAX_REFERENCE_CELLS) -> Reference:
+        """As :meth:`build`, from data on disk: ``chunks`` yields (positions, CSR counts over the
+        model genes) covering every training cell once; ``take(positions)`` reads the sampled
+        cells' counts. The group means are accumulated chunk by chunk; the same quota rule
+        picks the sample."""
+        import scipy.sparse as sp
+
+        from .data.preprocess import log1p_normalize
+
+        k = len(conditions)
+        sums, g = None, None
+        for pos, m in chunks:
+            block = log1p_normalize(m, dtype=np.float64)
+            g = m.shape[1]
+            onehot = sp.csr_matrix((np.ones(len(pos)), (codes[pos], np.arange(len(pos)))),
+                                   shape=(k, len(pos)))
+            part = np.asarray((onehot @ block).todense() if sp.issparse(block)
+                              else onehot @ block)
+            sums = part if sums is None else sums + part
+        n = np.bincount(codes, minlength=k).astype(np.int64)
+        means = (sums / np.maximum(n, 1)[:, None]).astype(np.float32)
+        rng = np.random.default_rng(seed)
+        quota = _quota(n, max_cells)
+        picked = [np.sort(rng.choice(np.flatnonzero(codes == i), quota[i], replace=False))
+                  for i in range(k) if quota[i]]
+        rows = np.concatenate(picked) if picked else np.zeros(0, np.int64)
+        sub = sp.csr_matrix(take(rows), dtype=np.float32)
+        sub.sort_indices()
+        return cls(list(conditions), means, n, sub.indptr.astype(np.int64),
+                   sub.indices.astype(np.int32), sub.data.astype(np.float32),
+                   codes[rows].astype(np.int32), int(g if g is not None else sub.shape[1]))
+
     # -- reading and writing --------------------------------------------------------------------
     def to_bytes(self) -> bytes:
         from safetensors.numpy import save

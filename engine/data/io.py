@@ -309,15 +309,21 @@ def summarize_dataset(adata: AnnData, *, n_top: int = 10) -> DatasetSummary:
         _, source, problem = find_counts(adata)
     except DataError as e:
         source, problem = None, str(e)
+    return DatasetSummary(int(adata.n_obs), int(adata.n_vars), source, problem,
+                          summarize_columns(adata.obs, n_top=n_top))
+
+
+def summarize_columns(obs, *, n_top: int = 10) -> list[ColumnSummary]:
+    """The :class:`ColumnSummary` of every column of an ``obs`` table."""
     columns = []
-    for name in adata.obs.columns:
-        s = adata.obs[name]
+    for name in obs.columns:
+        s = obs[name]
         kind = "numeric" if looks_numeric(s) else "categorical"
         vc = s.value_counts(dropna=True, sort=True)
         vc = vc[vc > 0]
         top = [(_fmt(v), int(n)) for v, n in vc.head(n_top).items()]
         columns.append(ColumnSummary(str(name), kind, int(len(vc)), top))
-    return DatasetSummary(int(adata.n_obs), int(adata.n_vars), source, problem, columns)
+    return columns
 
 
 def _fmt(v) -> str:

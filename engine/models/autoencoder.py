@@ -63,7 +63,9 @@ class NBAutoencoder(nn.Module):
         mu, logvar = self.encode(counts)
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
         log_lib = torch.log(counts.sum(dim=1, keepdim=True).clamp_min(1.0))
-        nll = -nb_log_prob_sparse(counts, *self.nb_params(z, log_lib))
+        log_mu, log_theta = self.nb_params(z, log_lib)
+        with torch.autocast(counts.device.type, enabled=False):   # the likelihood in fp32
+            nll = -nb_log_prob_sparse(counts.float(), log_mu.float(), log_theta.float())
         kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(dim=1)
         loss = (nll + kl_weight * kl).mean()
         return loss, {"nll": float(nll.detach().mean()), "kl": float(kl.detach().mean())}
