@@ -25,6 +25,9 @@ from .errors import ModelError
 from .nn.specs import BACKBONE_NAMES as BACKBONE_NAMES  # re-exported: engine.BACKBONE_NAMES
 from .nn.specs import BACKBONE_OPTIONS, BACKBONE_SPECS
 
+#: backbone name -> one line saying what it is (the Train page's tooltips)
+BACKBONE_SUMMARIES: dict[str, str] = {n: s.summary for n, s in BACKBONE_SPECS.items()}
+
 FORMAT = "perturb-studio-model"
 FORMAT_VERSION = 3                # 3: ensembles (``ensemble``, member-prefixed flow weights);
                                   # 2: typed config (ModelConfig), read as one member;

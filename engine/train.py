@@ -25,6 +25,7 @@ from .checkpoint import FORMAT, FORMAT_VERSION, check_destination
 from .conditions.vocab import Vocab, build_space
 from .config import ModelConfig, TrainConfig
 from .errors import DataError
+from .nn.specs import BACKBONE_SPECS
 from .progress import CancelToken, ProgressFn, Reporter, check_cancel
 from .reference import Reference
 
@@ -175,6 +176,11 @@ def train_model(adata, schema, out_dir: str | os.PathLike | None = None, *,
     states = LatentStates.encode(ae, counts, mc.train, gen, dev)
     config["latent_stats"] = {"mean": states.mean.cpu().tolist(),
                               "std": states.std.cpu().tolist()}
+    # a backbone that needs the fitted autoencoder (pathway tokens: engine.nn.pathways) is
+    # completed, and rebuilt when it changed the config, here
+    prep = BACKBONE_SPECS[mc.arch.backbone].prepare_after_autoencoder(ae, states, genes, config)
+    if prep is not None:
+        net = prep.apply(PerturbModel.build_net(config).to(dev))
     emas, flow_history = [], {}
     for m in range(k_members):
         if m == 0:                   # member 0 continues the run (K = 1: exactly as before)
@@ -182,6 +188,8 @@ def train_model(adata, schema, out_dir: str | os.PathLike | None = None, *,
         else:
             torch.manual_seed(seeds[m])
             m_net = PerturbModel.build_net(config).to(dev)
+            if prep is not None:
+                prep.apply(m_net)
             m_gen = torch.Generator().manual_seed(seeds[m])
             m_states = dataclasses.replace(states, gen=m_gen)
         pool = bootstrap_rows(codes, seeds[m]) if k_members > 1 and mc.train.bootstrap \
