@@ -178,3 +178,26 @@ def test_other_models_say_why_there_are_no_pathway_tokens(tiny_model):
     cond = Condition.parse("T", "A", "CRISPRa")
     ch = pathway_token_changes(tiny_model, cond, n=10)
     assert not ch.available and "mlp backbone" in ch.reason and "pathway-transformer" in ch.reason
+
+
+def test_config_without_its_gene_sets_is_refused(synthetic, schema, gmt_dir, tmp_path):
+    import json
+
+    from engine.errors import ModelError
+
+    out = tmp_path / "pw"
+    train_model(synthetic, schema, out, seed=0, device="cpu", backbone="pathway-transformer",
+                tokens=3, min_genes=5, heads=2,
+                **{**TINY, "ae_max_steps": 20, "flow_steps": 5, "width": 8})
+    path = out / "config.json"
+    config = json.loads(path.read_text())
+    for change, message in (
+            (lambda c: c.pop("pathway_tokens"), r"pathway_tokens is missing"),
+            (lambda c: c["pathway_tokens"]["sets"].pop(), r"lists 2 gene sets, but the backbone "
+                                                         r"has 3 pathway tokens"),
+            (lambda c: c["pathway_tokens"]["sets"][0].update(name=""), r"sets\[0\]\.name")):
+        broken = json.loads(json.dumps(config))
+        change(broken)
+        path.write_text(json.dumps(broken))
+        with pytest.raises(ModelError, match=message):
+            PerturbModel.load(out, device="cpu")
