@@ -71,6 +71,20 @@ def test_shapes_and_identity_at_start():
     assert not any(n.startswith("pathway_") for n, _ in net.named_parameters())
 
 
+@pytest.mark.parametrize("kw", [{}, {"width": 12, "depth": 2, "tokens": 5, "heads": 3,
+                                     "min_genes": 2},
+                                {"width": 4, "depth": 0, "tokens": 1, "heads": 1}])
+def test_parameter_count_is_exact(kw):
+    """The registry's count (engine.config's budget, before anything is built) is the number
+    of values in the state dict, the score map's buffers included."""
+    from engine.nn.specs import BACKBONE_SPECS
+
+    spec = BACKBONE_SPECS["pathway-transformer"]
+    full = {**spec.defaults(), **kw}
+    net = PathwayTokenBackbone(9, 16, **full)
+    assert spec.parameters(9, 16, full) == sum(t.numel() for t in net.state_dict().values())
+
+
 def test_tokens_follow_the_scores():
     """With a score map in place, a pathway token changes with its own score only."""
     torch.manual_seed(0)
