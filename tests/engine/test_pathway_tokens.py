@@ -166,6 +166,11 @@ def test_tiny_pathway_model_trains_saves_loads_and_scores(synthetic, schema, gmt
     # the map reads the decoder: a posterior mean decoded directly vs the linear score
     assert min(s["fit_r2"] for s in pw["sets"]) > 0.5
 
+    from engine.cards import render_markdown
+
+    md = render_markdown(m.config, m.card)              # the card names the tokens' sets
+    assert "Pathway tokens: 3 gene sets" in md and "Hallmark: MARKERS (10 genes)" in md
+
     loaded = PerturbModel.load(out, device="cpu")
     assert loaded.config["pathway_tokens"] == pw
     for key, t in m.net.state_dict().items():
