@@ -7,7 +7,8 @@ network) and prints held-out scores (de novo, guidance 1), training time and gen
     python build_scripts/compare_designs.py [--cell-type CD14+Mono] [--json out.json]
         [--variants mlp ssm pathway] [--threads 2]
 
-``--variants`` picks variants by a word of their name (default: all). Each variant trains
+``--variants`` picks variants by a short name (mlp transformer ssm pathway ddpm
+posterior-means; default: all). Each variant trains
 exactly what build_scripts/kang_loo.py trains for that cell type with ``--members 1`` (same
 exclusion, seed and schedule), so its scores equal that fold's de novo, guidance-1 row.
 """
@@ -33,6 +34,9 @@ VARIANTS = {
     "mlp + rectified flow on posterior means (before 0.2)": dict(backbone="mlp",
                                                                   latent_sampling=False),
 }
+#: --variants names, in the order of VARIANTS
+SHORT = dict(zip(("mlp", "transformer", "ssm", "pathway", "ddpm", "posterior-means"), VARIANTS,
+                 strict=True))
 
 
 def main(argv=None) -> int:
@@ -45,15 +49,12 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--cell-type", default="CD14+Mono")
     p.add_argument("--json", type=Path)
-    p.add_argument("--variants", nargs="*", help="words of the variant names to run "
-                   "(e.g. mlp ssm pathway; a variant runs when its name starts with one)")
+    p.add_argument("--variants", nargs="*", choices=list(SHORT),
+                   help="the variants to run (default: all)")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    variants = {k: v for k, v in VARIANTS.items()
-                if not args.variants or any(k.startswith(w) for w in args.variants)}
-    if args.variants and not variants:
-        p.error(f"no variant starts with {' or '.join(args.variants)}")
+    variants = {SHORT[k]: VARIANTS[SHORT[k]] for k in (args.variants or SHORT)}
     adata, schema, _ = kang()
     cond = Condition.parse(args.cell_type, "stimulated")
     rows = []
