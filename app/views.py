@@ -23,9 +23,12 @@ from . import figures as F
 log = logging.getLogger(__name__)
 
 LN2 = math.log(2.0)
-KINDS = ("dotplot", "violin", "cells", "genesets", "compare", "sweep")
+KINDS = ("dotplot", "violin", "cells", "genesets", "compare", "sweep", "pathways")
 TITLES = {"dotplot": "Dot plot", "violin": "Violins", "cells": "Cells heatmap",
-          "genesets": "Gene sets", "compare": "Compare", "sweep": "Sweep"}
+          "genesets": "Gene sets", "pathways": "Pathway tokens", "compare": "Compare",
+          "sweep": "Sweep"}
+#: generated latent states per condition (and per ensemble member) for the pathway-token view
+PATHWAY_CELLS = 500
 #: Genes shown by default (the ones that change most).
 DEFAULT_GENES = 8
 
@@ -190,6 +193,8 @@ def build_view(kind: str, exp, params: dict, *, dataset=None, schema=None) -> Vi
                                                                    "groups": order})
     if kind == "genesets":
         return geneset_view(cells, params["gene_set"], order)
+    if kind == "pathways":
+        return pathway_view(exp, params.get("label") or (exp.labels[0] if exp.labels else ""))
     if kind == "compare":
         if params.get("compare") == "real":
             return real_view(exp, params.get("label") or exp.labels[0], dataset, schema)
@@ -219,6 +224,49 @@ def geneset_view(cells, gene_set, order) -> ViewResult:
             f"genes (scanpy score_genes).{spread} Source: {cite}.")
     return ViewResult("genesets", fig, note, {"scores": scores, "means": means,
                                              "found": found, "set": gene_set.label})
+
+
+def pathway_view(exp, label: str) -> ViewResult:
+    """Which pathway tokens move most for the condition ``label`` (engine.pathway_token_changes:
+    models with the pathway-transformer backbone); for other models the figure says why it is
+    not available."""
+    import engine
+
+    def unavailable(why: str) -> ViewResult:
+        return ViewResult("pathways", F.message_figure(why, width=7, height=1.6), why,
+                          {"available": False, "reason": why})
+
+    model, cond = exp.model, exp.conditions.get(label)
+    if model is None:
+        return unavailable("Pathway tokens need the model that made these cells, and it is not "
+                           "loaded (cells opened from a file or a saved session).")
+    if cond is None or cond.is_control:
+        return unavailable("Choose a perturbed condition: pathway token changes compare it "
+                           "with its control.")
+    ch = engine.pathway_token_changes(model, cond, n=PATHWAY_CELLS, seed=0)
+    if not ch.available:
+        return unavailable(ch.reason)
+    members = ch.per_member.shape[0]
+    fig = F.pathway_bar_figure(ch.names, ch.change, ch.spread, members=members,
+                               title=f"{exp.model_name or model.name}: pathway tokens, "
+                                     f"{_short_label(label)}")
+    top = ch.ranked()[:3]
+    spread = (f" Error bars: ± 1 sd of the change over the {members} ensemble members."
+              if members > 1 else " One network: no member spread.")
+    note = (f"Each token of this model is one gene set; its score is the mean log normalised "
+            f"expression of the set's genes, read from the latent state by a fixed linear map "
+            f"(fitted after the autoencoder; R² of the fit {min(ch.fit_r2):.2f}–"
+            f"{max(ch.fit_r2):.2f} over the sets). Bars: change of the score for {label} "
+            f"against its control, on {ch.n} cells generated de novo from the same noise for "
+            f"both (not the cells shown in the other tabs)." + spread + " Largest: "
+            + ", ".join(f"{n} ({c:+.2f})" for n, c, _s in top) + ".")
+    return ViewResult("pathways", fig, note,
+                      {"available": True, "names": ch.names, "change": ch.change,
+                       "spread": ch.spread, "ranked": ch.ranked(), "label": label})
+
+
+def _short_label(label: str, limit: int = 50) -> str:
+    return label if len(label) <= limit else label[: limit - 1] + "…"
 
 
 def member_means(adata, scores) -> dict:

@@ -48,6 +48,9 @@ def main(argv=None) -> int:
                    help="ensemble members (default: the engine's default)")
     p.add_argument("--ensemble-json", type=Path,
                    help="write the card evidence + calibration for new cell types here")
+    p.add_argument("--save-models", type=Path, metavar="DIR",
+                   help="also save each fold's model as DIR/<cell type> (e.g. to look at it "
+                        "in the app)")
     p.add_argument("--summarise", type=Path, metavar="ROWS_JSON",
                    help="no training: rebuild --ensemble-json from the rows of an earlier run "
                         "(--json) and the records kept in --ensemble-json")
@@ -69,6 +72,8 @@ def main(argv=None) -> int:
                             **TRAIN["kang-ifnb-pbmc"],        # as the shipped Kang model
                             **({"members": args.members} if args.members else {}))
         train_s = time.perf_counter() - t0
+        if args.save_models:
+            model.save(args.save_models / ct.replace("+", "plus"), overwrite=True)
         cond = Condition.parse(ct, "stimulated", context="organism=human,tissue=blood")
         if model.members > 1:
             # the held-out stimulated cells in two random halves: one chooses the top-100 DEGs,

@@ -39,6 +39,9 @@ _EXPORTS = {
     "EffectResult": "effects", "Evidence": "effects", "RealEffect": "effects",
     "coverage": "effects", "predict_effects_many": "effects", "effects_from_perturbed": "effects",
     "train_and_assess": "assess",
+    # pathway tokens (models with the pathway-transformer backbone)
+    "pathway_token_changes": "pathway_tokens", "PathwayChanges": "pathway_tokens",
+    "BACKBONE_SUMMARIES": "config",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

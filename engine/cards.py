@@ -232,6 +232,16 @@ def render_markdown(config: dict, card: dict) -> str:
               f"- Training: {tr.get('seconds')} s on {tr.get('hardware')} "
               f"({tr.get('threads')} threads, {tr.get('device')}), seed {tr.get('seed')}, "
               f"torch {tr.get('torch')}"]
+    pw = config.get("pathway_tokens")
+    if isinstance(pw, dict) and pw.get("sets"):
+        sets = pw["sets"]
+        lines.append(f"- Pathway tokens: {len(sets)} gene sets, each one token (its score: "
+                     "mean log normalised expression of the set's genes, read from the latent "
+                     "state by a fixed linear map fitted after the autoencoder, R2 "
+                     f"{min(x['fit_r2'] for x in sets):.2f}-{max(x['fit_r2'] for x in sets):.2f}"
+                     "), + one token for the whole state: "
+                     + "; ".join(f"{x['collection']}: {x['name']} ({x['model_genes']} genes)"
+                                 for x in sets))
     if card.get("metrics"):
         lines += ["", "## Held-out metrics", "",
                   "Scores in log1p(normalize_total 1e4) space; r2 = squared Pearson of mean "

@@ -25,6 +25,9 @@ from .errors import ModelError
 from .nn.specs import BACKBONE_NAMES as BACKBONE_NAMES  # re-exported: engine.BACKBONE_NAMES
 from .nn.specs import BACKBONE_OPTIONS, BACKBONE_SPECS
 
+#: backbone name -> one line saying what it is (the Train page's tooltips)
+BACKBONE_SUMMARIES: dict[str, str] = {n: s.summary for n, s in BACKBONE_SPECS.items()}
+
 FORMAT = "perturb-studio-model"
 FORMAT_VERSION = 3                # 3: ensembles (``ensemble``, member-prefixed flow weights);
                                   # 2: typed config (ModelConfig), read as one member;
@@ -118,6 +121,10 @@ def validate_config(config: dict, *, where: str) -> dict:
         v.sampling(config["sampling"])
     if "ensemble" in config:
         v.ensemble(config["ensemble"])
+    if "pathway_tokens" in config or BACKBONE_SPECS[arch["backbone"]].prepare is not None:
+        v.pathway_tokens(config.get("pathway_tokens", _MISSING),
+                         {**backbone_defaults(config)[arch["backbone"]],
+                          **arch.get("backbone_kw", {})})
     if "density" in config:
         v.number("density", config["density"], 0.0, 1.0, low_open=True)
     if config.get("schema") is not None:
@@ -288,6 +295,23 @@ class _Validator:
             stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
 
     # -- sections ---------------------------------------------------------------------------
+    def pathway_tokens(self, value: Any, kw: dict) -> None:
+        """The gene sets of a pathway-token model (engine.nn.pathways): one per token."""
+        if value is _MISSING:
+            self.fail("pathway_tokens", "is missing: a model with pathway tokens records its "
+                      "gene sets there")
+        value = self.mapping("pathway_tokens", value, None, ("sets",))
+        sets = value["sets"]
+        if not isinstance(sets, list):
+            self.fail("pathway_tokens.sets", f"must be a list, got {_kind(sets)}")
+        for i, item in enumerate(sets):
+            item = self.mapping(f"pathway_tokens.sets[{i}]", item, None, ("name", "collection"))
+            self.string(f"pathway_tokens.sets[{i}].name", item["name"], nonempty=True)
+            self.string(f"pathway_tokens.sets[{i}].collection", item["collection"])
+        if "tokens" not in kw or len(sets) != kw["tokens"]:
+            self.fail("pathway_tokens.sets", f"lists {len(sets)} gene sets, but the backbone "
+                      f"has {kw.get('tokens')} pathway tokens (architecture.backbone_kw.tokens)")
+
     def architecture(self, arch: Any, defaults: dict) -> dict:
         arch = self.mapping("architecture", arch, ARCH_KEYS,
                             ("latent_dim", "ae_hidden", "cond_dim", "backbone"))

@@ -35,6 +35,7 @@ from .conditions.vocab import Vocab, build_space
 from .config import ModelConfig, TrainConfig
 from .distributed import SINGLE, Dist
 from .errors import Cancelled, DataError, ModelError
+from .nn.specs import BACKBONE_SPECS
 from .progress import CancelToken, ProgressFn, Reporter, check_cancel
 from .reference import Reference
 from .resume import (
@@ -505,6 +506,13 @@ def train_model(adata, schema, out_dir: str | os.PathLike | None = None, *,
     run.carry_meta = {"ae_epochs": int(epochs), "ae_history": ae_history}
     lo, hi = states.lo, states.lo + len(states)
     local = None if not dist.active else conds_arr.take(np.arange(lo, hi))
+    # a backbone that needs the fitted autoencoder (pathway tokens: engine.nn.pathways) is
+    # completed, and rebuilt when it changed the config, here. Under torchrun each rank fits
+    # on its own shard; rank 0's fit is broadcast (the chosen sets depend on the genes only).
+    prep = BACKBONE_SPECS[mc.arch.backbone].prepare_after_autoencoder(ae, states, genes, config)
+    if prep is not None:
+        net = prep.apply(PerturbModel.build_net(config).to(dev))
+        dist.broadcast_module(net)
     emas, flow_history = [], {}
     first = 0
     if run.resume_phase() == "flow":
@@ -522,6 +530,8 @@ def train_model(adata, schema, out_dir: str | os.PathLike | None = None, *,
         else:
             torch.manual_seed(seeds[m])
             m_net = PerturbModel.build_net(config).to(dev)
+            if prep is not None:
+                prep.apply(m_net)
             dist.broadcast_module(m_net)
             m_gen = torch.Generator().manual_seed(seeds[m])
             m_states = dataclasses.replace(states, gen=m_gen)

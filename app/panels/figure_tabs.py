@@ -1,5 +1,5 @@
 """The Results page's figure tabs (app.views: dot plot, violins, per-cell heatmap, gene sets,
-compare, sweep): their controls, what each asks the controller to draw, and showing the drawn
+pathway tokens, compare, sweep): their controls, what each asks the controller to draw, and showing the drawn
 figure. A mixin of app.panels.results.ResultsPanel (it uses the page's ``exp``, ``tabs``,
 ``_gene_model``, ``umap`` and ``embedding``)."""
 
@@ -39,6 +39,8 @@ class FigureTabsMixin:
                          "clustered",
                 "genesets": "Hallmark and Reactome gene-set scores per cell, as violins and "
                             "on the UMAP",
+                "pathways": "Models with pathway tokens: which gene-set tokens move most "
+                            "for a condition against its control",
                 "compare": "A double against its singles and the additive expectation, or "
                            "generated vs real cells",
                 "sweep": "Dose-response curves, combination grid or the ranked singles"}
@@ -79,6 +81,12 @@ class FigureTabsMixin:
                 row.addWidget(self.gs_set, 1)
                 row.addWidget(self.gs_umap)
                 self._genesets = None
+            if kind == "pathways":
+                self.pw_label = QComboBox()
+                self.pw_label.setToolTip("The condition whose pathway tokens are shown")
+                self.pw_label.activated.connect(lambda _i: self.request_view("pathways"))
+                row.addWidget(QLabel("Condition"))
+                row.addWidget(self.pw_label, 1)
             if kind == "compare":
                 self.cmp_mode = QComboBox()
                 self.cmp_mode.addItem("double vs singles and additive", "additive")
@@ -167,6 +175,10 @@ class FigureTabsMixin:
             if gs is None:
                 return None
             p["gene_set"] = gs
+        if kind == "pathways":
+            if self.pw_label.count() == 0:
+                self.pw_label.addItems(list(self.exp.labels))
+            p["label"] = self.pw_label.currentText()
         if kind == "compare":
             if self.cmp_label.count() == 0:
                 self._fill_compare()

@@ -254,6 +254,7 @@ class ResultsPanel(FigureTabsMixin, HistoryMixin, QWidget):
                 v.show_message("")
                 self.view_notes[kind].setText("")
             self.cmp_label.clear()
+            self.pw_label.clear()
         self.copy_cmd.setEnabled(exp is not None)
         self.gene_msg.setText("")       # no error about a gene typed for the previous results
         self.heatmap.clear()

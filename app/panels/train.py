@@ -51,10 +51,13 @@ class TrainPanel(QWidget):
         self.backbone = QComboBox()
         import engine
 
+        summaries = engine.BACKBONE_SUMMARIES
         for name in engine.BACKBONE_NAMES:          # the engine's backbone registry
             self.backbone.addItem(name, name)
-        self.backbone.setToolTip("Network inside the model: 'mlp' is fast; 'transformer' is "
-                                 "larger and slower")
+            self.backbone.setItemData(self.backbone.count() - 1, summaries.get(name, ""),
+                                      Qt.ItemDataRole.ToolTipRole)
+        self.backbone.setToolTip("Network inside the model: 'mlp' is fast; the others are "
+                                 "larger and slower (hover over each for what it is)")
         self.preset = QComboBox()
         self.preset.addItems(list(PRESETS))
         self.preset.setCurrentIndex(1)

@@ -115,14 +115,23 @@ class LatentTokenBackbone(nn.Module):
                  make_block) -> None:
         super().__init__()
         self.tokens, self.width = tokens, width
-        self.inp = nn.Linear(state_dim, tokens * width)
-        self.pos = nn.Parameter(torch.randn(1, tokens, width) * 0.02)
+        self.make_tokenizer(state_dim)
         self.blocks = nn.ModuleList(make_block(i) for i in range(depth))
         self.final = FinalLayer(width, cond_dim, width)
         self.out = nn.Linear(tokens * width, state_dim)
 
+    def make_tokenizer(self, state_dim: int) -> None:
+        """The modules that turn a state into tokens: learned mixtures of latent dimensions
+        plus a learned position (engine.nn.pathways overrides this with gene-set tokens)."""
+        self.inp = nn.Linear(state_dim, self.tokens * self.width)
+        self.pos = nn.Parameter(torch.randn(1, self.tokens, self.width) * 0.02)
+
+    def tokenize(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, D) -> (B, K, W)."""
+        return self.inp(x).view(-1, self.tokens, self.width) + self.pos
+
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        h = self.inp(x).view(-1, self.tokens, self.width) + self.pos  # (B, K, W)
+        h = self.tokenize(x)                                          # (B, K, W)
         for block in self.blocks:
             h = block(h, cond)                                        # (B, K, W)
         h = self.final(h, cond)                                       # (B, K, W)

@@ -41,6 +41,10 @@ class BackboneSpec:
     options: dict[str, Option]
     parameters: Callable[[int, int, Mapping], int]   # (state_dim, cond_dim, full kw) -> weights
     check: Callable[[Mapping], str | None] = field(default=lambda kw: None)
+    #: "module:function" run once the autoencoder is fitted, for a backbone that needs it
+    #: (engine.train): ``prepare(ae, states, genes, config)`` may change ``config`` and
+    #: returns an object whose ``apply(net)`` completes each freshly built network
+    prepare: str | None = None
 
     def defaults(self, *, v1: bool = False) -> dict:
         """The full keyword set an empty ``backbone_kw`` means (format 1 if ``v1``)."""
@@ -51,6 +55,13 @@ class BackboneSpec:
         """The module class (imports torch)."""
         module, _, attr = self.module.partition(":")
         return getattr(importlib.import_module(module), attr)
+
+    def prepare_after_autoencoder(self, ae, states, genes, config: dict):
+        """Run :attr:`prepare` (None for a backbone without one; imports torch)."""
+        if self.prepare is None:
+            return None
+        module, _, attr = self.prepare.partition(":")
+        return getattr(importlib.import_module(module), attr)(ae, states, genes, config)
 
 
 # -- exact parameter counts (each mirrors its module; tests/engine/test_hostile_model_config.py
@@ -92,6 +103,16 @@ def _ssm_params(s: int, c: int, kw: Mapping) -> int:
              + 3 * h                                              # dt_bias, A_log, D
              + _linear(e, w, bias=False))                         # out_proj
     return _tokens_io(s, c, w, k) + depth * block
+
+
+def _pathway_params(s: int, c: int, kw: Mapping) -> int:
+    """Pathway tokens + the whole-state token (engine.nn.pathways), DiT blocks; the fixed score
+    map (K x state, bias, centre, scale) is stored with the weights."""
+    w, depth, k = int(kw["width"]), int(kw["depth"]), int(kw["tokens"])
+    block = (3 * w * w + 3 * w + _linear(w, w)
+             + _linear(w, 2 * w) + _linear(2 * w, w) + _linear(c, 6 * w))
+    tokens = k * w + _linear(s, w) + (k + 1) * w + _final(w, c, w) + _linear((k + 1) * w, s)
+    return tokens + depth * block + k * s + 3 * k
 
 
 def _heads_divide_width(kw: Mapping) -> str | None:
@@ -142,6 +163,18 @@ BACKBONE_SPECS: dict[str, BackboneSpec] = {
              "heads": Option("int", 1, 256, 4, "scan heads, each with its own step size and "
                                                "decay (must divide expand x width)")},
             _ssm_params, _heads_divide_inner),
+        BackboneSpec(
+            "pathway-transformer", "engine.nn.pathways:PathwayTokenBackbone",
+            "DiT blocks over pathway tokens: one token per Hallmark/Reactome gene set (its "
+            "score, read from the latent by a fixed map) + one token for the whole state",
+            {"width": Option("int", 1, 4_096, 64, _WIDTH),
+             "depth": Option("int", 0, 256, 3, _DEPTH),
+             "tokens": Option("int", 1, 256, 24, "pathway tokens: at most this many gene sets "
+                                                 "(fewer when fewer qualify)"),
+             "heads": Option("int", 1, 64, 4, "attention heads (must divide width)"),
+             "min_genes": Option("int", 1, 1_000, 10, "a gene set qualifies with at least "
+                                                      "this many of the model's genes")},
+            _pathway_params, _heads_divide_width, prepare="engine.nn.pathways:prepare"),
     )
 }
 
