@@ -167,6 +167,17 @@ def plain_sentences(card: dict) -> list[str]:
                 text += (f", and it did better for {len(losses)} of the {s.get('n', '?')} "
                          f"cell types tested ({', '.join(losses)}): look at both")
         out.append(text + ".")
+    e = ev.get("new_gene")
+    if e:
+        s, b = e["model"], e.get("baseline")
+        text = (f"For a gene never perturbed in training (predicted from gene-set priors), "
+                f"expect R2 around {s['r2_top100']:.2f} (leave-one-gene-out)")
+        if b:
+            better = s["r2_top100"] >= b["r2_top100"]
+            text += (f"; the {b['name'].replace('_', ' ')} baseline reaches "
+                     f"{b['r2_top100']:.2f}" + ("" if better else
+                                                 ", so prefer the baseline, shown beside it"))
+        out.append(text + ".")
     if not any(ev.get(k) for k in ("new_cell_type", "new_combination")) and \
             (card.get("conditions") or {}).get("targets"):
         out.append("Predictions for cell types or combinations not seen in training were not "

@@ -312,6 +312,18 @@ class PerturbModel:
                    if len(self.space.targets) > 40 else ""))
         return self._symbol_target.get(sym, sym)
 
+    def new_gene_candidates(self) -> list[str]:
+        """Genes of the gene-set priors this model can be asked for although they were never
+        perturbed in training (sorted; empty without target priors or without the resource)."""
+        if self.target_priors is None:
+            return []
+        try:
+            priors = self._priors()
+        except ConditionError:
+            return []
+        trained = set(self._symbol_target) | set(self.space.targets)
+        return sorted(g for g in priors.genes if g not in trained)
+
     def target_notes(self, condition: Condition) -> list[str]:
         """Plain sentences on how the targets of ``condition`` were read: a name that mapped to
         another symbol, a gene never perturbed in training."""
