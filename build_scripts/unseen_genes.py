@@ -293,6 +293,34 @@ def report(res: dict) -> str:
             lines += [f"Card row (new gene): model R2 top-100 {ev['model']['r2_top100']:.3f} "
                       f"vs the better baseline, {bb['name']}, {bb['r2_top100']:.3f}: the model "
                       f"{verdict} it.", ""]
+    raw = ROOT / "docs" / "results" / "unseen_genes_raw_rows.json"
+    if raw.is_file():
+        from engine.priors import load_gene_priors
+
+        old = json.loads(raw.read_text())
+        pri = load_gene_priors()
+        norms = ", ".join(f"{g} {float(np.linalg.norm(pri.embedding(g))):.1f}"
+                          for g in ("MAPK1", "STAT3", "JAK2"))
+        lines += ["## Before: raw prior rows (an earlier version of the embedder)", "",
+                  "The first run fed the projection the raw SVD rows (U S) instead of their "
+                  "direction. A row's norm grows with the gene's number of memberships, so "
+                  f"well-annotated genes ({norms}; median of all genes "
+                  f"{float(np.median(np.linalg.norm(pri.matrix, axis=1))):.2f}) lay beyond the "
+                  "trained targets and the projection extrapolated. Same budget, "
+                  f"{raw.relative_to(ROOT)} (command: {old.get('command', '')}):"]
+        for key, r in old.get("datasets", {}).items():
+            rows = {x["method"]: x for x in r["summary"]}
+            lines.append(f"  {key}: R2 top-100 model {rows['model']['r2_top100']:.3f}, "
+                         + ", ".join(f"{b} {rows[b]['r2_top100']:.3f}" for b in BASELINES
+                                     if b in rows)
+                         + f"; Pearson delta top-100 model "
+                         f"{rows['model']['pearson_delta_top100']:.3f}, "
+                         + ", ".join(f"{b} {rows[b]['pearson_delta_top100']:.3f}"
+                                     for b in BASELINES if b in rows)
+                         + f" ({rows['model']['n']} conditions)")
+        lines += ["  crispr (stopped after fold 1, log in docs/results/"
+                  "unseen_genes_raw_rows_crispr_fold1.log): MAPK1 was predicted far worse "
+                  "than either baseline in all four cell lines.", ""]
     return "\n".join(lines) + "\n"
 
 
@@ -330,7 +358,8 @@ def main(argv=None) -> int:
                "datasets": {}, "evidence": {}}
         if args.json.is_file():          # keep the other datasets of an earlier run
             old = json.loads(args.json.read_text())
-            res["datasets"] = {k: v for k, v in old.get("datasets", {}).items()
+            res["datasets"] = {k: {"command": old.get("command", ""), **v}
+                               for k, v in old.get("datasets", {}).items()
                                if k not in args.datasets}
             res["evidence"] = {k: v for k, v in old.get("evidence", {}).items()
                                if k not in {DATASETS[d] for d in args.datasets}}
