@@ -173,10 +173,14 @@ def plain_sentences(card: dict) -> list[str]:
         text = (f"For a gene never perturbed in training (predicted from gene-set priors), "
                 f"expect R2 around {s['r2_top100']:.2f} (leave-one-gene-out)")
         if b:
-            better = s["r2_top100"] >= b["r2_top100"]
+            better = s["r2_top100"] >= b["r2_top100"] and not s.get("metrics_below_baseline")
             text += (f"; the {b['name'].replace('_', ' ')} baseline reaches "
                      f"{b['r2_top100']:.2f}" + ("" if better else
-                                                 ", so prefer the baseline, shown beside it"))
+                                                 " and does better on "
+                                                 + ", ".join(m.replace("_", " ") for m in
+                                                             s.get("metrics_below_baseline")
+                                                             or ["r2_top100"])
+                                                 + ", so prefer the baseline, shown beside it"))
         out.append(text + ".")
     if not any(ev.get(k) for k in ("new_cell_type", "new_combination")) and \
             (card.get("conditions") or {}).get("targets"):

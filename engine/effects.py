@@ -173,6 +173,9 @@ def evidence_for(model, cond: Condition) -> Evidence:
     losses = (entry.get("model") or {}).get("cell_types_below_baseline") \
         if isinstance(entry.get("model"), dict) else None
     below = below or bool(score and base and isinstance(losses, list) and losses)
+    worse = (entry.get("model") or {}).get("metrics_below_baseline") \
+        if isinstance(entry.get("model"), dict) else None     # e.g. the new_gene row
+    below = below or bool(score and base and isinstance(worse, list) and worse)
     cov = entry.get("coverage") if isinstance(entry.get("coverage"), dict) else None
     verdict = entry.get("verdict") if isinstance(entry.get("verdict"), str) else \
         _verdict(kind, score, base, below)
