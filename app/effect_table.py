@@ -32,7 +32,9 @@ CONFIDENT = 0.5
 CONFIDENCE_CAP = 5.0
 SINGLE_MEMBER = ("This model has a single member: no uncertainty estimate (no interval, no "
                  "agreement between members). Treat each effect as one model's guess.")
-BASELINE_NAMES = {"additive": "additive", "mean_shift": "mean shift", "control": "no-change"}
+BASELINE_NAMES = {"additive": "additive", "mean_shift": "mean shift", "control": "no-change",
+                  "average_perturbation": "average perturbation",
+                  "nearest_prior": "nearest gene in the priors"}
 
 
 @dataclass(frozen=True)

@@ -194,6 +194,9 @@ def evaluate_model(model, test, schema, n_de: dict | None = None, min_de: int = 
 # Results of the out-of-distribution experiments, folded into the cards' evidence tables when
 # present (written by build_scripts/kang_loo.py --ensemble-json).
 OOD_EVIDENCE = {"kang-ifnb-pbmc": ROOT / "docs" / "results" / "kang_loo_ensemble.json"}
+# The "new gene" row (genes never perturbed in training) of the models with gene-set target
+# priors, written by build_scripts/unseen_genes.py (leave-one-gene-out).
+NEW_GENE_EVIDENCE = ROOT / "docs" / "results" / "unseen_genes.json"
 
 
 def build_evidence(name: str, model, train, test, schema, summary) -> tuple[dict, dict]:
@@ -222,6 +225,9 @@ def build_evidence(name: str, model, train, test, schema, summary) -> tuple[dict
                     "guidance_by_evidence.txt): this row is not yet rerun at that guidance")
             evidence[k] = entry
         calibration.update(extra.get("calibration", {}))
+    if getattr(model, "accepts_new_genes", False) and NEW_GENE_EVIDENCE.is_file():
+        rows = json.loads(NEW_GENE_EVIDENCE.read_text()).get("evidence", {}).get(name, {})
+        evidence.update({k: v for k, v in rows.items() if v})
     return evidence, calibration
 
 

@@ -104,11 +104,13 @@ _BASELINE_ORDER = ("additive", "mean_shift", "control")
 
 
 def evidence_entry(summary: list[dict], *, group: str = "all conditions",
-                   coverage: dict | None = None, source: str = "") -> dict | None:
+                   coverage: dict | None = None, source: str = "",
+                   baselines: tuple[str, ...] = _BASELINE_ORDER) -> dict | None:
     """One row of a card's ``evidence`` table (read by :func:`engine.effects.evidence_for`):
     the model's held-out scores for a kind of condition, the best simple baseline on the same
     conditions (additive, else mean shift, else no change), the real training cells as a
-    yardstick, and the interval's coverage."""
+    yardstick, and the interval's coverage. ``baselines``: the baselines to consider, the first
+    one present is reported."""
     rows = {r["method"]: r for r in summary if r.get("group") == group}
     model = rows.get("model")
     if model is None:
@@ -118,7 +120,7 @@ def evidence_entry(summary: list[dict], *, group: str = "all conditions",
     ref = rows.get(REFERENCE)
     if ref is not None and ref.get("r2_top100") is not None:
         entry["model"]["yardstick"] = ref["r2_top100"]
-    for name in _BASELINE_ORDER:
+    for name in baselines:
         base = rows.get(name)
         if base is not None and base.get("r2_top100") is not None:
             entry["baseline"] = {"name": name, "n": base["n"],
@@ -164,6 +166,21 @@ def plain_sentences(card: dict) -> list[str]:
             if better and losses:
                 text += (f", and it did better for {len(losses)} of the {s.get('n', '?')} "
                          f"cell types tested ({', '.join(losses)}): look at both")
+        out.append(text + ".")
+    e = ev.get("new_gene")
+    if e:
+        s, b = e["model"], e.get("baseline")
+        text = (f"For a gene never perturbed in training (predicted from gene-set priors), "
+                f"expect R2 around {s['r2_top100']:.2f} (leave-one-gene-out)")
+        if b:
+            better = s["r2_top100"] >= b["r2_top100"] and not s.get("metrics_below_baseline")
+            text += (f"; the {b['name'].replace('_', ' ')} baseline reaches "
+                     f"{b['r2_top100']:.2f}" + ("" if better else
+                                                 " and does better on "
+                                                 + ", ".join(m.replace("_", " ") for m in
+                                                             s.get("metrics_below_baseline")
+                                                             or ["r2_top100"])
+                                                 + ", so prefer the baseline, shown beside it"))
         out.append(text + ".")
     if not any(ev.get(k) for k in ("new_cell_type", "new_combination")) and \
             (card.get("conditions") or {}).get("targets"):

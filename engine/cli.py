@@ -247,6 +247,7 @@ def cmd_train(args) -> int:
             checkpoint_every=args.checkpoint_every,
             **({"objective": args.objective} if args.objective else {}),
             **({"members": args.members} if args.members else {}),
+            **({"target_prior": args.target_prior} if args.target_prior else {}),
             **_budget_overrides(args))
     except KeyboardInterrupt:
         if dist.main and (partial / "checkpoint.json").is_file():
@@ -307,7 +308,9 @@ def cmd_generate(args) -> int:
     preflight_output(out)                        # the destination is writable, before any work
     model = PerturbModel.load(args.model, device=args.device)
     cond = _condition_from_args(args, model)
-    model.check_condition(cond)                  # before reading --from-cells
+    checked = model.check_condition(cond)        # before reading --from-cells
+    for note in model.target_notes(cond):        # aliases read as symbols, genes never perturbed
+        print(note)
     cells = _read_cells(args.from_cells, args.from_key) if args.from_cells else None
     n = args.n if cells is None else cells.n_obs
     preflight_output(out, need_bytes=estimate_output_bytes(n, len(model.genes), model.density,
@@ -327,18 +330,25 @@ def cmd_generate(args) -> int:
         bar.close()
     dt = time.perf_counter() - t0
     (write_h5ad if out.name.lower().endswith(".h5ad") else write_csv)(adata, out)
+    new = model.space.new_targets(checked)
     seen = "" if model.space.is_seen(cond) else \
         " (this exact condition was not in training: a prediction by composition)"
+    if new:
+        seen = f" ({', '.join(new)} never perturbed in training: predicted from gene-set priors)"
     what = (f"{adata.n_obs} cells ({args.n} of {cond.label}{seen} and {args.n} of its control)"
             if cells is None and args.with_control and not cond.is_control else
             f"{adata.n_obs} cells of {cond.label}{seen}")
     print(f"{what} in {dt:.1f} s "
           f"({adata.n_obs / max(dt, 1e-9):,.0f} cells/s) -> {out}")
+    if new:
+        ev = model.evidence(checked)
+        print(f"evidence: {ev.label}")
+        print(f"verdict: {ev.verdict}")
     if args.guidance is None and model.guidance_by_evidence and not args.quiet:
         from .effects import classify
 
-        kind = classify(model.space, model.space.complete(cond))
-        print(f"guidance {model.guidance_for(cond):g} (the model's choice for {kind} "
+        kind = classify(model.space, model.space.complete(checked))
+        print(f"guidance {model.guidance_for(checked):g} (the model's choice for {kind} "
               "conditions, made on held-out folds; --guidance overrides it)")
     return 0
 
@@ -365,6 +375,8 @@ def cmd_effects(args) -> int:
     ev = res.evidence
     print(f"{cond.label} vs {res.control.label}  [{model.name}, {res.members} member"
           f"{'s' * (res.members != 1)}, {res.n_cells:,} cells]")
+    for note in model.target_notes(_condition_from_args(args, model)):
+        print(note)
     print(f"evidence: {ev.label}")
     print(f"verdict: {ev.verdict}")
     if res.baseline is not None:
@@ -589,6 +601,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ensemble members, 1 to 64 (default 5): the spread of their "
                         "predictions is each effect's uncertainty; each member costs one more "
                         "flow training")
+    t.add_argument("--target-prior", choices=("auto", "gene_sets", "none"), default=None,
+                   help="gene-set priors in the perturbation-target embedder, so the model can "
+                        "be asked for genes never perturbed in training (default auto: on when "
+                        "most targets are gene symbols the priors know)")
     t.add_argument("--holdout", type=_float_arg(0.0, 0.5), default=0.2,
                    help="fraction of the cells of every condition held out to judge the model "
                         "(default 0.2; 0 trains on everything and leaves the model unjudged)")

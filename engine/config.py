@@ -62,7 +62,10 @@ V1_BACKBONE_DEFAULTS = {name: spec.defaults(v1=True) for name, spec in BACKBONE_
 V1_SAMPLING_STEPS = 20            # engine.model.default_steps of v1 when sampling.steps is absent
 ARCH_INTS = {"latent_dim": (1, 1_024), "ae_hidden": (1, 16_384), "cond_dim": (1, 4_096)}
 ARCH_KEYS = {"latent_dim", "ae_hidden", "cond_dim", "backbone", "backbone_kw", "objective",
-             "dispersion"}
+             "dispersion", "target_prior", "prior_dim"}
+TARGET_PRIOR_NAMES = ("none", "gene_sets")     # engine.conditions.embedders.PerturbationEmbedder
+TARGET_PRIORS_KEYS = {"resource", "format_version", "dims", "n_genes", "sha256", "symbols",
+                      "note"}
 REQUIRED_KEYS = ("format", "format_version", "genes", "architecture", "vocab", "space",
                  "latent_stats")
 VOCAB_KEYS = {"levels", "level_values", "targets", "types", "max_perturbations", "dose_scale"}
@@ -72,7 +75,8 @@ SPACE_KEYS = {"cell_types", "targets", "perturbation_types", "target_types", "co
 SAMPLING_KEYS = {"steps", "guidance", "batch_size", "guidance_by_evidence"}
 ENSEMBLE_KEYS = {"members", "seeds", "bootstrap", "shared", "calibration", "calibration_note"}
 EVIDENCE_KINDS = ("population", "measured", "new_combination", "new_cell_type",
-                  "new_combination_new_cell_type", "beyond_evidence")   # engine.effects
+                  "new_combination_new_cell_type", "new_gene",
+                  "beyond_evidence")                                   # engine.effects
 
 _MISSING = object()
 
@@ -125,6 +129,7 @@ def validate_config(config: dict, *, where: str) -> dict:
         v.pathway_tokens(config.get("pathway_tokens", _MISSING),
                          {**backbone_defaults(config)[arch["backbone"]],
                           **arch.get("backbone_kw", {})})
+    v.target_priors(config.get("target_priors"), arch, vocab)
     if "density" in config:
         v.number("density", config["density"], 0.0, 1.0, low_open=True)
     if config.get("schema") is not None:
@@ -178,6 +183,8 @@ def parameter_count(config: Mapping) -> int:
     cond = c + sum((n + 1) * c + _mlp(2 * c, c) for n in level_sizes)          # hierarchy
     cond += ((len(vocab.get("targets", [])) + 1) * c + (len(vocab.get("types", [])) + 1) * c
              + _mlp(1, c) + _mlp(3 * c, c))                                    # perturbation
+    if arch.get("target_prior", "none") != "none":
+        cond += _mlp(int(arch["prior_dim"]) + 1, c)                           # target priors
     cond += 2 * _mlp(c, c) + 2 * c                                             # set pooling
     time = _linear(FREQ_DIM, c) + _linear(c, c)
     name = arch["backbone"]
@@ -329,6 +336,13 @@ class _Validator:
         if not isinstance(dispersion, str) or dispersion not in DISPERSION_NAMES:
             self.fail("architecture.dispersion", f"must be one of "
                       f"{', '.join(DISPERSION_NAMES)}, got {_kind(dispersion)}")
+        prior = arch.get("target_prior", "none")
+        if not isinstance(prior, str) or prior not in TARGET_PRIOR_NAMES:
+            self.fail("architecture.target_prior", f"must be one of "
+                      f"{', '.join(TARGET_PRIOR_NAMES)}, got {_kind(prior)}")
+        if prior != "none" or "prior_dim" in arch:
+            self.integer("architecture.prior_dim", arch.get("prior_dim"),
+                         1 if prior != "none" else 0, 1_024)
         spec = BACKBONE_SPECS[backbone]
         kw = self.mapping("architecture.backbone_kw", arch.get("backbone_kw", {}),
                           set(spec.options))
@@ -475,6 +489,26 @@ class _Validator:
                               "class name")
                 self.number(f"sampling.guidance_by_evidence.{kind}", g, 0.0, MAX_GUIDANCE)
 
+    def target_priors(self, tp: Any, arch: dict, vocab: dict) -> None:
+        """``target_priors``: which prior resource the model's ``prior_table`` came from, and
+        the priors' symbol of each trained target (null: no prior)."""
+        if arch.get("target_prior", "none") == "none":
+            if tp is not None:
+                self.fail("target_priors", "is given but architecture.target_prior is none")
+            return
+        tp = self.mapping("target_priors", tp, TARGET_PRIORS_KEYS,
+                          ("resource", "dims", "symbols"))
+        self.string("target_priors.resource", tp["resource"], nonempty=True)
+        self.integer("target_priors.dims", tp["dims"], int(arch["prior_dim"]),
+                     int(arch["prior_dim"]))
+        symbols = tp["symbols"]
+        n = len(vocab.get("targets", []))
+        if not isinstance(symbols, list) or len(symbols) != n:
+            self.fail("target_priors.symbols", f"must be a list of {n} symbols or nulls (one per "
+                      f"entry of vocab.targets), got {_kind(symbols)}")
+        for i, sym in enumerate(symbols):
+            self.optional_string(f"target_priors.symbols[{i}]", sym)
+
     def ensemble(self, ens: Any) -> None:
         ens = self.mapping("ensemble", ens, ENSEMBLE_KEYS, ("members",))
         k = self.integer("ensemble.members", ens["members"], 1, MAX_MEMBERS)
@@ -521,8 +555,20 @@ class ArchConfig:
     backbone_kw: dict = field(default_factory=dict)    # completed from BACKBONE_DEFAULTS
     objective: str = "rectified_flow"
     dispersion: str = "gene"
+    # "gene_sets": the perturbation-target embedder adds a projection of each target's gene-set
+    # prior row (engine.priors) to its learned embedding; "none": learned embeddings only (every
+    # model before issue 13; the keys are then left out of config.json)
+    target_prior: str = "none"
+    prior_dim: int = 0
 
     def __post_init__(self) -> None:
+        if self.target_prior not in TARGET_PRIOR_NAMES:
+            raise ValueError(f"target_prior must be one of {', '.join(TARGET_PRIOR_NAMES)}, "
+                             f"got {self.target_prior!r}")
+        if self.target_prior == "none":
+            self.prior_dim = 0
+        elif int(self.prior_dim) < 1:
+            raise ValueError("prior_dim must be at least 1 with target priors")
         if self.backbone not in BACKBONE_KW:
             raise ValueError(f"backbone must be one of {', '.join(BACKBONE_KW)}, got "
                              f"{self.backbone!r}")
@@ -542,7 +588,10 @@ class ArchConfig:
             raise ValueError(f"the {self.backbone} backbone: {problem}")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if self.target_prior == "none":          # as every config before target priors
+            del d["target_prior"], d["prior_dim"]
+        return d
 
 
 @dataclass
@@ -576,6 +625,10 @@ class TrainConfig:
     # steps grow with the square root of the cells, autoencoder steps are capped).
     ae_steps: int | None = None
     scale_budget: bool = True
+    # with target priors: the probability that a trained target's learned embedding is dropped
+    # in a training example (its vector is then the prior path alone, as for a gene never
+    # perturbed), so the prior path learns to carry the effect
+    target_dropout: float = 0.25
 
     def __post_init__(self) -> None:
         if int(self.flow_steps) < 1 or int(self.ae_max_steps) < 1:

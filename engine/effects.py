@@ -49,6 +49,7 @@ EVIDENCE_LABELS = {
     "new_cell_type": "new cell type for this perturbation",
     "new_combination_new_cell_type": "new combination, in a cell type where not every part "
                                      "was measured",
+    "new_gene": "never perturbed in training: predicted from gene-set priors",
     "beyond_evidence": "beyond the training evidence (a part was never measured this way)",
 }
 EVIDENCE_KINDS = tuple(EVIDENCE_LABELS)
@@ -85,6 +86,8 @@ def _ctx(d) -> tuple:
 def classify(space, cond: Condition) -> str:
     """The evidence class of a (completed, valid) condition in a model's training space."""
     seen = space.seen
+    if space.new_targets(cond):
+        return "new_gene"                           # a target never perturbed in training
     if space.is_seen(cond):
         return "population" if cond.is_control else "measured"
     if cond.is_control:
@@ -170,6 +173,9 @@ def evidence_for(model, cond: Condition) -> Evidence:
     losses = (entry.get("model") or {}).get("cell_types_below_baseline") \
         if isinstance(entry.get("model"), dict) else None
     below = below or bool(score and base and isinstance(losses, list) and losses)
+    worse = (entry.get("model") or {}).get("metrics_below_baseline") \
+        if isinstance(entry.get("model"), dict) else None     # e.g. the new_gene row
+    below = below or bool(score and base and isinstance(worse, list) and worse)
     cov = entry.get("coverage") if isinstance(entry.get("coverage"), dict) else None
     verdict = entry.get("verdict") if isinstance(entry.get("verdict"), str) else \
         _verdict(kind, score, base, below)
@@ -554,6 +560,8 @@ def baseline_for(model, cond: Condition) -> Baseline | None:
     stats = model.group_stats()
     if stats is None or cond.is_control:
         return None
+    if model.space.new_targets(cond):
+        return new_gene_baseline(model, cond, stats)
     if len(cond.perturbations) > 1:
         total = 0.0
         where = []
@@ -579,6 +587,44 @@ def baseline_for(model, cond: Condition) -> Baseline | None:
     return None if e is None else Baseline(
         "mean_shift", e, "average effect of the same perturbation in the cell types or "
                          "contexts where it was measured")
+
+
+def new_gene_baseline(model, cond: Condition, stats=None) -> Baseline | None:
+    """The baseline of a condition with a gene never perturbed in training: the one named by
+    the card's ``new_gene`` evidence row (the better in leave-one-gene-out), by default
+    ``average_perturbation``: the mean effect of every single perturbation trained in this cell
+    type and context (of the same type); ``nearest_prior``: the effect of the trained target
+    most similar to the new gene in the gene-set priors (cosine), in this cell type."""
+    stats = model.group_stats() if stats is None else stats
+    if stats is None or len(cond.perturbations) != 1:
+        return None
+    p = cond.perturbations[0]
+    entry = ((model.card or {}).get("evidence") or {}).get("new_gene")
+    base = entry.get("baseline") if isinstance(entry, dict) else None
+    name = base.get("name") if isinstance(base, dict) else None
+    here = [d for d in stats.conditions if len(d.perturbations) == 1
+            and d.cell_type == cond.cell_type and d.context == cond.context
+            and d.perturbations[0].type == p.type]
+    effects = {d.perturbations[0].target: e for d in here
+               if (e := stats.effect(d)) is not None}
+    if not effects:
+        return None
+    if name == "nearest_prior":
+        from .priors import load_gene_priors
+
+        try:
+            near = load_gene_priors().nearest(p.target, 1, among=sorted(effects))
+        except DataError:
+            near = None
+        if near:
+            sym = model.space.canonical_target(near[0][0])
+            if sym in effects:
+                return Baseline("nearest_prior", effects[sym],
+                                f"measured effect of {sym}, the trained target most similar to "
+                                f"{p.target} in the gene-set priors (cosine {near[0][1]:.2f})")
+    return Baseline("average_perturbation", np.mean(list(effects.values()), axis=0),
+                    f"mean measured effect of the {len(effects)} perturbations trained in this "
+                    "cell type")
 
 
 def real_effect(model, adata, schema, condition: Condition, *,
@@ -643,5 +689,6 @@ def coverage(pred: EffectResult, real: RealEffect, *, top: int = 100,
 __all__ = ["Baseline", "EffectResult", "Evidence", "RealEffect", "INTERVAL",
            "EVIDENCE_KINDS", "EVIDENCE_LABELS", "baseline_for", "classify", "coverage",
            "effects_from_cells", "effects_from_perturbed", "evidence_for", "interval_from_members", "member_means",
+           "new_gene_baseline",
            "predict_effects", "predict_effects_many", "real_effect", "coverage_record",
            "coverage_at", "fit_scale", "cross_fitted_coverage"]

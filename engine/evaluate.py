@@ -64,6 +64,7 @@ MIN_GROUP_CELLS = 5
 MIN_EFFECT_CELLS = 3
 
 __all__ = ["METRICS", "EvalResult", "evaluate", "evaluate_many", "evaluate_population",
+           "group_effects",
            "clear_effects", "split", "group_key", "lognorm", "score", "fit_pca",
            "energy_distance", "reference_cells"]
 
@@ -307,7 +308,7 @@ class _Prepared:
 
 
 def _evaluate_one(model, prep: _Prepared, cond: Condition, *, mode, seed, steps, guidance,
-                  top_n, n_cells, progress, cancel) -> EvalResult:
+                  top_n, n_cells, progress, cancel, baselines=None) -> EvalResult:
     real = prep.real
     key = group_key(cond)
     tmask, cmask = real.rows(key), real.rows(group_key(cond.control()))
@@ -346,6 +347,8 @@ def _evaluate_one(model, prep: _Prepared, cond: Condition, *, mode, seed, steps,
             add = real.additive_effect(cond)
             if add is not None:
                 preds["additive_heldout"] = np.maximum(X_c + add, 0.0)
+    for name, effect in (baselines or {}).items():      # the caller's: effect + real control
+        preds[name] = np.maximum(X_c + np.asarray(effect, np.float64), 0.0)
     rows = [{"method": m, **score(p, X_t, X_c, degs, pca)} for m, p in preds.items()]
     return EvalResult(cond.to_dict(), mode, int(tmask.sum()), int(cmask.sum()), rows,
                       [model.genes[i] for i in degs])
@@ -383,16 +386,33 @@ def _check_mode(mode: str) -> None:
 def evaluate(model, real, schema, condition: Condition, *, mode: str = "denovo", seed: int = 0,
              steps: int | None = None, guidance: float | None = None, top_n: int = 100,
              n_cells: int | None = None, reference=None, progress=None,
-             cancel=None) -> EvalResult:
+             cancel=None, baselines: dict | None = None) -> EvalResult:
     """Evaluate ``model`` on the real cells of ``condition`` in ``real`` (see module doc).
 
     ``reference``: optional other real cells (e.g. the training cells) whose cells of the same
-    condition are scored as the ``real_train`` row."""
+    condition are scored as the ``real_train`` row. ``baselines``: more baselines, name ->
+    effect (model gene order, log1p space; e.g. from :func:`group_effects` of the training
+    cells), each scored as the real control cells plus that effect."""
     _check_mode(mode)
     cond = model.check_condition(condition)
     prep = _Prepared(model, real, schema, reference)
     return _evaluate_one(model, prep, cond, mode=mode, seed=seed, steps=steps, guidance=guidance,
-                         top_n=top_n, n_cells=n_cells, progress=progress, cancel=cancel)
+                         top_n=top_n, n_cells=n_cells, progress=progress, cancel=cancel,
+                         baselines=baselines)
+
+
+def group_effects(model, cells, schema) -> list[tuple[Condition, np.ndarray]]:
+    """The measured effect (mean log1p expression minus that of its control, model gene order)
+    of every perturbed condition group in ``cells`` with at least 3 cells and 3 control cells:
+    what the baselines of :func:`evaluate` are computed from."""
+    data = _Cells(model, cells, schema)
+    out = []
+    for c in data.uniq:
+        if not c.is_control:
+            e = data.effect(c)
+            if e is not None:
+                out.append((c, e))
+    return out
 
 
 def evaluate_population(model, real, schema, condition: Condition, *, seed: int = 0,

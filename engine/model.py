@@ -98,6 +98,15 @@ class PerturbModel:
         self._weights_sha = config.get("_weights_sha256", "")
         self._reference = reference          # engine.reference.Reference, loaded lazily
         self._reference_loaded = reference is not None or path is None
+        # target priors (architecture.target_prior = "gene_sets"): genes never perturbed in
+        # training that the gene-set priors know get indices above the trained targets
+        self.target_priors: dict | None = None
+        self._new_targets: dict[str, int] = {}
+        if arch.get("target_prior", "none") != "none":
+            self.target_priors = dict(config["target_priors"])
+            self._symbol_target = {sym: t for t, sym in zip(
+                self.vocab.targets, self.target_priors["symbols"], strict=True) if sym}
+            self.space.gene_lookup = self._lookup_gene
 
     # -- construction ------------------------------------------------------------------------
     @staticmethod
@@ -124,7 +133,8 @@ class PerturbModel:
         return LatentFlowNet(arch.latent_dim + 1,
                              [len(vocab.level_values[lv]) for lv in vocab.levels],
                              len(vocab.targets), len(vocab.types), backbone=arch.backbone,
-                             cond_dim=arch.cond_dim, **arch.backbone_kw)
+                             cond_dim=arch.cond_dim, prior_dim=arch.prior_dim,
+                             **arch.backbone_kw)
 
     @staticmethod
     def member_prefix(k: int, members: int) -> str:
@@ -279,6 +289,94 @@ class PerturbModel:
         self.space.validate(condition)
         return self.space.complete(condition)
 
+    # -- genes never perturbed in training (target priors) -------------------------------------
+    @property
+    def accepts_new_genes(self) -> bool:
+        """True for a model with gene-set target priors: it accepts a gene never perturbed in
+        training when the priors know it (predicted from the prior path alone)."""
+        return self.target_priors is not None
+
+    def _priors(self):
+        """The gene priors resource this model's prior rows came from (ConditionError when it
+        cannot be read or is another build than the model was trained with)."""
+        from .priors import load_gene_priors
+
+        try:
+            priors = load_gene_priors()
+        except DataError as e:
+            raise ConditionError(f"the gene-set priors needed for genes never perturbed in "
+                                 f"training cannot be read ({e})") from None
+        tp = self.target_priors or {}
+        if priors.dims != tp.get("dims") or (tp.get("sha256") and
+                                             priors.fingerprint != tp["sha256"]):
+            raise ConditionError("the installed gene-set priors are another build than this "
+                                 "model was trained with; genes never perturbed in training "
+                                 "cannot be predicted (reinstall the app or retrain the model)")
+        return priors
+
+    def _lookup_gene(self, name: str) -> str:
+        """The target ``name`` means: a trained target (also by an alias, an Ensembl id or
+        another case) or the priors' symbol of a gene never perturbed. ConditionError with the
+        reason when the priors do not know it."""
+        if name in self._symbol_target:
+            return self._symbol_target[name]
+        priors = self._priors()
+        sym = priors.resolve(name)
+        if sym is None:
+            raise ConditionError(
+                f"{name} is not in the gene-set priors ({len(priors):,} human symbols from "
+                "Hallmark, Reactome, GO, WikiPathways) and was never perturbed in this model's "
+                f"training data; perturbable targets are: {', '.join(self.space.targets[:40])}"
+                + (f", ... ({len(self.space.targets)} in all)"
+                   if len(self.space.targets) > 40 else ""))
+        return self._symbol_target.get(sym, sym)
+
+    def new_gene_candidates(self) -> list[str]:
+        """Genes of the gene-set priors this model can be asked for although they were never
+        perturbed in training (sorted; empty without target priors or without the resource)."""
+        if self.target_priors is None:
+            return []
+        try:
+            priors = self._priors()
+        except ConditionError:
+            return []
+        trained = set(self._symbol_target) | set(self.space.targets)
+        return sorted(g for g in priors.genes if g not in trained)
+
+    def target_notes(self, condition: Condition) -> list[str]:
+        """Plain sentences on how the targets of ``condition`` were read: a name that mapped to
+        another symbol, a gene never perturbed in training."""
+        out = []
+        for p in condition.perturbations:
+            t = self.space.canonical_target(p.target)
+            if t != p.target:
+                out.append(f"{p.target} was read as {t} (gene symbol of the priors' alias table)")
+            if t not in self.space.targets and self.accepts_new_genes:
+                out.append(f"{t}: never perturbed in training: predicted from gene-set priors")
+        return out
+
+    def _encode(self, conds: Sequence[Condition]) -> CondArrays:
+        """Index arrays of (checked, completed) conditions; a gene never perturbed in training
+        gets an index above the trained targets and its prior row in every member."""
+        import torch
+
+        if self.target_priors is not None:
+            new = sorted({p.target for c in conds for p in c.perturbations
+                          if p.target not in self.vocab.targets and
+                          p.target not in self._new_targets})
+            if new:
+                from .priors import target_prior_rows
+
+                rows_new, _ = target_prior_rows(self._priors(), new)
+                n = len(self.vocab.targets)
+                for t in new:
+                    self._new_targets[t] = n + 1 + len(self._new_targets)
+                old = self.net.cond.perturbation.new_prior.cpu()
+                rows = torch.cat([old, torch.as_tensor(rows_new)])
+                for net in self.nets:
+                    net.cond.perturbation.set_new_targets(rows)
+        return self.vocab.encode(conds, self._new_targets)
+
     def _embed(self, arrays: CondArrays, net=None):
         import torch
 
@@ -294,7 +392,7 @@ class PerturbModel:
     def _cond_pair(self, condition: Condition, net=None):
         """Embedding of the condition and of the "unconditional" null (for guidance), (1, C),
         by ``net`` (an ensemble member; the first by default)."""
-        arr = self.vocab.encode([condition])
+        arr = self._encode([condition])
         null = CondArrays(np.zeros_like(arr.levels), arr.targets, arr.types, arr.doses,
                           np.ones(1, bool))
         return self._embed(arr, net), self._embed(null, net)
@@ -657,6 +755,12 @@ class PerturbModel:
                 {c.label: float(g) for c, g in zip(conds, per_cond, strict=True)})
         return out
 
+    def _new_gene_provenance(self, conds) -> dict:
+        """``new_genes`` (targets never perturbed in training) and their evidence note, for
+        the provenance of a run that asked for any."""
+        new = sorted({t for c in conds for t in self.space.new_targets(c)})
+        return {"new_genes": new, "new_gene_evidence": _new_gene_note()} if new else {}
+
     def _provenance(self, mode: str, conds, seed, steps, guidance) -> dict:
         import json
 
@@ -670,8 +774,15 @@ class PerturbModel:
                 "backbone": self.config["architecture"]["backbone"],
                 "ensemble_members": int(self.members),
                 "conditions_json": json.dumps([c.to_dict() for c in conds]),
+                **self._new_gene_provenance(conds),
                 "context_levels": list(self.context_levels),
                 "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}
+
+
+def _new_gene_note() -> str:
+    from .effects import EVIDENCE_LABELS
+
+    return EVIDENCE_LABELS["new_gene"]
 
 
 def _whole(value, what: str, *, lo: int, hi: int) -> int:

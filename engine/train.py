@@ -417,6 +417,10 @@ def train_model(adata, schema, out_dir: str | os.PathLike | None = None, *,
     dist = dist or SINGLE
     if out_dir is not None and dist.main:
         check_destination(out_dir, overwrite=overwrite)
+    prior_mode = overrides.pop("target_prior", "auto")
+    if prior_mode not in ("auto", "gene_sets", "none"):
+        raise ValueError(f"target_prior must be auto, gene_sets or none, got {prior_mode!r}")
+    overrides.pop("prior_dim", None)                  # set by the priors, never by hand
     mc = ModelConfig.from_overrides(backbone, **overrides)
     hp = mc.hyperparameters()
     t_start = time.perf_counter()
@@ -442,6 +446,11 @@ def train_model(adata, schema, out_dir: str | os.PathLike | None = None, *,
 
     vocab = Vocab.from_conditions(uniq, schema.context_keys)
     conds_arr = vocab.encode(uniq).take(codes)
+    prior_table, priors_entry = target_priors_for(prior_mode, vocab.targets)
+    if prior_table is not None:
+        mc = dataclasses.replace(mc, arch=dataclasses.replace(
+            mc.arch, target_prior="gene_sets", prior_dim=priors_entry["dims"]))
+        hp = mc.hyperparameters()
     space = build_space(uniq, vocab, control_label=schema.control_label,
                         has_dose=schema.dose_key is not None)
     config = {"format": FORMAT, "format_version": FORMAT_VERSION, "engine_version": __version__,
@@ -459,6 +468,8 @@ def train_model(adata, schema, out_dir: str | os.PathLike | None = None, *,
                                 "dispersion per gene and cell (per-gene value + offset from z)")},
               "sampling": mc.sampling.to_dict(),
               "density": density}
+    if priors_entry is not None:
+        config["target_priors"] = priors_entry
     k_members = int(mc.train.members)
     seeds = member_seeds(seed, k_members)
     if k_members > 1:
@@ -486,6 +497,7 @@ def train_model(adata, schema, out_dir: str | os.PathLike | None = None, *,
     run = RunContext(dist, ckpt, loaded, amp, fingerprint)
 
     ae, net = PerturbModel.build_modules({**config, "latent_stats": {}})
+    install_prior_table(net, prior_table)
     ae, net = ae.to(dev), net.to(dev)
     dist.broadcast_module(ae)
     dist.broadcast_module(net)
@@ -511,7 +523,9 @@ def train_model(adata, schema, out_dir: str | os.PathLike | None = None, *,
     # on its own shard; rank 0's fit is broadcast (the chosen sets depend on the genes only).
     prep = BACKBONE_SPECS[mc.arch.backbone].prepare_after_autoencoder(ae, states, genes, config)
     if prep is not None:
-        net = prep.apply(PerturbModel.build_net(config).to(dev))
+        net = PerturbModel.build_net(config)
+        install_prior_table(net, prior_table)
+        net = prep.apply(net.to(dev))
         dist.broadcast_module(net)
     emas, flow_history = [], {}
     first = 0
@@ -529,7 +543,9 @@ def train_model(adata, schema, out_dir: str | os.PathLike | None = None, *,
             m_net, m_gen, m_states = net, gen, states
         else:
             torch.manual_seed(seeds[m])
-            m_net = PerturbModel.build_net(config).to(dev)
+            m_net = PerturbModel.build_net(config)
+            install_prior_table(m_net, prior_table)
+            m_net = m_net.to(dev)
             if prep is not None:
                 prep.apply(m_net)
             dist.broadcast_module(m_net)
@@ -606,6 +622,51 @@ def _encode(ae, source, tc: TrainConfig, gen, dev: str, run: RunContext):
         states.mean = tensors["latent.mean"].to(dev)
         states.std = tensors["latent.std"].to(dev)
     return states
+
+
+#: Fewest fraction of a dataset's perturbation targets the gene priors must know for
+#: ``target_prior="auto"`` to turn the priors on (targets that are gene symbols).
+AUTO_PRIOR_FRACTION = 0.5
+
+
+def target_priors_for(mode: str, targets: Sequence[str]):
+    """The prior table (len(targets) + 1, dims + 1) of a training's targets and the config
+    entry ``target_priors``, or (None, None) without target priors.
+
+    ``mode``: ``"none"``; ``"gene_sets"`` (the priors must be readable); ``"auto"``: gene-set
+    priors when at least :data:`AUTO_PRIOR_FRACTION` of the targets are genes the priors know
+    (the targets are gene symbols, not drugs or "stimulated") and the resource is there."""
+    from .priors import FORMAT_VERSION as PRIORS_VERSION
+    from .priors import load_gene_priors, target_prior_rows
+
+    if mode == "none" or not targets:
+        return None, None
+    try:
+        priors = load_gene_priors()
+    except DataError:
+        if mode == "gene_sets":
+            raise
+        return None, None
+    rows, symbols = target_prior_rows(priors, list(targets))
+    known = sum(s is not None for s in symbols)
+    if mode == "auto" and known < AUTO_PRIOR_FRACTION * len(targets):
+        return None, None
+    table = np.concatenate([np.zeros((1, rows.shape[1]), np.float32), rows])
+    entry = {"resource": "gene_priors", "format_version": PRIORS_VERSION,
+             "dims": priors.dims, "n_genes": len(priors), "sha256": priors.fingerprint,
+             "symbols": symbols,
+             "note": "prior_table in model.safetensors holds these rows; a gene never "
+                     "perturbed in training takes its row from the resource (same sha256)"}
+    return table, entry
+
+
+def install_prior_table(net, table) -> None:
+    """Copy the prior rows into a fresh flow network (no-op without target priors)."""
+    if table is None:
+        return
+    import torch
+
+    net.cond.perturbation.prior_table.copy_(torch.as_tensor(table))
 
 
 # -- phase 1: autoencoder ---------------------------------------------------------------------
@@ -936,6 +997,8 @@ def fit_flow(net, states: LatentStates, conds_arr, mc: ModelConfig, gen, dev: st
         gen.set_state(tensors["gen.run"])
         torch.set_rng_state(tensors["rng.torch"])
         history = [tuple(h) for h in meta.get("history", [])]
+    if mc.arch.target_prior != "none":
+        net.cond.perturbation.learned_dropout = float(tc.target_dropout)
     net.train()
     step = first - 1
 

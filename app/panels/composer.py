@@ -233,7 +233,8 @@ class ComposerPanel(QWidget):
             if len(vals) == 1:
                 combo.setCurrentIndex(1)
         unit = str(card_value(model, "dose_unit"))
-        self.perts.set_space(space, unit=unit)
+        fn = getattr(model, "new_gene_candidates", None)
+        self.perts.set_space(space, unit=unit, new_genes=fn() if callable(fn) else None)
         self.steps.setValue(int(getattr(model, "default_steps", 20) or 20))
         if getattr(model, "guidance_by_evidence", None):
             self.guidance.setValue(AUTO_GUIDANCE)
@@ -283,6 +284,12 @@ class ComposerPanel(QWidget):
         elif cond.is_control:
             self.check.setText("<span style='color:#1b5e20'>✔ Control cells (no perturbation)."
                                "</span>")
+        elif self.space.new_targets(cond):
+            names = ", ".join(self.space.new_targets(cond))
+            self.check.setText(f"<span style='color:{WARN}'>⚠ {esc(cond.label)}: {esc(names)} "
+                               "never perturbed in training: predicted from gene-set priors. "
+                               "The results show the baseline's prediction beside the "
+                               "model's.</span>" + self._evidence_line(cond))
         elif self.space.is_seen(cond):
             self.check.setText(f"<span style='color:#1b5e20'>✔ {esc(cond.label)}: measured in the "
                                "training data.</span>" + self._evidence_line(cond))

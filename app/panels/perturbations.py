@@ -99,16 +99,24 @@ class PerturbationRow(QWidget):
     changed = Signal()
     remove_requested = Signal(object)
 
-    def __init__(self, space, *, unit: str = "", parent: QWidget | None = None) -> None:
+    def __init__(self, space, *, unit: str = "", new_genes: list[str] | None = None,
+                 parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.space = space
+        self.new_genes = list(new_genes or [])
         self.target = QLineEdit()
         self.target.setPlaceholderText("gene or drug, e.g. " + (space.targets[0] if space.targets
                                                                  else "STAT1"))
         self.target.setToolTip("What to perturb. Start typing: only targets this model was "
-                               "trained on are offered.")
+                               "trained on are offered." if not self.new_genes else
+                               "What to perturb. Start typing: the targets this model was "
+                               "trained on come first, then every gene of the gene-set priors "
+                               "(never perturbed in training: predicted from the priors).")
         self.target.setClearButtonEnabled(True)
-        comp = QCompleter(QStringListModel(list(space.targets)), self)
+        # the trained targets first, then the genes the model knows only from the priors
+        # the row owns the word list (a parentless model can be collected under the completer)
+        self.words = QStringListModel(list(space.targets) + self.new_genes, self)
+        comp = QCompleter(self.words, self)
         comp.setCaseSensitivity(Qt.CaseSensitivity.CaseInsensitive)
         comp.setFilterMode(Qt.MatchFlag.MatchContains)
         comp.setMaxVisibleItems(15)
@@ -183,6 +191,10 @@ class PerturbationRow(QWidget):
         match = [t for t in self.space.targets if t.lower() == text.lower()]
         if match and match[0] != text:
             self.target.setText(match[0])
+        elif self.new_genes and not match:
+            canon = self.space.canonical_target(text)   # an alias or Ensembl id -> symbol
+            if canon != text:
+                self.target.setText(canon)
         self.changed.emit()
 
     def _target_changed(self, text: str) -> None:
@@ -221,6 +233,7 @@ class PerturbationEditor(QWidget):
         super().__init__(parent)
         self.space = None
         self.unit = ""
+        self.new_genes: list[str] = []
         self.rows: list[PerturbationRow] = []
         self.rows_box = QVBoxLayout()
         self.rows_box.setContentsMargins(0, 0, 0, 0)
@@ -239,8 +252,11 @@ class PerturbationEditor(QWidget):
         lay.addLayout(btns)
         lay.addWidget(self.note)
 
-    def set_space(self, space, *, unit: str = "") -> None:
+    def set_space(self, space, *, unit: str = "", new_genes: list[str] | None = None) -> None:
+        """``new_genes``: genes never perturbed in training the model accepts (from its gene-set
+        priors), offered after the trained targets."""
         self.space, self.unit = space, unit
+        self.new_genes = list(new_genes or [])
         for r in list(self.rows):
             self._remove(r, emit=False)
         if space is None or not space.targets:
@@ -252,8 +268,11 @@ class PerturbationEditor(QWidget):
             kinds = ", ".join(space.perturbation_types) or "perturbation"
             dose = " Doses are simulated (no real drug data)." if space.simulated_dose else ""
             n = len(space.targets)
+            new = (f" Any of {len(self.new_genes):,} other genes of the gene-set priors can "
+                   "be typed too: never perturbed in training, predicted from the priors."
+                   if self.new_genes else "")
             self.note.setText(f"{n} target{'s' if n != 1 else ''} ({kinds}); up to "
-                              f"{space.max_perturbations} combined.{dose} Leave empty for "
+                              f"{space.max_perturbations} combined.{dose}{new} Leave empty for "
                               "control cells.")
             self.add_row()
         self._update_add()
@@ -264,7 +283,7 @@ class PerturbationEditor(QWidget):
             return None
         if len(self.rows) >= max(self.space.max_perturbations, 1):
             return None
-        row = PerturbationRow(self.space, unit=self.unit)
+        row = PerturbationRow(self.space, unit=self.unit, new_genes=self.new_genes)
         row.changed.connect(self.changed)
         row.remove_requested.connect(self._remove)
         self.rows.append(row)
@@ -321,7 +340,25 @@ class PerturbationEditor(QWidget):
                     r.target.setStyleSheet("")
                     ok = False
                     continue
-                if p.target not in targets:
+                look = getattr(self.space, "gene_lookup", None)
+                if p.target not in targets and look is not None:
+                    from engine.errors import ConditionError
+
+                    try:                  # a model with gene-set priors: a gene they know
+                        name = look(p.target)
+                    except ConditionError as e:
+                        problem = str(e)
+                    else:
+                        if name not in targets and name not in seen_targets:
+                            seen_targets.add(name)
+                            r.set_problem(f"{name}: never perturbed in training: predicted "
+                                          "from gene-set priors.")
+                            r.status.setStyleSheet("color: #a15c00;")
+                            continue
+                        problem = None if name not in seen_targets else \
+                            f"{name} is listed twice."
+                        seen_targets.add(name)
+                elif p.target not in targets:
                     close = [t for t in self.space.targets if p.target.lower() in t.lower()][:5]
                     problem = (f"'{p.target}' was never perturbed in this model's training data."
                                + (f" Did you mean {', '.join(close)}?" if close else ""))

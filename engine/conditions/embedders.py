@@ -48,17 +48,55 @@ class HierarchicalEmbedder(nn.Module):
 
 
 class PerturbationEmbedder(nn.Module):
-    """Multi-component: (target, perturbation type, dose) -> one vector per perturbation."""
+    """Multi-component: (target, perturbation type, dose) -> one vector per perturbation.
 
-    def __init__(self, n_targets: int, n_types: int, dim: int) -> None:
+    With ``prior_dim`` > 0 (``architecture.target_prior = "gene_sets"``) a target's vector is its
+    learned embedding *plus* a projection of its fixed prior row: the gene's gene-set embedding
+    (:mod:`engine.priors`) and a last column that is 1 for a target without a prior (zeros
+    elsewhere). The prior rows of the trained targets are the buffer ``prior_table`` (saved with
+    the weights, so a saved model never needs the resource for them). A target never perturbed
+    in training gets an index above ``n_targets``: its prior row comes from
+    :meth:`set_new_targets` (not saved) and its learned part is zero, so its vector is the prior
+    path alone. During training the learned part of a trained target is dropped with
+    probability :attr:`learned_dropout`, so the prior path must carry the signal too."""
+
+    def __init__(self, n_targets: int, n_types: int, dim: int, prior_dim: int = 0) -> None:
         super().__init__()
+        self.n_targets, self.prior_dim = int(n_targets), int(prior_dim)
         self.target = CategoricalEmbedder(n_targets, dim)
         self.ptype = CategoricalEmbedder(n_types, dim)
         self.dose = _mlp(1, dim)
         self.combine = _mlp(3 * dim, dim)
+        self.learned_dropout = 0.0
+        if self.prior_dim > 0:
+            self.prior = _mlp(self.prior_dim + 1, dim)
+            self.register_buffer("prior_table", torch.zeros(n_targets + 1, self.prior_dim + 1))
+            self.register_buffer("new_prior", torch.zeros(0, self.prior_dim + 1),
+                                 persistent=False)
+
+    def set_new_targets(self, rows: torch.Tensor) -> None:
+        """Prior rows (k, prior_dim + 1) of targets never perturbed in training: they get the
+        indices ``n_targets + 1 .. n_targets + k``."""
+        if self.prior_dim <= 0:
+            raise ValueError("this embedder has no target priors")
+        self.new_prior = rows.to(self.prior_table.dtype).to(self.prior_table.device)
+
+    def target_vector(self, targets: torch.Tensor) -> torch.Tensor:      # (B, P) -> (B, P, D)
+        if self.prior_dim <= 0:
+            return self.target(targets)
+        seen = targets <= self.n_targets
+        learned = self.target(torch.where(seen, targets, torch.zeros_like(targets)))
+        keep = seen
+        if self.training and self.learned_dropout > 0:
+            keep = keep & (torch.rand(targets.shape, device=targets.device)
+                           >= self.learned_dropout)
+        table = self.prior_table if not len(self.new_prior) else \
+            torch.cat([self.prior_table, self.new_prior])
+        return learned * keep.unsqueeze(-1).to(learned.dtype) + self.prior(table[targets])
 
     def forward(self, targets, types, doses) -> torch.Tensor:     # (B, P) each
-        parts = [self.target(targets), self.ptype(types), self.dose(doses.unsqueeze(-1))]
+        parts = [self.target_vector(targets), self.ptype(types),
+                 self.dose(doses.unsqueeze(-1))]
         return self.combine(torch.cat(parts, dim=-1))              # (B, P, D)
 
 
@@ -82,10 +120,11 @@ class SetEmbedder(nn.Module):
 
 
 class ConditionEncoder(nn.Module):
-    def __init__(self, level_sizes: list[int], n_targets: int, n_types: int, dim: int) -> None:
+    def __init__(self, level_sizes: list[int], n_targets: int, n_types: int, dim: int,
+                 prior_dim: int = 0) -> None:
         super().__init__()
         self.context = HierarchicalEmbedder(level_sizes, dim)
-        self.perturbation = PerturbationEmbedder(n_targets, n_types, dim)
+        self.perturbation = PerturbationEmbedder(n_targets, n_types, dim, prior_dim)
         self.set = SetEmbedder(dim)
 
     def forward(self, levels, targets, types, doses, null) -> torch.Tensor:

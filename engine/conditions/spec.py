@@ -282,13 +282,23 @@ class ConditionSpace:
             raise ConditionError("this model was trained without perturbations; it can only "
                                  "generate unperturbed cells")
         for p in cond.perturbations:
-            if p.target not in self.targets:
-                raise ConditionError(f"{p.target} was never perturbed in this model's training "
-                                     f"data; perturbable targets are: {_ls(self.targets)}")
+            target = p.target
+            if target not in self.targets:
+                look = getattr(self, "gene_lookup", None)
+                if look is None:
+                    raise ConditionError(f"{p.target} was never perturbed in this model's "
+                                         f"training data; perturbable targets are: "
+                                         f"{_ls(self.targets)}")
+                target = look(p.target)       # a trained target or a gene of the priors
+            new = target not in self.targets
             if self.perturbation_types:
-                if p.type is None and len(self.target_types.get(p.target, [])) != 1:
+                if new and p.type is None and len(self.perturbation_types) != 1:
+                    raise ConditionError(f"give a perturbation type for {p.target} (never "
+                                         f"perturbed in training); this model's types are: "
+                                         f"{_ls(self.perturbation_types)}")
+                if not new and p.type is None and len(self.target_types.get(target, [])) != 1:
                     raise ConditionError(f"give a perturbation type for {p.target}; seen as: "
-                                         f"{_ls(self.target_types.get(p.target, []))}")
+                                         f"{_ls(self.target_types.get(target, []))}")
                 if p.type is not None and p.type not in self.perturbation_types:
                     raise ConditionError(f"perturbation type {p.type!r} is unknown; known types "
                                          f"are: {_ls(self.perturbation_types)}")
@@ -316,11 +326,14 @@ class ConditionSpace:
         single value), the only type a target was seen with, dose 1."""
         perts = []
         for p in cond.perturbations:
+            target = self.canonical_target(p.target)
             ty = p.type
-            if ty is None and len(self.target_types.get(p.target, [])) == 1:
-                ty = self.target_types[p.target][0]
+            if ty is None and len(self.target_types.get(target, [])) == 1:
+                ty = self.target_types[target][0]
+            elif ty is None and target not in self.targets and len(self.perturbation_types) == 1:
+                ty = self.perturbation_types[0]          # a gene never perturbed in training
             dose = p.dose if p.dose is not None or not self.has_dose else 1.0
-            perts.append(Perturbation(p.target, ty, dose))
+            perts.append(Perturbation(target, ty, dose))
         ctx = cond.context_dict()
         implied = self._context_of(cond.cell_type)
         for level in self.context_levels:
@@ -330,6 +343,24 @@ class ConditionSpace:
                     ctx[level] = next(iter(values))
         return Condition.make(cond.cell_type, perts, {lv: ctx[lv] for lv in self.context_levels
                                                       if lv in ctx})
+
+    def canonical_target(self, name: str) -> str:
+        """The target ``name`` means: itself when trained on; for a model with gene priors
+        (``gene_lookup``, set by :class:`engine.model.PerturbModel`) the trained target or the
+        priors' symbol it resolves to (an alias or Ensembl id, another case); else unchanged."""
+        if name in self.targets:
+            return name
+        look = getattr(self, "gene_lookup", None)
+        if look is None:
+            return name
+        try:
+            return look(name)
+        except ConditionError:
+            return name
+
+    def new_targets(self, cond: Condition) -> list[str]:
+        """Targets of ``cond`` (completed) never perturbed in training."""
+        return [p.target for p in cond.perturbations if p.target not in self.targets]
 
     def is_seen(self, cond: Condition) -> bool:
         """True when exactly this condition was in the training data (not an extrapolation)."""

@@ -7,7 +7,7 @@ perturbation slots. The vocabulary is saved in the model's ``config.json``.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -74,8 +74,12 @@ class Vocab:
         return cls(levels, {k: sorted(v) for k, v in values.items()}, sorted(targets),
                    sorted(types), max_p, scale)
 
-    def encode(self, conds: Sequence[Condition]) -> CondArrays:
-        """Encode a list of conditions (unique ones are encoded once, then gathered)."""
+    def encode(self, conds: Sequence[Condition],
+               new_targets: Mapping[str, int] | None = None) -> CondArrays:
+        """Encode a list of conditions (unique ones are encoded once, then gathered).
+
+        ``new_targets``: indices (above ``len(targets)``) of targets never perturbed in
+        training, for a model with target priors (:class:`engine.model.PerturbModel`)."""
         uniq: dict[Condition, int] = {}
         inverse = np.fromiter((uniq.setdefault(c, len(uniq)) for c in conds), dtype=np.int64,
                               count=len(conds))
@@ -87,7 +91,7 @@ class Vocab:
         doses = np.zeros((len(u), P), np.float32)
         lv_index = {lv: {v: i + 1 for i, v in enumerate(vals)}
                     for lv, vals in self.level_values.items()}
-        t_index = {t: i + 1 for i, t in enumerate(self.targets)}
+        t_index = {**(new_targets or {}), **{t: i + 1 for i, t in enumerate(self.targets)}}
         ty_index = {t: i + 1 for i, t in enumerate(self.types)}
         for row, c in enumerate(u):
             ctx = c.context_dict()

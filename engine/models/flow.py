@@ -16,9 +16,10 @@ class LatentFlowNet(nn.Module):
     library size is generated jointly with expression and can respond to the condition."""
 
     def __init__(self, state_dim: int, level_sizes: list[int], n_targets: int, n_types: int, *,
-                 backbone: str = "mlp", cond_dim: int = 128, **backbone_kw) -> None:
+                 backbone: str = "mlp", cond_dim: int = 128, prior_dim: int = 0,
+                 **backbone_kw) -> None:
         super().__init__()
-        self.cond = ConditionEncoder(level_sizes, n_targets, n_types, cond_dim)
+        self.cond = ConditionEncoder(level_sizes, n_targets, n_types, cond_dim, prior_dim)
         self.time = TimestepEmbedder(cond_dim)
         self.backbone = BACKBONE_SPECS[backbone].load()(state_dim, cond_dim, **backbone_kw)
 

@@ -60,10 +60,14 @@ def test_generates_every_listed_condition(name):
 def test_refuses_unknown_perturbation_with_the_list(name):
     model = PerturbModel.load(name, device="cpu")
     ct = model.space.cell_types[0] if model.space.cell_types else None
+    name = "NOTAGENE1" if model.accepts_new_genes else "TP53"   # TP53: a gene of the priors
     with pytest.raises(ConditionError) as err:
-        model.generate(Condition.parse(ct, "TP53", "CRISPRa"), 3)
+        model.generate(Condition.parse(ct, name, "CRISPRa"), 3)
     msg = str(err.value)
-    if model.space.targets:
+    if model.accepts_new_genes:
+        assert "NOTAGENE1 is not in the gene-set priors" in msg and "never perturbed" in msg
+        assert model.space.targets[0] in msg
+    elif model.space.targets:
         assert "TP53 was never perturbed" in msg and model.space.targets[0] in msg
     else:
         assert "without perturbations" in msg
@@ -81,3 +85,16 @@ def test_crispr_model_knows_types_and_contexts():
     assert sp.complete(ab) == sp.complete(ba) and sp.is_seen(ba)
     with pytest.raises(ConditionError, match="only seen in tissue"):
         sp.validate(Condition.parse("k562", "KLF1", "CRISPRa", context="tissue=brain"))
+
+
+def test_papalexi_model_accepts_a_gene_never_perturbed():
+    if "papalexi-thp1-ko" not in SHIPPED:
+        pytest.skip("model not built")
+    model = PerturbModel.load("papalexi-thp1-ko", device="cpu")
+    assert model.accepts_new_genes
+    cond = model.check_condition(Condition.parse("THP-1", "TP53"))
+    assert cond.perturbations[0].type == "knockout"
+    ev = model.evidence(cond)
+    assert ev.kind == "new_gene" and ev.score is not None and ev.below_baseline
+    assert model.check_condition(Condition.parse("THP-1", "MARCHF8")).perturbations[0].target \
+        == "MARCH8"                                   # the symbol finds the trained target
