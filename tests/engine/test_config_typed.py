@@ -57,7 +57,7 @@ def test_unknown_and_misplaced_options_raise():
         ModelConfig.from_overrides("mlp", widht=3)
     with pytest.raises(TypeError, match=r"the mlp backbone has no option 'tokens'"):
         ModelConfig.from_overrides("mlp", tokens=4)
-    with pytest.raises(ValueError, match=r"backbone must be one of mlp, transformer, ssm, got 'rnn'"):
+    with pytest.raises(ValueError, match=r"backbone must be one of mlp, transformer, ssm, pathway-transformer, got 'rnn'"):
         ModelConfig.from_overrides("rnn")
     with pytest.raises(ValueError, match=r"objective must be one of"):
         ModelConfig.from_overrides("mlp", objective="score")
