@@ -176,11 +176,10 @@ class Controller(SessionJobsMixin, QObject):
     def _dataset_ready(self, path: str, loaded: LoadedDataset) -> None:
         cfg.add_recent_file(path)
         self.session.set_dataset(path, loaded)   # the Data page then reports the schema
-        a = loaded.summary if getattr(loaded, "backed", None) is not None else loaded.adata
-        n_obs = a.n_cells if hasattr(a, "n_cells") else a.n_obs
-        n_vars = a.n_genes if hasattr(a, "n_genes") else a.n_vars
-        extra = " (opened from disk; views use a sample of the cells)" \
-            if getattr(loaded, "backed", None) is not None else ""
+        backed = getattr(loaded, "backed", None) is not None
+        a = loaded.summary if backed else loaded.adata
+        n_obs, n_vars = (a.n_cells, a.n_genes) if backed else (a.n_obs, a.n_vars)
+        extra = " (opened from disk; views use a sample of the cells)" if backed else ""
         self.status.emit(f"Loaded {n_obs:,} cells × {n_vars:,} genes from {Path(path).name}"
                          f"{extra}", 8000)
         self.dataset_loaded.emit()

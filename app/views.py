@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from . import figures as F
+from .figure_pathways import pathway_bar_figure
 
 log = logging.getLogger(__name__)
 
@@ -247,7 +248,7 @@ def pathway_view(exp, label: str) -> ViewResult:
     if not ch.available:
         return unavailable(ch.reason)
     members = ch.per_member.shape[0]
-    fig = F.pathway_bar_figure(ch.names, ch.change, ch.spread, members=members,
+    fig = pathway_bar_figure(ch.names, ch.change, ch.spread, members=members,
                                title=f"{exp.model_name or model.name}: pathway tokens, "
                                      f"{_short_label(label)}")
     top = ch.ranked()[:3]
