@@ -185,6 +185,8 @@ def parameter_count(config: Mapping) -> int:
              + _mlp(1, c) + _mlp(3 * c, c))                                    # perturbation
     if arch.get("target_prior", "none") != "none":
         cond += _mlp(int(arch["prior_dim"]) + 1, c)                           # target priors
+        # + the trained targets' prior rows, a buffer stored with the weights (prior_table)
+        cond += (len(vocab.get("targets", [])) + 1) * (int(arch["prior_dim"]) + 1)
     cond += 2 * _mlp(c, c) + 2 * c                                             # set pooling
     time = _linear(FREQ_DIM, c) + _linear(c, c)
     name = arch["backbone"]

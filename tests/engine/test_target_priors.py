@@ -98,8 +98,9 @@ def test_training_on_gene_targets_turns_the_priors_on(prior_model):
     tp = cfg["target_priors"]
     assert tp["symbols"] == ["IRF1", "STAT1"] and tp["sha256"] == load_gene_priors().fingerprint
     validate_config({k: v for k, v in cfg.items() if not k.startswith("_")}, where="x")
-    n = sum(p.numel() for p in prior_model.autoencoder.parameters()) + \
-        sum(p.numel() for p in prior_model.net.parameters())
+    # parameter_count counts the stored tensors: parameters and the prior_table buffer
+    n = sum(t.numel() for t in prior_model.autoencoder.state_dict().values()) + \
+        sum(t.numel() for t in prior_model.net.state_dict().values())
     assert parameter_count(cfg) == n
     table = prior_model.net.cond.perturbation.prior_table
     row = load_gene_priors().embedding("STAT1")
