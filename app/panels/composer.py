@@ -170,6 +170,7 @@ class ComposerPanel(QWidget):
         self.cell_type.currentIndexChanged.connect(self._validate)
         self.perts.changed.connect(self._validate)
         self.n_cells.valueChanged.connect(self._update_summary)
+        self.guidance.valueChanged.connect(self._validate)   # the evidence line names the scale
         self.queue.model().rowsInserted.connect(self._update_summary)
         self.queue.model().rowsRemoved.connect(self._update_summary)
         self.add_btn.clicked.connect(self.add_current)
@@ -337,6 +338,9 @@ class ComposerPanel(QWidget):
             return ""
         score = score_text(ev)
         text = f"Evidence: {esc(ev.label)}" + (f" · {esc(score)}" if score else "")
+        g = (getattr(self.model, "guidance_by_evidence", None) or {}).get(ev.kind)
+        if g is not None and self.guidance.value() < 0:      # "model's choice"
+            text += f" · drawn at guidance {g:g}, the model's choice for this kind"
         if ev.below_baseline:
             return (f"<br><span style='color:{WARN}'>⚠ {text}: the simple baseline did better on "
                     "such conditions.</span>")

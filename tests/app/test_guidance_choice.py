@@ -49,3 +49,29 @@ def test_copied_command_leaves_the_models_choice_to_the_model():
                 if x.startswith("perturb-studio generate"))
     assert "--guidance=2" in given
     assert "--guidance" not in auto and "--seed=7 --steps=5" in auto
+
+
+def test_composer_says_which_guidance_a_new_cell_type_gets(qtbot, window, model_name):
+    from app.panels.composer import AUTO_GUIDANCE
+
+    w = window
+    _use_model(qtbot, w, model_name)
+    model = w.session.model
+    c = _compose(w, cell_type="CD4T")
+    c.guidance.setValue(AUTO_GUIDANCE)
+    line = c._evidence_line(model.space.complete(c.conditions()[0]))
+    if model.guidance_by_evidence.get("measured") is None:
+        assert "drawn at guidance" not in line      # measured: the default scale, not named
+    # a model whose table covers the measured class names the scale it will use
+    sampling = model.config["sampling"]
+    before = dict(sampling)
+    try:
+        sampling["guidance_by_evidence"] = {"measured": 1.5}
+        line = c._evidence_line(model.space.complete(c.conditions()[0]))
+        assert "drawn at guidance 1.5" in line
+        c.guidance.setValue(1.0)                     # a scale the user chose: nothing to add
+        assert "drawn at guidance" not in c._evidence_line(
+            model.space.complete(c.conditions()[0]))
+    finally:                                         # the loaded model may be shared
+        sampling.clear()
+        sampling.update(before)
