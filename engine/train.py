@@ -669,6 +669,19 @@ def install_prior_table(net, table) -> None:
     net.cond.perturbation.prior_table.copy_(torch.as_tensor(table))
 
 
+def _optimise(loss, module, opt, sched, *, clip: float, dist: Dist) -> None:
+    """One optimiser step of either phase: gradients (averaged over the ranks of a
+    data-parallel run), norm clipped to ``clip``, then the learning-rate schedule."""
+    import torch
+
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    dist.all_reduce_grads(module.parameters())
+    torch.nn.utils.clip_grad_norm_(module.parameters(), clip)
+    opt.step()
+    sched.step()
+
+
 # -- phase 1: autoencoder ---------------------------------------------------------------------
 def fit_autoencoder(ae, counts, tc: TrainConfig, gen, dev: str, progress: ProgressFn | None,
                     cancel: CancelToken | None, *, budget: Budget | None = None,
@@ -728,12 +741,7 @@ def fit_autoencoder(ae, counts, tc: TrainConfig, gen, dev: str, progress: Progre
             kl_w = tc.kl_weight * min(1.0, step / max(0.3 * ae_steps, 1))
             with _autocast(dev, run.amp):
                 loss, _parts = ae.loss(x, kl_w)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            run.dist.all_reduce_grads(ae.parameters())
-            torch.nn.utils.clip_grad_norm_(ae.parameters(), 10.0)
-            opt.step()
-            sched.step()
+            _optimise(loss, ae, opt, sched, clip=10.0, dist=run.dist)
             step += 1
             if step % 10 == 0 or step == ae_steps:
                 lv = float(loss.detach()) / n_genes
@@ -1043,12 +1051,7 @@ def fit_flow(net, states: LatentStates, conds_arr, mc: ModelConfig, gen, dev: st
                               do_t[idx].to(dev), null.to(dev))
                 pred = net(xt, t, c)
             loss = torch.nn.functional.mse_loss(pred.float(), target)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            run.dist.all_reduce_grads(net.parameters())
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-            opt.step()
-            sched.step()
+            _optimise(loss, net, opt, sched, clip=1.0, dist=run.dist)
             with torch.no_grad():
                 decay = min(tc.ema, (1 + step) / (10 + step))
                 for pe, pn in zip(ema.parameters(), net.parameters(), strict=False):
