@@ -322,6 +322,24 @@ class PerturbationEditor(QWidget):
 
     def check_rows(self) -> bool:
         """Flag unknown targets / types inline. True when every row is acceptable."""
+        try:
+            return self._check_rows()
+        finally:
+            self._fit_height()
+
+    def _fit_height(self) -> None:
+        """Ask the form for the height the wrapped status and hint lines need at this width
+        (the form lays this widget out by its size hint, which counts them as one line each,
+        so a status line under a row cut the row and the hint)."""
+        lay = self.layout()
+        if lay is not None and lay.hasHeightForWidth() and self.width() > 0:
+            self.setMinimumHeight(lay.totalHeightForWidth(self.width()))
+
+    def resizeEvent(self, event) -> None:  # noqa: N802
+        super().resizeEvent(event)
+        self._fit_height()
+
+    def _check_rows(self) -> bool:
         ok = True
         if self.space is None:
             return True
@@ -354,6 +372,7 @@ class PerturbationEditor(QWidget):
                             r.set_problem(f"{name}: never perturbed in training: predicted "
                                           "from gene-set priors.")
                             r.status.setStyleSheet("color: #a15c00;")
+                            r.target.setStyleSheet("")    # accepted: a note, not an error
                             continue
                         problem = None if name not in seen_targets else \
                             f"{name} is listed twice."
