@@ -72,7 +72,9 @@ VOCAB_KEYS = {"levels", "level_values", "targets", "types", "max_perturbations",
 SPACE_KEYS = {"cell_types", "targets", "perturbation_types", "target_types", "context_levels",
               "context_values", "has_dose", "dose_range", "max_perturbations", "control_label",
               "seen", "simulated_dose"}
-SAMPLING_KEYS = {"steps", "guidance", "batch_size", "guidance_by_evidence"}
+SAMPLING_KEYS = {"steps", "guidance", "batch_size", "guidance_by_evidence", "anchor"}
+ANCHOR_KEYS = {"kinds", "refine", "guidance", "source"}
+LATENT_MEANS_KEYS = {"conditions", "mean", "n_cells"}
 ENSEMBLE_KEYS = {"members", "seeds", "bootstrap", "shared", "calibration", "calibration_note"}
 EVIDENCE_KINDS = ("population", "measured", "new_combination", "new_cell_type",
                   "new_combination_new_cell_type", "new_gene",
@@ -125,6 +127,8 @@ def validate_config(config: dict, *, where: str) -> dict:
         v.sampling(config["sampling"])
     if "ensemble" in config:
         v.ensemble(config["ensemble"])
+    if "latent_means" in config:
+        v.latent_means(config["latent_means"], arch["latent_dim"] + 1)
     if "pathway_tokens" in config or BACKBONE_SPECS[arch["backbone"]].prepare is not None:
         v.pathway_tokens(config.get("pathway_tokens", _MISSING),
                          {**backbone_defaults(config)[arch["backbone"]],
@@ -490,6 +494,37 @@ class _Validator:
                     self.fail("sampling.guidance_by_evidence", f"{kind!r} is not an evidence "
                               "class name")
                 self.number(f"sampling.guidance_by_evidence.{kind}", g, 0.0, MAX_GUIDANCE)
+        if "anchor" in sampling:
+            a = self.mapping("sampling.anchor", sampling["anchor"], ANCHOR_KEYS)
+            kinds = a.get("kinds", ["new_cell_type"])
+            if not isinstance(kinds, list) or any(k not in EVIDENCE_KINDS for k in kinds):
+                self.fail("sampling.anchor.kinds", "must be a list of evidence classes "
+                          f"({', '.join(EVIDENCE_KINDS)})")
+            if "refine" in a:
+                self.number("sampling.anchor.refine", a["refine"], 0.0, 1.0)
+            if "guidance" in a:
+                self.number("sampling.anchor.guidance", a["guidance"], 0.0, MAX_GUIDANCE)
+            if "source" in a:
+                self.string("sampling.anchor.source", a["source"])
+
+    def latent_means(self, lm: Any, width: int) -> None:
+        """``latent_means``: each training group's condition, mean latent state (``width`` =
+        latent_dim + 1 numbers) and cell count (engine.anchor)."""
+        lm = self.mapping("latent_means", lm, LATENT_MEANS_KEYS)
+        conds, means, counts = lm.get("conditions"), lm.get("mean"), lm.get("n_cells")
+        if not isinstance(conds, list) or not all(isinstance(c, dict) for c in conds):
+            self.fail("latent_means.conditions", "must be a list of conditions")
+        if not isinstance(means, list) or len(means) != len(conds):
+            self.fail("latent_means.mean", f"must be a list of {len(conds)} rows")
+        if not isinstance(counts, list) or len(counts) != len(conds):
+            self.fail("latent_means.n_cells", f"must be a list of {len(conds)} counts")
+        for i, row in enumerate(means):
+            if not isinstance(row, list) or len(row) != width:
+                self.fail(f"latent_means.mean[{i}]", f"must be a list of {width} numbers")
+            for x in row:
+                self.number(f"latent_means.mean[{i}]", x, -1e6, 1e6)
+        for i, n in enumerate(counts):
+            self.integer(f"latent_means.n_cells[{i}]", n, 0, 10**10)
 
     def target_priors(self, tp: Any, arch: dict, vocab: dict) -> None:
         """``target_priors``: which prior resource the model's ``prior_table`` came from, and

@@ -282,6 +282,51 @@ class PerturbModel:
         cond = self.space.complete(self.check_condition(condition))
         return float(by.get(classify(self.space, cond), self.default_guidance))
 
+    # -- baseline anchor for new cell types (engine.anchor) --------------------------------------
+    @property
+    def anchor_rule(self):
+        """The :class:`engine.anchor.AnchorRule` of ``sampling.anchor`` (None: the flow alone
+        for every condition)."""
+        from .anchor import AnchorRule
+
+        return AnchorRule.from_config(self.config.get("sampling", {}).get("anchor"))
+
+    @property
+    def latent_means(self):
+        from .anchor import LatentMeans
+
+        if not hasattr(self, "_latent_means"):
+            self._latent_means = LatentMeans.from_config(self.config.get("latent_means"))
+        return self._latent_means
+
+    def anchor_for(self, condition: Condition):
+        """``(delta, groups)`` when ``condition`` is drawn from the latent baseline (its class
+        is one of the rule's and the training data measured its perturbations in another cell
+        type / context), else None. ``delta``: a (d + 1,) float32 array in the flow's
+        standardised space."""
+        rule, means = self.anchor_rule, self.latent_means
+        if rule is None or means is None:
+            return None
+        from .effects import classify
+
+        cond = self.space.complete(self.check_condition(condition))
+        if classify(self.space, cond) not in rule.kinds:
+            return None
+        return means.delta(cond)
+
+    def _refine(self, x, cond_pair, rule, guidance: float, steps: int, generator, cancel, net):
+        """Anchor ``x`` (standardised states) refined by the flow from time ``rule.refine``
+        (rectified flow: ``(1 - s) x + s noise``) to the data, under ``cond_pair``."""
+        import torch
+
+        s = float(rule.refine)
+        if s <= 0:
+            return x
+        noise = torch.randn(x.shape, generator=generator).to(x.device)
+        xs = (1 - s) * x + s * noise
+        grid = [s] + [t for t in self.objective.grid(steps) if t < s]
+        return self._integrate(xs, *cond_pair, guidance, grid, None, cancel, net=net)
+
     # -- conditions ------------------------------------------------------------------------------
     def check_condition(self, condition: Condition) -> Condition:
         if not isinstance(condition, Condition):
@@ -485,19 +530,24 @@ class PerturbModel:
     # -- mode 1: de novo ------------------------------------------------------------------------
     def generate(self, condition: Condition, n: int, *, seed: int = 0, steps: int | None = None,
                  guidance: float | None = None, progress: ProgressFn | None = None,
-                 cancel: CancelToken | None = None):
+                 cancel: CancelToken | None = None, anchor: bool | None = None):
         """Sample ``n`` new cells of ``condition`` from noise. Returns an AnnData (see module doc).
 
         Same seed, model and device give identical cells."""
         return self.generate_many([condition], n, include_control=False, seed=seed, steps=steps,
-                                  guidance=guidance, progress=progress, cancel=cancel)
+                                  guidance=guidance, progress=progress, cancel=cancel,
+                                  anchor=anchor)
 
     def generate_many(self, conditions: Sequence[Condition], n: int, *,
                       include_control: bool = True, seed: int = 0, steps: int | None = None,
                       guidance: float | None = None, progress: ProgressFn | None = None,
-                      cancel: CancelToken | None = None):
+                      cancel: CancelToken | None = None, anchor: bool | None = None):
         """Generate ``n`` cells for each condition as one experiment; with ``include_control``
-        the matching control of every condition is generated too (once per distinct control)."""
+        the matching control of every condition is generated too (once per distinct control).
+
+        ``anchor``: None (the model's choice, ``sampling.anchor``) or False (the flow alone):
+        a condition of an anchored evidence class starts from its cell type's control cells
+        plus the perturbation's latent effect in the other cell types (:mod:`engine.anchor`)."""
         import torch
 
         conds = [self.check_condition(c) for c in conditions]
@@ -519,10 +569,17 @@ class PerturbModel:
         report = Reporter(progress, total, "generating cells")
         g_cpu, g_dev = self._generators(seed)
         labels, done = [], 0
+        rule, anchors = self.anchor_rule, {}
+        use_anchor = anchor is not False and rule is not None
         with out_of_memory_as_resource_error(f"generating {total:,} cells", est):
             builder = self._builder(total)
             for cond, g in zip(conds, per_cond, strict=True):
                 pairs = [self._cond_pair(cond, net) for net in self.nets]
+                anc = self.anchor_for(cond) if use_anchor else None
+                if anc is not None:         # start from the type's control cells (measured)
+                    start = [self._cond_pair(cond.control(), net) for net in self.nets]
+                    g_start = self.guidance_for(cond.control()) if auto else g
+                    anchors[cond.label] = [c.label for c in anc[1]]
                 for m, b in self._member_batches(n):
                     c, c_null = pairs[m]
                     x = torch.randn(b, d, generator=g_cpu).to(self.device)
@@ -530,8 +587,15 @@ class PerturbModel:
                     def on_step(k, _b=b, _done=done):
                         report(_done + int(_b * k / (steps + 1)))
 
-                    x = self._integrate(x, c, c_null, g, grid, on_step, cancel,
-                                        net=self.nets[m])
+                    if anc is None:
+                        x = self._integrate(x, c, c_null, g, grid, on_step, cancel,
+                                            net=self.nets[m])
+                    else:
+                        x = self._integrate(x, *start[m], g_start, grid, on_step, cancel,
+                                            net=self.nets[m])
+                        x = x + torch.as_tensor(anc[0], device=self.device)
+                        x = self._refine(x, pairs[m], rule, rule.guidance if auto else g, steps,
+                                         g_cpu, cancel, self.nets[m])
                     check_cancel(cancel)
                     builder.add(*self._decode_counts(x, g_dev))
                     labels.append((cond, b, m))
@@ -544,6 +608,8 @@ class PerturbModel:
             adata = self._assemble(builder, labels, run_id)
         prov = self._provenance("denovo", conds, seed, steps, per_cond[0])
         prov.update(self._guidance_record(conds, per_cond, auto))
+        if anchors:
+            prov["anchor"] = self._anchor_record(rule, anchors, auto)
         prov["run_id"] = run_id
         adata.uns[UNS.PROVENANCE] = prov
         return adata
@@ -551,13 +617,19 @@ class PerturbModel:
     # -- mode 2: perturb given cells ----------------------------------------------------------------
     def perturb(self, cells, condition: Condition, *, seed: int = 0, steps: int | None = None,
                 guidance: float | None = None, progress: ProgressFn | None = None,
-                cancel: CancelToken | None = None, min_gene_fraction: float = 0.5):
+                cancel: CancelToken | None = None, min_gene_fraction: float = 0.5,
+                anchor: bool | None = None):
         """Produce the perturbed counterpart of each given cell (an AnnData with raw counts).
 
         The cells should be controls of ``condition``'s cell type. Each output cell keeps its
         input's identity (``obs['source_cell']``); model genes missing from the data are treated
         as zero and counted in ``uns['perturb_studio']['genes_missing']``. Cells without any
-        count in the model's genes cannot be encoded and are refused (:class:`DataError`)."""
+        count in the model's genes cannot be encoded and are refused (:class:`DataError`).
+
+        ``anchor`` (None: the model's choice; False: the flow alone): for a condition of an
+        anchored evidence class (:mod:`engine.anchor`) each encoded cell is moved by the
+        perturbation's latent effect in the other cell types, then refined by the flow,
+        instead of being inverted to noise and regenerated."""
         import torch
 
         from .data.io import get_counts
@@ -576,13 +648,15 @@ class PerturbModel:
             raise DataError("the given cells are empty (0 cells); nothing to perturb")
         _check_not_empty(counts, mapping, cells.obs_names)
         est = self._check_memory(n, perturb=True)
+        rule = self.anchor_rule
+        anc = self.anchor_for(cond) if anchor is not False and rule is not None else None
         src = [self._cond_pair(cond.control(), net) for net in self.nets]
         tgt = [self._cond_pair(cond, net) for net in self.nets]
         k_members = self.members
         grid = self.objective.grid(steps)
         total = 2 * steps
         report = Reporter(progress, n, "perturbing cells")
-        _, g_dev = self._generators(seed)
+        g_anchor, g_dev = self._generators(seed)
         labels, done = [], 0
         with out_of_memory_as_resource_error(f"perturbing {n:,} cells", est):
             x0 = self._encode_counts(counts, mapping.index)              # (n, d+1) standardised
@@ -602,6 +676,12 @@ class PerturbModel:
                     if not len(sel):
                         continue
                     net = self.nets[m]
+                    if anc is not None:
+                        xm = x[sel] + torch.as_tensor(anc[0], device=self.device)
+                        x[sel] = self._refine(xm, tgt[m], rule,
+                                              rule.guidance if auto else guidance, steps,
+                                              g_anchor, cancel, net)
+                        continue
                     xm = self._integrate(x[sel], *src[m], 1.0, grid[::-1], on_step, cancel,
                                          net=net)
                     x[sel] = self._integrate(xm, *tgt[m], guidance, grid,
@@ -625,6 +705,9 @@ class PerturbModel:
         prov.update(self._guidance_record([cond], [guidance], auto))
         prov.update(genes_found=len(mapping.found), genes_missing=len(mapping.missing),
                     source_cells=int(n))
+        if anc is not None:
+            prov["anchor"] = self._anchor_record(rule, {cond.label: [c.label for c in anc[1]]},
+                                                 auto)
         adata.uns[UNS.PROVENANCE] = prov
         return adata
 
@@ -754,6 +837,15 @@ class PerturbModel:
             out["guidance_by_condition"] = json.dumps(
                 {c.label: float(g) for c, g in zip(conds, per_cond, strict=True)})
         return out
+
+    @staticmethod
+    def _anchor_record(rule, anchors: dict, auto: bool) -> dict:
+        """Provenance of the conditions drawn from the latent baseline (engine.anchor)."""
+        return {"method": "control cells of the cell type + the perturbation's mean latent "
+                          "effect in the groups listed, refined by the flow",
+                "refine": rule.refine, "guidance": rule.guidance if auto else None,
+                "rule": "sampling.anchor", "source": rule.source,
+                "conditions": {k: v for k, v in anchors.items()}}
 
     def _new_gene_provenance(self, conds) -> dict:
         """``new_genes`` (targets never perturbed in training) and their evidence note, for

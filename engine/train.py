@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
+from .anchor import latent_group_means
 from .checkpoint import FORMAT, FORMAT_VERSION, check_destination
 from .conditions.vocab import Vocab, build_space
 from .config import ModelConfig, TrainConfig
@@ -512,6 +513,12 @@ def train_model(adata, schema, out_dir: str | os.PathLike | None = None, *,
             source.close()
     config["latent_stats"] = {"mean": states.mean.cpu().tolist(),
                               "std": states.std.cpu().tolist()}
+    # every training group's mean latent state: the baseline a new cell type starts from
+    # (engine.anchor); under torchrun, rank 0's shard
+    config["latent_means"] = latent_group_means(
+        states.mus, states.libs, states.mean, states.std,
+        np.asarray(codes)[states.lo:states.lo + len(states)],
+        [space.complete(c) for c in uniq]).to_dict()
     run.carry = {"ae." + k: v for k, v in module_tensors(ae, "w").items()}
     run.carry["latent.mean"] = states.mean.detach().cpu()
     run.carry["latent.std"] = states.std.detach().cpu()
