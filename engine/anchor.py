@@ -36,6 +36,8 @@ from .conditions.spec import Condition, group_key
 
 __all__ = ["AnchorRule", "LatentMeans", "latent_group_means", "latent_means_from_cells"]
 
+#: How the other groups' effects are averaged (:meth:`LatentMeans.delta`).
+WEIGHTS = ("uniform", "kernel")
 #: Fewest training cells of a group (and of its control) whose mean enters ``delta``.
 MIN_GROUP_CELLS = 10
 
@@ -48,6 +50,8 @@ class AnchorRule:
     kinds: tuple[str, ...] = ("new_cell_type",)
     refine: float = 0.0
     guidance: float = 1.0
+    weights: str = "uniform"
+    tau: float = 0.5
     source: str = ""
 
     @classmethod
@@ -56,6 +60,7 @@ class AnchorRule:
             return None
         return cls(tuple(str(k) for k in d.get("kinds", ("new_cell_type",))),
                    float(d.get("refine", 0.0)), float(d.get("guidance", 1.0)),
+                   str(d.get("weights", "uniform")), float(d.get("tau", 0.5)),
                    str(d.get("source", "")))
 
     def to_dict(self) -> dict:
@@ -85,14 +90,22 @@ class LatentMeans:
                 "mean": np.round(self.means.astype(np.float64), 5).tolist(),
                 "n_cells": [int(n) for n in self.n_cells]}
 
-    def delta(self, cond: Condition) -> tuple[np.ndarray, list[Condition]] | None:
+    def delta(self, cond: Condition, *, weights: str = "uniform", tau: float = 0.5
+              ) -> tuple[np.ndarray, list[Condition], np.ndarray] | None:
         """The latent effect of ``cond``'s perturbations measured in other cell types /
-        contexts: the mean over every training group with the same perturbation set (and a
-        control group, both with at least :data:`MIN_GROUP_CELLS` cells) of its mean minus its
-        control's mean; and those groups. None when there is none."""
+        contexts, from every training group with the same perturbation set (and a control
+        group, both with at least :data:`MIN_GROUP_CELLS` cells): its mean minus its control's
+        mean. Returns ``(delta, groups, weights)`` or None when there is no such group.
+
+        ``weights="uniform"``: the plain average (scGen's). ``"kernel"``: groups whose control
+        cells lie closer to ``cond``'s control cells weigh more, ``w ∝ exp(-d² / (tau *
+        median d²))`` with ``d`` the distance between the control means (uniform when
+        ``cond``'s control group is not among the training groups)."""
+        if weights not in WEIGHTS:
+            raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}")
         index = {group_key(c): i for i, c in enumerate(self.conditions)}
         want = group_key(cond)[1]
-        shifts, used = [], []
+        shifts, used, controls = [], [], []
         for i, c in enumerate(self.conditions):
             if c.is_control or group_key(c)[1] != want or group_key(c) == group_key(cond):
                 continue
@@ -101,9 +114,19 @@ class LatentMeans:
                 continue
             shifts.append(self.means[i] - self.means[j])
             used.append(c)
+            controls.append(self.means[j])
         if not shifts:
             return None
-        return np.mean(shifts, axis=0).astype(np.float32), used
+        w = np.full(len(shifts), 1.0 / len(shifts))
+        own = index.get(group_key(cond.control()))
+        if weights == "kernel" and own is not None and len(shifts) > 1:
+            d2 = ((np.asarray(controls) - self.means[own]) ** 2).sum(axis=1)
+            scale = float(np.median(d2)) * float(tau)
+            if scale > 0:
+                w = np.exp(-(d2 - d2.min()) / scale)
+                w /= w.sum()
+        return (np.tensordot(w, np.asarray(shifts), 1).astype(np.float32), used,
+                w.astype(np.float32))
 
 
 def latent_group_means(mus, libs, mean, std, codes: np.ndarray,

@@ -73,7 +73,7 @@ SPACE_KEYS = {"cell_types", "targets", "perturbation_types", "target_types", "co
               "context_values", "has_dose", "dose_range", "max_perturbations", "control_label",
               "seen", "simulated_dose"}
 SAMPLING_KEYS = {"steps", "guidance", "batch_size", "guidance_by_evidence", "anchor"}
-ANCHOR_KEYS = {"kinds", "refine", "guidance", "source"}
+ANCHOR_KEYS = {"kinds", "refine", "guidance", "weights", "tau", "source"}
 LATENT_MEANS_KEYS = {"conditions", "mean", "n_cells"}
 ENSEMBLE_KEYS = {"members", "seeds", "bootstrap", "shared", "calibration", "calibration_note"}
 EVIDENCE_KINDS = ("population", "measured", "new_combination", "new_cell_type",
@@ -504,6 +504,10 @@ class _Validator:
                 self.number("sampling.anchor.refine", a["refine"], 0.0, 1.0)
             if "guidance" in a:
                 self.number("sampling.anchor.guidance", a["guidance"], 0.0, MAX_GUIDANCE)
+            if "weights" in a and a["weights"] not in ("uniform", "kernel"):
+                self.fail("sampling.anchor.weights", "must be uniform or kernel")
+            if "tau" in a:
+                self.number("sampling.anchor.tau", a["tau"], 0.0, 100.0, low_open=True)
             if "source" in a:
                 self.string("sampling.anchor.source", a["source"])
 

@@ -300,7 +300,7 @@ class PerturbModel:
         return self._latent_means
 
     def anchor_for(self, condition: Condition):
-        """``(delta, groups)`` when ``condition`` is drawn from the latent baseline (its class
+        """``(delta, groups, weights)`` when ``condition`` is drawn from the latent baseline (its class
         is one of the rule's and the training data measured its perturbations in another cell
         type / context), else None. ``delta``: a (d + 1,) float32 array in the flow's
         standardised space."""
@@ -312,7 +312,7 @@ class PerturbModel:
         cond = self.space.complete(self.check_condition(condition))
         if classify(self.space, cond) not in rule.kinds:
             return None
-        return means.delta(cond)
+        return means.delta(cond, weights=rule.weights, tau=rule.tau)
 
     def _refine(self, x, cond_pair, rule, guidance: float, steps: int, generator, cancel, net):
         """Anchor ``x`` (standardised states) refined by the flow from time ``rule.refine``
@@ -579,7 +579,7 @@ class PerturbModel:
                 if anc is not None:         # start from the type's control cells (measured)
                     start = [self._cond_pair(cond.control(), net) for net in self.nets]
                     g_start = self.guidance_for(cond.control()) if auto else g
-                    anchors[cond.label] = [c.label for c in anc[1]]
+                    anchors[cond.label] = _anchor_groups(anc)
                 for m, b in self._member_batches(n):
                     c, c_null = pairs[m]
                     x = torch.randn(b, d, generator=g_cpu).to(self.device)
@@ -706,8 +706,7 @@ class PerturbModel:
         prov.update(genes_found=len(mapping.found), genes_missing=len(mapping.missing),
                     source_cells=int(n))
         if anc is not None:
-            prov["anchor"] = self._anchor_record(rule, {cond.label: [c.label for c in anc[1]]},
-                                                 auto)
+            prov["anchor"] = self._anchor_record(rule, {cond.label: _anchor_groups(anc)}, auto)
         adata.uns[UNS.PROVENANCE] = prov
         return adata
 
@@ -844,6 +843,7 @@ class PerturbModel:
         return {"method": "control cells of the cell type + the perturbation's mean latent "
                           "effect in the groups listed, refined by the flow",
                 "refine": rule.refine, "guidance": rule.guidance if auto else None,
+                "weights": rule.weights, **({"tau": rule.tau} if rule.weights == "kernel" else {}),
                 "rule": "sampling.anchor", "source": rule.source,
                 "conditions": {k: v for k, v in anchors.items()}}
 
@@ -869,6 +869,11 @@ class PerturbModel:
                 **self._new_gene_provenance(conds),
                 "context_levels": list(self.context_levels),
                 "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}
+
+
+def _anchor_groups(anc) -> dict[str, float]:
+    """The groups an anchored condition's latent effect came from, with their weights."""
+    return {c.label: round(float(w), 4) for c, w in zip(anc[1], anc[2], strict=True)}
 
 
 def _new_gene_note() -> str:

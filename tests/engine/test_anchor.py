@@ -1,0 +1,208 @@
+"""Baseline-anchored generation for a new cell type (issue 14, engine.anchor)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from .conftest import TINY
+
+
+def _cond(ct, pert="stim"):
+    from engine import Condition
+
+    return Condition.parse(ct, pert)
+
+
+def _means(rows: dict, n=50):
+    from engine.anchor import LatentMeans
+
+    conds = tuple(_cond(ct, p) for ct, p in rows)
+    return LatentMeans(conds, np.asarray(list(rows.values()), np.float32),
+                       np.full(len(rows), n))
+
+
+def test_delta_is_the_average_effect_in_the_other_cell_types():
+    lm = _means({("T", "control"): [0, 0], ("T", "stim"): [2, 0],
+                 ("B", "control"): [5, 5], ("B", "stim"): [5, 9],
+                 ("NK", "control"): [1, 1]})
+    delta, used, w = lm.delta(_cond("NK"))
+    assert np.allclose(delta, [1.0, 2.0])                 # mean of (2, 0) and (0, 4)
+    assert sorted(c.cell_type for c in used) == ["B", "T"]
+    assert np.allclose(w, [0.5, 0.5])
+    # the condition's own group never enters its delta (no leak when it was measured)
+    delta_t, used_t, _ = lm.delta(_cond("T"))
+    assert np.allclose(delta_t, [0.0, 4.0]) and [c.cell_type for c in used_t] == ["B"]
+    # nothing measured elsewhere: no anchor
+    assert lm.delta(_cond("NK", "other")) is None
+
+
+def test_kernel_weights_favour_the_cell_type_whose_controls_are_closest():
+    lm = _means({("T", "control"): [0, 0], ("T", "stim"): [2, 0],
+                 ("B", "control"): [10, 10], ("B", "stim"): [10, 14],
+                 ("M", "control"): [20, 20], ("M", "stim"): [20, 26],
+                 ("NK", "control"): [1, 0]})
+    _, _, uniform = lm.delta(_cond("NK"))
+    delta, used, w = lm.delta(_cond("NK"), weights="kernel", tau=0.5)
+    order = [c.cell_type for c in used]
+    assert np.allclose(uniform, 1 / 3)
+    assert w[order.index("T")] > w[order.index("B")] > w[order.index("M")]
+    assert np.isclose(w.sum(), 1.0)
+    shifts = {"T": [2, 0], "B": [0, 4], "M": [0, 6]}
+    assert np.allclose(delta, sum(w[i] * np.asarray(shifts[c]) for i, c in enumerate(order)),
+                       atol=1e-5)
+    with pytest.raises(ValueError, match="weights"):
+        lm.delta(_cond("NK"), weights="nearest")
+
+
+def test_small_groups_do_not_enter_the_delta():
+    from engine.anchor import MIN_GROUP_CELLS, LatentMeans
+
+    conds = (_cond("T", "control"), _cond("T", "stim"), _cond("B", "control"),
+             _cond("B", "stim"))
+    lm = LatentMeans(conds, np.array([[0.0], [1.0], [0.0], [9.0]], np.float32),
+                     np.array([50, 50, 50, MIN_GROUP_CELLS - 1]))
+    delta, used, _ = lm.delta(_cond("NK"))
+    assert np.allclose(delta, [1.0]) and [c.cell_type for c in used] == ["T"]
+
+
+def test_group_means_match_numpy_and_round_trip():
+    from engine.anchor import LatentMeans, latent_group_means
+
+    rng = np.random.default_rng(0)
+    mus, libs = rng.normal(size=(100, 3)), rng.normal(5, 1, size=(100, 1))
+    codes = rng.integers(0, 3, 100)
+    mean, std = np.array([0.1, 0.2, 0.3, 5.0]), np.array([1.0, 2.0, 0.5, 1.5])
+    conds = [_cond("T", "control"), _cond("T", "stim"), _cond("B", "stim")]
+    lm = latent_group_means(mus, libs, mean, std, codes, conds, chunk=7)
+    states = (np.hstack([mus, libs]) - mean) / std
+    for g in range(3):
+        assert np.allclose(lm.means[g], states[codes == g].mean(0), atol=1e-5)
+        assert lm.n_cells[g] == (codes == g).sum()
+    back = LatentMeans.from_config(json.loads(json.dumps(lm.to_dict())))
+    assert back.conditions == lm.conditions
+    assert np.allclose(back.means, lm.means, atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def held_out_dir(tmp_path_factory, synthetic_session, schema):
+    """A tiny model that never saw A in B cells: B + A is a new cell type for A."""
+    from engine import train_model
+
+    out = tmp_path_factory.mktemp("anchor") / "m"
+    train_model(synthetic_session.copy(), schema, out, seed=0, device="cpu",
+                exclude=[{"cell_type": "B", "perturbation": "A"}], **TINY)
+    return out
+
+
+def _with_rule(folder, tmp_path, rule):
+    from engine import PerturbModel
+
+    dest = tmp_path / "anchored"
+    shutil.copytree(folder, dest)
+    config = json.loads((dest / "config.json").read_text())
+    config["sampling"]["anchor"] = rule
+    (dest / "config.json").write_text(json.dumps(config))
+    return PerturbModel.load(dest, device="cpu")
+
+
+def test_training_stores_the_group_means(held_out_dir):
+    from engine import PerturbModel
+
+    model = PerturbModel.load(held_out_dir, device="cpu")
+    lm = model.latent_means
+    assert any(c.cell_type == "T" and [p.target for p in c.perturbations] == ["A"]
+               for c in lm.conditions)
+    assert not any(c.cell_type == "B" and [p.target for p in c.perturbations] == ["A"]
+                   for c in lm.conditions)                     # the excluded group
+    assert lm.means.shape == (len(lm.conditions), model.latent_dim + 1)
+    assert lm.n_cells.sum() == model.config["training"]["n_cells"]
+    assert model.anchor_rule is None                              # off until chosen
+
+
+def test_an_anchored_new_cell_type_starts_from_its_controls(held_out_dir, tmp_path):
+    from engine import Condition, PerturbModel
+
+    plain = PerturbModel.load(held_out_dir, device="cpu")
+    model = _with_rule(held_out_dir, tmp_path, {"kinds": ["new_cell_type"], "refine": 0.0,
+                                                "guidance": 1.0})
+    new = model.check_condition(Condition.parse("B", "A", "CRISPRa"))
+    measured = model.check_condition(Condition.parse("T", "A", "CRISPRa"))
+    assert model.anchor_for(new) is not None and model.anchor_for(measured) is None
+    a = model.generate(new, 200, seed=3)
+    prov = a.uns["perturb_studio"]["anchor"]
+    assert list(prov["conditions"]) == [new.label] and prov["refine"] == 0.0
+    assert list(prov["conditions"][new.label]) == [measured.label]
+    # the flow alone when asked, and for conditions outside the rule's classes: unchanged
+    off = model.generate(new, 200, seed=3, anchor=False)
+    ref = plain.generate(new, 200, seed=3)
+    assert "anchor" not in off.uns["perturb_studio"]
+    assert np.array_equal(off.layers["counts"].toarray(), ref.layers["counts"].toarray())
+    assert np.array_equal(model.generate(measured, 50, seed=1).layers["counts"].toarray(),
+                          plain.generate(measured, 50, seed=1).layers["counts"].toarray())
+    # the anchored cells carry A's effect (genes 10-19 up) on B's identity (genes 5-9 high)
+    x = a.layers["counts"].toarray()
+    ctrl = plain.generate(new.control(), 200, seed=3).layers["counts"].toarray()
+    lib = x.sum(1, keepdims=True)
+    lib_c = ctrl.sum(1, keepdims=True)
+    up = (x[:, 10:20] / lib).mean() / (ctrl[:, 10:20] / lib_c).mean()
+    assert up > 1.5
+    t_a = plain.generate(measured, 200, seed=3).layers["counts"].toarray()
+
+    def b_share(m):
+        return (m[:, 5:10] / m.sum(1, keepdims=True)).mean()
+    assert abs(b_share(x) - b_share(ctrl)) < abs(b_share(x) - b_share(t_a))
+
+
+def test_perturb_mode_moves_each_cell_by_the_latent_effect(held_out_dir, tmp_path,
+                                                           synthetic_session):
+    from engine import Condition
+
+    model = _with_rule(held_out_dir, tmp_path, {"kinds": ["new_cell_type"], "refine": 0.3,
+                                                "guidance": 2.0, "weights": "kernel"})
+    cells = synthetic_session[(synthetic_session.obs["cell_type"] == "B").to_numpy()
+                             & (synthetic_session.obs["perturbation"] == "control").to_numpy()]
+    cond = Condition.parse("B", "A", "CRISPRa")
+    out = model.perturb(cells, cond, seed=0)
+    prov = out.uns["perturb_studio"]["anchor"]
+    assert prov["weights"] == "kernel" and prov["refine"] == 0.3 and prov["guidance"] == 2.0
+    assert list(out.obs["source_cell"]) == list(cells.obs_names)
+    again = model.perturb(cells, cond, seed=0)
+    assert np.array_equal(out.layers["counts"].toarray(), again.layers["counts"].toarray())
+    x, x0 = out.layers["counts"].toarray(), cells.layers["counts"].toarray()
+    up = (x[:, 10:20] / x.sum(1, keepdims=True)).mean() / \
+        (x0[:, 10:20] / x0.sum(1, keepdims=True)).mean()
+    assert up > 1.5
+    # an explicit guidance is used for the refinement, and recorded as the caller's
+    given = model.perturb(cells, cond, seed=0, guidance=1.0)
+    assert given.uns["perturb_studio"]["anchor"]["guidance"] is None
+
+
+@pytest.mark.parametrize("bad, entry", [
+    ({"refine": 1.5}, "sampling.anchor.refine"),
+    ({"weights": "nearest"}, "sampling.anchor.weights"),
+    ({"kinds": ["somewhere"]}, "sampling.anchor.kinds"),
+    ({"tau": 0}, "sampling.anchor.tau"),
+    ({"why": 1}, "sampling.anchor"),
+])
+def test_a_bad_anchor_rule_is_refused_naming_the_entry(held_out_dir, tmp_path, bad, entry):
+    from engine.errors import ModelError
+
+    with pytest.raises(ModelError, match=entry.replace(".", r"\.")):
+        _with_rule(held_out_dir, tmp_path, bad)
+
+
+def test_bad_latent_means_are_refused(held_out_dir, tmp_path):
+    from engine import PerturbModel
+    from engine.errors import ModelError
+
+    dest = tmp_path / "bad"
+    shutil.copytree(held_out_dir, dest)
+    config = json.loads((dest / "config.json").read_text())
+    config["latent_means"]["mean"][0] = [0.0]
+    (dest / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelError, match=r"latent_means\.mean\[0\]"):
+        PerturbModel.load(dest, device="cpu")
