@@ -138,6 +138,18 @@ GUIDANCE = {"kang-ifnb-pbmc": 1.0, "crispr-k562-glioblastoma": 1.0, "papalexi-th
 GUIDANCE_BY_EVIDENCE = ROOT / "docs" / "results" / "guidance_by_evidence.json"
 
 
+# How a cell type never seen with a perturbation is drawn (engine.anchor), chosen on the Kang
+# leave-one-cell-type-out folds by build_scripts/choose_anchor.py; models without an entry use
+# the flow alone.
+ANCHOR = ROOT / "docs" / "results" / "anchor.json"
+
+
+def anchor_rule(name: str) -> dict | None:
+    if not ANCHOR.is_file():
+        return None
+    return json.loads(ANCHOR.read_text()).get("models", {}).get(name)
+
+
 def guidance_by_evidence(name: str) -> dict[str, float]:
     if not GUIDANCE_BY_EVIDENCE.is_file():
         return {}
@@ -258,6 +270,18 @@ def build(name: str, out_root: Path, *, evaluate_only: bool = False, threads: in
         model.config["sampling"]["guidance_by_evidence"] = by_evidence
         if not by_evidence:
             del model.config["sampling"]["guidance_by_evidence"]
+        model.save(model.path, overwrite=True)
+    rule = anchor_rule(name)
+    if model.config["sampling"].get("anchor") != rule or \
+            (rule and "latent_means" not in model.config):
+        if rule and "latent_means" not in model.config:     # weights from before the means
+            from engine.anchor import latent_means_from_cells
+
+            model.config["latent_means"] = latent_means_from_cells(model, train,
+                                                                   schema).to_dict()
+        model.config["sampling"].pop("anchor", None)
+        if rule:
+            model.config["sampling"]["anchor"] = rule
         model.save(model.path, overwrite=True)
     results, summary, skipped = evaluate_model(model, test, schema, clear_effects(train, schema),
                                                reference=train)

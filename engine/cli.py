@@ -320,12 +320,14 @@ def cmd_generate(args) -> int:
     try:
         if cells is not None:
             adata = model.perturb(cells, cond, seed=args.seed, steps=args.steps,
-                                  guidance=args.guidance, progress=bar)
+                                  guidance=args.guidance, progress=bar,
+                                  anchor=False if args.no_anchor else None)
         else:
             adata = model.generate_many([cond], args.n, seed=args.seed, steps=args.steps,
                                         guidance=args.guidance, progress=bar,
                                         include_control=args.with_control and
-                                        not cond.is_control)
+                                        not cond.is_control,
+                                        anchor=False if args.no_anchor else None)
     finally:
         bar.close()
     dt = time.perf_counter() - t0
@@ -350,6 +352,13 @@ def cmd_generate(args) -> int:
         kind = classify(model.space, model.space.complete(checked))
         print(f"guidance {model.guidance_for(checked):g} (the model's choice for {kind} "
               "conditions, made on held-out folds; --guidance overrides it)")
+    anchor = adata.uns.get("perturb_studio", {}).get("anchor")
+    if anchor and not args.quiet:
+        groups = next(iter(anchor["conditions"].values()))
+        print(f"started from the control cells of {cond.cell_type} plus the perturbation's "
+              f"latent effect in {len(groups)} other group(s) ({', '.join(groups)}), refined by "
+              f"the flow from time {anchor['refine']:g}: the model's choice for a cell type "
+              "never seen with this perturbation (--no-anchor: the flow alone)")
     return 0
 
 
@@ -653,6 +662,9 @@ def build_parser() -> argparse.ArgumentParser:
     condition(g)
     g.add_argument("-n", type=_int_arg(1), default=1000, help="number of cells (de novo mode)")
     g.add_argument("--from-cells", metavar="DATA", help="perturb these cells instead (mode 2)")
+    g.add_argument("--no-anchor", action="store_true",
+                   help="for a cell type never seen with the perturbation, use the flow alone "
+                        "instead of the model's latent baseline (sampling.anchor)")
     g.add_argument("--from-key", metavar="KEY=VALUE[,KEY=VALUE]", type=_kv_list,
                    help="use only the cells of --from-cells matching all pairs")
     g.add_argument("--with-control", action="store_true",

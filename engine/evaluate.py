@@ -308,7 +308,7 @@ class _Prepared:
 
 
 def _evaluate_one(model, prep: _Prepared, cond: Condition, *, mode, seed, steps, guidance,
-                  top_n, n_cells, progress, cancel, baselines=None) -> EvalResult:
+                  top_n, n_cells, progress, cancel, baselines=None, anchor=None) -> EvalResult:
     real = prep.real
     key = group_key(cond)
     tmask, cmask = real.rows(key), real.rows(group_key(cond.control()))
@@ -324,10 +324,10 @@ def _evaluate_one(model, prep: _Prepared, cond: Condition, *, mode, seed, steps,
     n = int(n_cells or max(int(tmask.sum()), 2000))
     if mode == "denovo":
         gen = model.generate(cond, n, seed=seed, steps=steps, guidance=guidance,
-                             progress=progress, cancel=cancel)
+                             progress=progress, cancel=cancel, anchor=anchor)
     else:
         gen = model.perturb(real.adata[cmask], cond, seed=seed, steps=steps, guidance=guidance,
-                            progress=progress, cancel=cancel)
+                            progress=progress, cancel=cancel, anchor=anchor)
     preds["model"] = lognorm(gen.layers[LAYERS.COUNTS])
     preds["control"] = X_c
     base = real
@@ -386,19 +386,21 @@ def _check_mode(mode: str) -> None:
 def evaluate(model, real, schema, condition: Condition, *, mode: str = "denovo", seed: int = 0,
              steps: int | None = None, guidance: float | None = None, top_n: int = 100,
              n_cells: int | None = None, reference=None, progress=None,
-             cancel=None, baselines: dict | None = None) -> EvalResult:
+             cancel=None, baselines: dict | None = None,
+             anchor: bool | None = None) -> EvalResult:
     """Evaluate ``model`` on the real cells of ``condition`` in ``real`` (see module doc).
 
     ``reference``: optional other real cells (e.g. the training cells) whose cells of the same
     condition are scored as the ``real_train`` row. ``baselines``: more baselines, name ->
     effect (model gene order, log1p space; e.g. from :func:`group_effects` of the training
-    cells), each scored as the real control cells plus that effect."""
+    cells), each scored as the real control cells plus that effect. ``anchor``: None (the
+    model's choice) or False (the flow alone; :mod:`engine.anchor`)."""
     _check_mode(mode)
     cond = model.check_condition(condition)
     prep = _Prepared(model, real, schema, reference)
     return _evaluate_one(model, prep, cond, mode=mode, seed=seed, steps=steps, guidance=guidance,
                          top_n=top_n, n_cells=n_cells, progress=progress, cancel=cancel,
-                         baselines=baselines)
+                         baselines=baselines, anchor=anchor)
 
 
 def group_effects(model, cells, schema) -> list[tuple[Condition, np.ndarray]]:

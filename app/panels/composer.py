@@ -331,6 +331,16 @@ class ComposerPanel(QWidget):
         self.generate_btn.setEnabled(not self.busy)
         return True
 
+    def _anchor(self, cond):
+        """The latent baseline ``cond`` would start from (engine.anchor), or None."""
+        from engine.errors import ConditionError
+
+        fn = getattr(self.model, "anchor_for", None)
+        try:
+            return fn(cond) if callable(fn) else None
+        except ConditionError:            # an invalid condition: the form says why elsewhere
+            return None
+
     def _evidence_line(self, cond) -> str:
         """The evidence class of ``cond`` and the card's held-out score for it (rich text)."""
         ev = evidence_of(self.model, cond) if self.model is not None else None
@@ -339,7 +349,12 @@ class ComposerPanel(QWidget):
         score = score_text(ev)
         text = f"Evidence: {esc(ev.label)}" + (f" · {esc(score)}" if score else "")
         g = (getattr(self.model, "guidance_by_evidence", None) or {}).get(ev.kind)
-        if g is not None and self.guidance.value() < 0:      # "model's choice"
+        anchor = self._anchor(cond)
+        if anchor is not None:                    # engine.anchor: the model's choice for this kind
+            text += (f" · starts from the {esc(cond.cell_type or '')} control cells plus the "
+                     f"effect measured in {len(anchor[1])} other group(s), then refined by "
+                     "the model")
+        elif g is not None and self.guidance.value() < 0:      # "model's choice"
             text += f" · drawn at guidance {g:g}, the model's choice for this kind"
         if ev.below_baseline:
             return (f"<br><span style='color:{WARN}'>⚠ {text}: the simple baseline did better on "
