@@ -19,6 +19,10 @@ baseline* and let the flow add only what it has evidence for:
    ``guidance`` (SDEdit, Meng et al. 2022): ``refine = 0`` is pure latent arithmetic,
    ``refine = 1`` the flow alone.
 
+A *new combination* (A+B never measured together, but A and B each measured alone in this
+cell type) can start the same way from the additive baseline in latent space: the control cells
+plus the sum of the singles' latent effects there (:meth:`LatentMeans.additive`).
+
 Whether a model uses it, and with which ``refine`` and ``guidance``, is chosen on leave-out
 folds and recorded in ``config.json["sampling"]["anchor"]`` (build_scripts/choose_anchor.py),
 like the guidance per evidence class. The latent group means are
@@ -38,6 +42,9 @@ __all__ = ["AnchorRule", "LatentMeans", "latent_group_means", "latent_means_from
 
 #: How the other groups' effects are averaged (:meth:`LatentMeans.delta`).
 WEIGHTS = ("uniform", "kernel")
+#: The evidence classes an anchor can start from: a new cell type (the effect measured in other
+#: cell types) and a new combination (the sum of its singles measured in the same cell type).
+ANCHOR_KINDS = ("new_cell_type", "new_combination")
 #: Fewest training cells of a group (and of its control) whose mean enters ``delta``.
 MIN_GROUP_CELLS = 10
 
@@ -127,6 +134,27 @@ class LatentMeans:
                 w /= w.sum()
         return (np.tensordot(w, np.asarray(shifts), 1).astype(np.float32), used,
                 w.astype(np.float32))
+
+    def additive(self, cond: Condition) -> tuple[np.ndarray, list[Condition], np.ndarray] | None:
+        """A combination never measured together, in a cell type where each of its parts was
+        measured alone: the sum of the singles' latent effects there (the additive baseline
+        in the model's latent space). Same return as :meth:`delta`; None when a single or
+        the control is missing (or has fewer than :data:`MIN_GROUP_CELLS` cells)."""
+        if len(cond.perturbations) < 2:
+            return None
+        index = {group_key(c): i for i, c in enumerate(self.conditions)}
+        j = index.get(group_key(cond.control()))
+        if j is None or self.n_cells[j] < MIN_GROUP_CELLS:
+            return None
+        total, used = np.zeros_like(self.means[j]), []
+        for p in cond.perturbations:
+            single = Condition(cond.cell_type, (p,), cond.context)
+            i = index.get(group_key(single))
+            if i is None or self.n_cells[i] < MIN_GROUP_CELLS:
+                return None
+            total = total + self.means[i] - self.means[j]
+            used.append(self.conditions[i])
+        return total.astype(np.float32), used, np.ones(len(used), np.float32)
 
 
 def latent_group_means(mus, libs, mean, std, codes: np.ndarray,

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, NoReturn
 
+from .anchor import ANCHOR_KINDS
 from .errors import ModelError
 from .nn.specs import BACKBONE_NAMES as BACKBONE_NAMES  # re-exported: engine.BACKBONE_NAMES
 from .nn.specs import BACKBONE_OPTIONS, BACKBONE_SPECS
@@ -497,9 +498,9 @@ class _Validator:
         if "anchor" in sampling:
             a = self.mapping("sampling.anchor", sampling["anchor"], ANCHOR_KEYS)
             kinds = a.get("kinds", ["new_cell_type"])
-            if not isinstance(kinds, list) or any(k not in EVIDENCE_KINDS for k in kinds):
-                self.fail("sampling.anchor.kinds", "must be a list of evidence classes "
-                          f"({', '.join(EVIDENCE_KINDS)})")
+            if not isinstance(kinds, list) or any(k not in ANCHOR_KINDS for k in kinds):
+                self.fail("sampling.anchor.kinds", "must be a list of the evidence classes "
+                          f"an anchor serves ({', '.join(ANCHOR_KINDS)})")
             if "refine" in a:
                 self.number("sampling.anchor.refine", a["refine"], 0.0, 1.0)
             if "guidance" in a:

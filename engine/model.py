@@ -310,8 +310,11 @@ class PerturbModel:
         from .effects import classify
 
         cond = self.space.complete(self.check_condition(condition))
-        if classify(self.space, cond) not in rule.kinds:
+        kind = classify(self.space, cond)
+        if kind not in rule.kinds:
             return None
+        if kind == "new_combination":
+            return means.additive(cond)
         return means.delta(cond, weights=rule.weights, tau=rule.tau)
 
     def _refine(self, x, cond_pair, rule, guidance: float, steps: int, generator, cancel, net):
