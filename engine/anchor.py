@@ -38,7 +38,7 @@ import numpy as np
 
 from .conditions.spec import Condition, group_key
 
-__all__ = ["AnchorRule", "LatentMeans", "latent_group_means", "latent_means_from_cells"]
+__all__ = ["KANG_RULE", "AnchorRule", "LatentMeans", "latent_group_means", "latent_means_from_cells"]
 
 #: How the other groups' effects are averaged (:meth:`LatentMeans.delta`).
 WEIGHTS = ("uniform", "kernel")
@@ -74,6 +74,13 @@ class AnchorRule:
         out = asdict(self)
         out["kinds"] = list(self.kinds)
         return out
+
+
+#: The rule chosen on Kang's seven leave-one-cell-type-out folds (build_scripts/choose_anchor.py,
+#: docs/results/anchor.json; a test keeps the two equal): what ``train --anchor`` records.
+KANG_RULE = AnchorRule(("new_cell_type",), refine=0.2, guidance=2.0, weights="kernel",
+                       source="chosen on Kang leave-one-cell-type-out folds "
+                              "(docs/results/anchor_kang_loo.txt)")
 
 
 @dataclass(frozen=True)

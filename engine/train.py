@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .anchor import latent_group_means
+from .anchor import KANG_RULE, latent_group_means
 from .checkpoint import FORMAT, FORMAT_VERSION, check_destination
 from .conditions.vocab import Vocab, build_space
 from .config import ModelConfig, TrainConfig
@@ -422,6 +422,7 @@ def train_model(adata, schema, out_dir: str | os.PathLike | None = None, *,
     if prior_mode not in ("auto", "gene_sets", "none"):
         raise ValueError(f"target_prior must be auto, gene_sets or none, got {prior_mode!r}")
     overrides.pop("prior_dim", None)                  # set by the priors, never by hand
+    anchor = bool(overrides.pop("anchor", False))     # engine.anchor.KANG_RULE for new types
     mc = ModelConfig.from_overrides(backbone, **overrides)
     hp = mc.hyperparameters()
     t_start = time.perf_counter()
@@ -471,6 +472,8 @@ def train_model(adata, schema, out_dir: str | os.PathLike | None = None, *,
               "density": density}
     if priors_entry is not None:
         config["target_priors"] = priors_entry
+    if anchor:
+        config["sampling"]["anchor"] = KANG_RULE.to_dict()
     k_members = int(mc.train.members)
     seeds = member_seeds(seed, k_members)
     if k_members > 1:

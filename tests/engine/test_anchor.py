@@ -248,3 +248,24 @@ def test_the_model_anchors_a_held_out_double_at_additive(tmp_path, synthetic_ses
     # roughly additive, so the test asks for the direction, not the size)
     assert share[:, 10:20].mean() > 1.1 * share_c[:, 10:20].mean()
     assert share[:, 20:30].mean() > 1.1 * share_c[:, 20:30].mean()
+
+
+def test_the_engine_rule_is_the_one_chosen_on_the_kang_folds():
+    from pathlib import Path
+
+    from engine.anchor import KANG_RULE
+
+    chosen = json.loads((Path(__file__).resolve().parents[2] / "docs" / "results" /
+                         "anchor.json").read_text())["models"]["kang-ifnb-pbmc"]
+    mine = KANG_RULE.to_dict()
+    assert {k: mine[k] for k in ("kinds", "refine", "guidance", "weights")} == \
+        {k: chosen[k] for k in ("kinds", "refine", "guidance", "weights")}
+
+
+def test_train_anchor_records_the_rule(tmp_path, synthetic_session, schema):
+    from engine import train_model
+    from engine.anchor import KANG_RULE
+
+    model = train_model(synthetic_session.copy(), schema, None, seed=0, device="cpu",
+                        anchor=True, **{**TINY, "flow_steps": 20, "ae_max_steps": 20})
+    assert model.anchor_rule == KANG_RULE
