@@ -237,7 +237,7 @@ class ComposerPanel(QWidget):
         fn = getattr(model, "new_gene_candidates", None)
         self.perts.set_space(space, unit=unit, new_genes=fn() if callable(fn) else None)
         self.steps.setValue(int(getattr(model, "default_steps", 20) or 20))
-        if getattr(model, "guidance_by_evidence", None):
+        if getattr(model, "guidance_by_evidence", None) or getattr(model, "anchor_rule", None):
             self.guidance.setValue(AUTO_GUIDANCE)
         else:
             self.guidance.setValue(float(getattr(model, "default_guidance", 1.0) or 1.0))
@@ -351,9 +351,12 @@ class ComposerPanel(QWidget):
         g = (getattr(self.model, "guidance_by_evidence", None) or {}).get(ev.kind)
         anchor = self._anchor(cond)
         if anchor is not None:                    # engine.anchor: the model's choice for this kind
+            n = len(anchor[1])
+            where = (f"{n} other cell type{'s' if n > 1 else ''}"
+                     if all(c.cell_type != cond.cell_type for c in anchor[1]) else
+                     f"{n} measured group{'s' if n > 1 else ''}")
             text += (f" · starts from the {esc(cond.cell_type or '')} control cells plus the "
-                     f"effect measured in {len(anchor[1])} other group(s), then refined by "
-                     "the model")
+                     f"effect measured in {where}, then refined by the model")
         elif g is not None and self.guidance.value() < 0:      # "model's choice"
             text += f" · drawn at guidance {g:g}, the model's choice for this kind"
         if ev.below_baseline:

@@ -75,3 +75,25 @@ def test_composer_says_which_guidance_a_new_cell_type_gets(qtbot, window, model_
     finally:                                         # the loaded model may be shared
         sampling.clear()
         sampling.update(before)
+
+
+def test_composer_says_where_an_anchored_condition_starts(qtbot, window, model_name,
+                                                          monkeypatch):
+    """engine.anchor: a condition drawn from the latent baseline says so in its evidence line
+    (the shipped Kang model measured every cell type, so the anchor is faked here)."""
+    from app.panels.composer import AUTO_GUIDANCE
+    from engine import Condition
+
+    w = window
+    _use_model(qtbot, w, model_name)
+    model = w.session.model
+    c = _compose(w, cell_type="CD4T")
+    c.guidance.setValue(AUTO_GUIDANCE)
+    cond = model.space.complete(c.conditions()[0])
+    assert "starts from" not in c._evidence_line(cond)        # measured: the flow alone
+    groups = [Condition.parse(t, "stimulated") for t in ("B", "NK")]
+    monkeypatch.setattr(model, "anchor_for", lambda _c: (None, groups, None))
+    line = c._evidence_line(cond)
+    assert "starts from the CD4T control cells plus the effect measured in 2 other cell " \
+           "types" in line
+    assert "drawn at guidance" not in line
