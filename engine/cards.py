@@ -244,6 +244,7 @@ def render_markdown(config: dict, card: dict) -> str:
               f"{config['sampling']['steps']} steps, guidance {config['sampling']['guidance']}"
               + "".join(f", {g:g} for {kind.replace('_', ' ')} conditions" for kind, g in
                         (config['sampling'].get('guidance_by_evidence') or {}).items()),
+              *_anchor_lines(config),
               f"- Preprocessing: {config['preprocessing']['encoder_input']}; decoder "
               f"{config['preprocessing']['decoder']}",
               f"- Training: {tr.get('seconds')} s on {tr.get('hardware')} "
@@ -303,3 +304,16 @@ def render_markdown(config: dict, card: dict) -> str:
         lines += ["", "## Limitations", ""] + [f"- {x}" for x in card["limitations"]]
     lines += ["", f"Genes: {len(config['genes'])} (full list in card.json).", ""]
     return "\n".join(lines)
+
+
+def _anchor_lines(config: dict) -> list[str]:
+    """The card's line on the latent baseline (engine.anchor), if the model has a rule."""
+    a = (config.get("sampling") or {}).get("anchor")
+    if not isinstance(a, dict):
+        return []
+    kinds = ", ".join(str(k).replace("_", " ") for k in a.get("kinds", ["new_cell_type"]))
+    return [f"- {kinds.capitalize()} conditions start from the cell type's control cells plus "
+            f"the perturbation's mean latent effect where it was measured "
+            f"({a.get('weights', 'uniform')} weights), refined by the flow from time "
+            f"{float(a.get('refine', 0)):g} at guidance {float(a.get('guidance', 1)):g}"
+            + (f"; {a['source']}" if a.get("source") else "")]
