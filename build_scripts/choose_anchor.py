@@ -171,12 +171,14 @@ def summarise(rows: list[dict], np) -> str:
                   f"{score(FLOW_ALONE, folds):.3f})"]
     if keep:
         rule = next(g for g in GRID if rule_name(g) == best)
-        RESULTS.joinpath("anchor.json").write_text(json.dumps({"models": {"kang-ifnb-pbmc": {
+        path = RESULTS / "anchor.json"        # other models' entries (crispr_lodo.py) stay
+        chosen = json.loads(path.read_text()) if path.is_file() else {"models": {}}
+        chosen["models"]["kang-ifnb-pbmc"] = {
             "kinds": ["new_cell_type"], **rule,
             "source": f"build_scripts/choose_anchor.py: Kang leave-one-cell-type-out, "
                       f"{len(folds)} folds, one network each; no fold below mean shift, then "
-                      "the best mean R2 top-100 over both modes"}}},
-            indent=1) + "\n")
+                      "the best mean R2 top-100 over both modes"}
+        path.write_text(json.dumps(chosen, indent=1) + "\n")
     return "\n".join(lines) + "\n"
 
 

@@ -48,6 +48,10 @@ def main(argv=None) -> int:
                    help="ensemble members per model (default 1: five models on 2 cores)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--guidance", type=float, nargs="*", default=[1.0])
+    p.add_argument("--anchor-refine", type=float, nargs="*", default=[],
+                   help="also score the additive latent baseline (engine.anchor, kinds "
+                        "new_combination) refined from these flow times (0: pure latent "
+                        "additive)")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -64,23 +68,33 @@ def main(argv=None) -> int:
         train_s = time.perf_counter() - t0
         cond = Condition.parse("k562", d, "CRISPRa")
         for mode in ("denovo", "perturb"):
-            for g in args.guidance:
-                r = evaluate(model, adata, schema, cond, mode=mode, seed=0, guidance=g)
+            for g, s in ((g, s) for g in args.guidance for s in [None, *args.anchor_refine]):
+                model.config["sampling"].pop("anchor", None)
+                if s is not None:
+                    model.config["sampling"]["anchor"] = {"kinds": ["new_combination"],
+                                                          "refine": s, "guidance": g}
+                r = evaluate(model, adata, schema, cond, mode=mode, seed=0,
+                             guidance=g if s is None else None)
+                if s is not None:
+                    assert model.anchor_for(cond) is not None, cond.label
                 m, b = r.row("model"), r.row("additive")
                 rows.append({"double": d, "mode": mode, "guidance": g, "train_s": round(train_s),
-                             "model": m, "additive": b})
-                print(f"{d:<18} {mode:<8} g={g:<4} train {train_s:5.0f}s  "
+                             "anchor_refine": s, "model": m, "additive": b})
+                tag = "flow alone" if s is None else f"anchored s={s:g}"
+                print(f"{d:<18} {mode:<8} g={g:<4} {tag:<14} train {train_s:5.0f}s  "
                       f"R2top100 {m['r2_top100']:.3f} vs additive {b['r2_top100']:.3f} | "
                       f"Pearson-delta top100 {m['pearson_delta_top100']:.3f} vs "
                       f"{b['pearson_delta_top100']:.3f} | energy {m['energy_ratio']:.3f} vs "
                       f"{b['energy_ratio']:.3f}", flush=True)
     print("\nmeans:")
     for mode in ("denovo", "perturb"):
-        for g in args.guidance:
-            sel = [r for r in rows if r["mode"] == mode and r["guidance"] == g]
+        for g, s in ((g, s) for g in args.guidance for s in [None, *args.anchor_refine]):
+            sel = [r for r in rows if r["mode"] == mode and r["guidance"] == g
+                   and r.get("anchor_refine") == s]
             wins = sum(r["model"]["pearson_delta_top100"] >= r["additive"]["pearson_delta_top100"]
                        and r["model"]["r2_top100"] >= r["additive"]["r2_top100"] for r in sel)
-            print(f"{mode:<8} g={g:<4} " + "  ".join(
+            tag = "flow alone" if s is None else f"anchored s={s:g}"
+            print(f"{mode:<8} g={g:<4} {tag:<14} " + "  ".join(
                 f"{k} {np.mean([r['model'][k] for r in sel]):.3f} vs "
                 f"{np.mean([r['additive'][k] for r in sel]):.3f}"
                 for k in ("r2_top100", "pearson_delta_top100", "energy_ratio"))

@@ -307,13 +307,22 @@ def render_markdown(config: dict, card: dict) -> str:
 
 
 def _anchor_lines(config: dict) -> list[str]:
-    """The card's line on the latent baseline (engine.anchor), if the model has a rule."""
+    """The card's lines on the latent baseline (engine.anchor), if the model has a rule."""
     a = (config.get("sampling") or {}).get("anchor")
     if not isinstance(a, dict):
         return []
-    kinds = ", ".join(str(k).replace("_", " ") for k in a.get("kinds", ["new_cell_type"]))
-    return [f"- {kinds.capitalize()} conditions start from the cell type's control cells plus "
-            f"the perturbation's mean latent effect where it was measured "
-            f"({a.get('weights', 'uniform')} weights), refined by the flow from time "
-            f"{float(a.get('refine', 0)):g} at guidance {float(a.get('guidance', 1)):g}"
-            + (f"; {a['source']}" if a.get("source") else "")]
+    how = (f"refined by the flow from time {float(a.get('refine', 0)):g} at guidance "
+           f"{float(a.get('guidance', 1)):g}" if float(a.get("refine", 0)) > 0 else
+           "not refined by the flow")
+    src = f" ({a['source']})" if a.get("source") else ""
+    lines = []
+    for kind in a.get("kinds", ["new_cell_type"]):
+        if kind == "new_combination":
+            start = ("New combinations start from the cell type's control cells plus the sum "
+                     "of their singles' latent effects in that cell type")
+        else:
+            start = (f"{str(kind).replace('_', ' ').capitalize()} conditions start from the "
+                     "cell type's control cells plus the perturbation's mean latent effect "
+                     f"where it was measured ({a.get('weights', 'uniform')} weights)")
+        lines.append(f"- {start}, {how}{src}")
+    return lines

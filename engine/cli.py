@@ -356,10 +356,15 @@ def cmd_generate(args) -> int:
     anchor = adata.uns.get("perturb_studio", {}).get("anchor")
     if anchor and not args.quiet:
         groups = next(iter(anchor["conditions"].values()))
-        print(f"started from the control cells of {cond.cell_type} plus the perturbation's "
-              f"latent effect in {len(groups)} other group(s) ({', '.join(groups)}), refined by "
-              f"the flow from time {anchor['refine']:g}: the model's choice for a cell type "
-              "never seen with this perturbation (--no-anchor: the flow alone)")
+        what = ("the sum of its singles' latent effects" if len(cond.perturbations) > 1 and
+                len(groups) == len(cond.perturbations) and
+                all(g.split(" | ")[0] == str(cond.cell_type) for g in groups) else
+                f"the perturbation's latent effect in {len(groups)} other group(s)")
+        refined = (f"refined by the flow from time {anchor['refine']:g}" if anchor["refine"] > 0
+                   else "not refined")
+        print(f"started from the control cells of {cond.cell_type} plus {what} "
+              f"({', '.join(groups)}), {refined}: the model's choice for this kind of "
+              "condition, made on held-out folds (--no-anchor: the flow alone)")
     return 0
 
 
