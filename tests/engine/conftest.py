@@ -96,3 +96,15 @@ def tiny_model(tiny_model_dir):
     from engine import PerturbModel
 
     return PerturbModel.load(tiny_model_dir, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def held_out_dir(tmp_path_factory, synthetic_session, schema):
+    """A tiny model that never saw A in B cells: B + A is a new cell type for A (read-only:
+    tests that change its config copy it first)."""
+    from engine import train_model
+
+    out = tmp_path_factory.mktemp("held_out") / "m"
+    train_model(synthetic_session.copy(), schema, out, seed=0, device="cpu",
+                exclude=[{"cell_type": "B", "perturbation": "A"}], **TINY)
+    return out

@@ -87,17 +87,6 @@ def test_group_means_match_numpy_and_round_trip():
     assert np.allclose(back.means, lm.means, atol=1e-4)
 
 
-@pytest.fixture(scope="module")
-def held_out_dir(tmp_path_factory, synthetic_session, schema):
-    """A tiny model that never saw A in B cells: B + A is a new cell type for A."""
-    from engine import train_model
-
-    out = tmp_path_factory.mktemp("anchor") / "m"
-    train_model(synthetic_session.copy(), schema, out, seed=0, device="cpu",
-                exclude=[{"cell_type": "B", "perturbation": "A"}], **TINY)
-    return out
-
-
 def _with_rule(folder, tmp_path, rule):
     from engine import PerturbModel
 

@@ -8,19 +8,6 @@ import shutil
 import numpy as np
 import pytest
 
-from .conftest import TINY
-
-
-@pytest.fixture(scope="module")
-def held_out_dir(tmp_path_factory, synthetic_session, schema):
-    """A tiny model that never saw A in B cells: B + A is a new cell type for A."""
-    from engine import train_model
-
-    out = tmp_path_factory.mktemp("guidance") / "m"
-    train_model(synthetic_session.copy(), schema, out, seed=0, device="cpu",
-                exclude=[{"cell_type": "B", "perturbation": "A"}], **TINY)
-    return out
-
 
 def _load(folder, by=None, tmp_path=None):
     from engine import PerturbModel
