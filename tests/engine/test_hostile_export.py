@@ -278,8 +278,11 @@ def test_preflight_checks_free_space_when_asked(tmp_path, monkeypatch):
 
 
 CHILD = textwrap.dedent("""
-    import sys, time
+    import signal, sys, time
     from pathlib import Path
+    # a terminal's default: under nohup the child would inherit SIGHUP as ignored, and the
+    # exporter (rightly) leaves an ignored signal ignored
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
     sys.path.insert(0, {tests!r})
     import engine.export as ex
     from test_hostile_export import cells
