@@ -293,11 +293,11 @@ class PerturbModel:
 
     @property
     def latent_means(self):
+        """The training groups' mean latent states (:class:`engine.anchor.LatentMeans`) read
+        from ``config["latent_means"]`` (cheap: a few hundred numbers), or None."""
         from .anchor import LatentMeans
 
-        if not hasattr(self, "_latent_means"):
-            self._latent_means = LatentMeans.from_config(self.config.get("latent_means"))
-        return self._latent_means
+        return LatentMeans.from_config(self.config.get("latent_means"))
 
     def anchor_for(self, condition: Condition):
         """``(delta, groups, weights)`` when ``condition`` is drawn from the latent baseline (its class
