@@ -244,7 +244,7 @@ def render_markdown(config: dict, card: dict) -> str:
               f"{config['sampling']['steps']} steps, guidance {config['sampling']['guidance']}"
               + "".join(f", {g:g} for {kind.replace('_', ' ')} conditions" for kind, g in
                         (config['sampling'].get('guidance_by_evidence') or {}).items()),
-              *_anchor_lines(config),
+              *(f"- {x}" for x in anchor_lines(config)),
               f"- Preprocessing: {config['preprocessing']['encoder_input']}; decoder "
               f"{config['preprocessing']['decoder']}",
               f"- Training: {tr.get('seconds')} s on {tr.get('hardware')} "
@@ -306,8 +306,9 @@ def render_markdown(config: dict, card: dict) -> str:
     return "\n".join(lines)
 
 
-def _anchor_lines(config: dict) -> list[str]:
-    """The card's lines on the latent baseline (engine.anchor), if the model has a rule."""
+def anchor_lines(config: dict) -> list[str]:
+    """Sentences on the latent baseline (engine.anchor), one per evidence class the model's
+    rule serves (empty without a rule): for the card and the app's model page."""
     a = (config.get("sampling") or {}).get("anchor")
     if not isinstance(a, dict):
         return []
@@ -316,13 +317,22 @@ def _anchor_lines(config: dict) -> list[str]:
            "not refined by the flow")
     src = f" ({a['source']})" if a.get("source") else ""
     lines = []
+    expr = a.get("match") == "expression"
     for kind in a.get("kinds", ["new_cell_type"]):
-        if kind == "new_combination":
+        if kind == "new_combination" and expr:
+            start = ("New combinations start from the cell type's control cells moved, in the "
+                     "latent space, until their decoded expression changes by the sum of the "
+                     "singles' measured expression effects in that cell type")
+        elif kind == "new_combination":
             start = ("New combinations start from the cell type's control cells plus the sum "
                      "of their singles' latent effects in that cell type")
+        elif expr:
+            start = (f"{str(kind).replace('_', ' ').capitalize()} conditions start from the "
+                     "cell type's control cells moved, in the latent space, until their decoded "
+                     "expression changes by the perturbation's mean measured effect elsewhere")
         else:
             start = (f"{str(kind).replace('_', ' ').capitalize()} conditions start from the "
                      "cell type's control cells plus the perturbation's mean latent effect "
                      f"where it was measured ({a.get('weights', 'uniform')} weights)")
-        lines.append(f"- {start}, {how}{src}")
+        lines.append(f"{start}, {how}{src}.")
     return lines

@@ -50,9 +50,11 @@ class ModelInfo:
     backbone: str = ""
     members: int = 1                 # ensemble members (engine.effects)
     reference_cells: int = 0         # real training cells stored with it (engine.reference)
+    anchor: tuple[str, ...] = ()     # how never-measured conditions start (engine.cards)
 
 
 def _info(folder: Path, source: str) -> ModelInfo:
+    from .cards import anchor_lines
     from .config import ensemble_members
     from .reference import reference_cell_count
 
@@ -62,7 +64,7 @@ def _info(folder: Path, source: str) -> ModelInfo:
     return ModelInfo(config.get("name") or folder.name, folder, source, read_card(folder),
                      ConditionSpace.from_dict(config["space"]), len(config["genes"]),
                      config["architecture"].get("backbone", ""), ensemble_members(config),
-                     reference_cell_count(folder))
+                     reference_cell_count(folder), tuple(anchor_lines(config)))
 
 
 def _reason(e: BaseException) -> str:

@@ -275,6 +275,10 @@ def card_html(info) -> str:
     rows.append(("Trained conditions", f"{len(space.seen):,}"))
     out += [f"<tr><td><b>{k}</b></td><td>{v}</td></tr>" for k, v in rows]
     out.append("</table>")
+    anchor = getattr(info, "anchor", ())
+    if anchor:
+        out.append("<p><b>Conditions never measured:</b></p><ul>"
+                   + "".join(f"<li>{_e(x)}</li>" for x in anchor) + "</ul>")
     desc_done = bool(card.get("description"))
     if card.get("summary") and not desc_done:
         out.insert(1, f"<p>{_e(card['summary'])}</p>")

@@ -253,9 +253,13 @@ def test_train_a_model_appears_with_card(qtbot, window, kang_file, monkeypatch):
     t.members.setValue(1)
     assert t.request().overrides["members"] == 1 and "without an uncertainty" in \
         t.members_note.text()
+    assert req.overrides["anchor"] is False
+    t.anchor.setChecked(True)
+    assert t.request().overrides["anchor"] is True
     # all 4,805 genes (no highly-variable-gene selection, so scanpy is not imported), tiny net
     req = dataclasses.replace(req, overrides=dict(ae_max_steps=30, flow_steps=40, width=32,
-                                                  depth=1, ae_hidden=32, members=2))
+                                                  depth=1, ae_hidden=32, members=2,
+                                                  anchor=True))
     losses = []
     w.jobs.job_started.connect(lambda s: s == "run" and w.jobs.jobs["run"].progress.connect(
         lambda p: losses.append(p.loss)))
@@ -267,6 +271,9 @@ def test_train_a_model_appears_with_card(qtbot, window, kang_file, monkeypatch):
     assert info.name == "my-kang" and info.source == "user"
     assert "CD14+Mono" in w.models_page.card.toPlainText()
     assert "ensemble of 2 members" in w.models_page.card.toPlainText()
+    # the box on the Train page reached the model: new cell types start from the baseline
+    assert "New cell type conditions start from the cell type's control cells" in \
+        w.models_page.card.toPlainText()
 
 
 def test_settings_are_remembered(qtbot, window, model_name, kang_file):
