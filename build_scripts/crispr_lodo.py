@@ -34,12 +34,27 @@ def eligible_doubles(adata, cell_type: str = "k562") -> tuple[list[str], list[st
     return ok, [d for d in doubles if d not in ok]
 
 
+def variants(args) -> list[tuple[float, float | None, str | None]]:
+    """(guidance, anchor refine or None for the flow alone, anchor match) to score."""
+    out = []
+    for g in args.guidance:
+        out.append((g, None, None))
+        out += [(g, s, m) for s in args.anchor_refine for m in args.anchor_match]
+    return out
+
+
+def tag_of(s: float | None, match: str | None) -> str:
+    if s is None:
+        return "flow alone"
+    return f"anchored s={s:g}" + ("" if match == "latent" else f" {match}")
+
+
 def main(argv=None) -> int:
     import numpy as np
     import torch
 
     from build_scripts.train_models import crispr
-    from engine import Condition, train_model
+    from engine import Condition, PerturbModel, train_model
     from engine.evaluate import evaluate
 
     p = argparse.ArgumentParser(description=__doc__,
@@ -52,7 +67,17 @@ def main(argv=None) -> int:
                    help="also score the additive latent baseline (engine.anchor, kinds "
                         "new_combination) refined from these flow times (0: pure latent "
                         "additive)")
+    p.add_argument("--anchor-match", nargs="*", default=["latent"],
+                   choices=["latent", "expression"],
+                   help="where each anchored start matches the additive baseline: latent (the "
+                        "singles' latent effects summed) and/or expression (a latent shift "
+                        "whose decoded expression moves by the singles' summed expression "
+                        "effects)")
     p.add_argument("--json", type=Path)
+    p.add_argument("--save-models", type=Path, metavar="DIR",
+                   help="keep each fold's model in DIR/<double> (to score other rules later)")
+    p.add_argument("--models", type=Path, metavar="DIR",
+                   help="load the fold models saved by --save-models instead of training")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     adata, schema, _ = crispr()
@@ -63,38 +88,45 @@ def main(argv=None) -> int:
     rows = []
     for d in doubles:
         t0 = time.perf_counter()
-        model = train_model(adata, schema, None, seed=0, device="cpu", members=args.members,
-                            exclude=[{"condition": d, "cell_type": "k562"}])
+        if args.models:
+            model = PerturbModel.load(args.models / d)
+        else:
+            model = train_model(adata, schema, None, seed=0, device="cpu",
+                                members=args.members,
+                                exclude=[{"condition": d, "cell_type": "k562"}])
+            if args.save_models:
+                model.save(args.save_models / d)
         train_s = time.perf_counter() - t0
         cond = Condition.parse("k562", d, "CRISPRa")
         for mode in ("denovo", "perturb"):
-            for g, s in ((g, s) for g in args.guidance for s in [None, *args.anchor_refine]):
+            for g, s, match in variants(args):
                 model.config["sampling"].pop("anchor", None)
                 if s is not None:
                     model.config["sampling"]["anchor"] = {"kinds": ["new_combination"],
-                                                          "refine": s, "guidance": g}
+                                                          "refine": s, "guidance": g,
+                                                          "match": match}
                 r = evaluate(model, adata, schema, cond, mode=mode, seed=0,
                              guidance=g if s is None else None)
                 if s is not None:
                     assert model.anchor_for(cond) is not None, cond.label
                 m, b = r.row("model"), r.row("additive")
                 rows.append({"double": d, "mode": mode, "guidance": g, "train_s": round(train_s),
-                             "anchor_refine": s, "model": m, "additive": b})
-                tag = "flow alone" if s is None else f"anchored s={s:g}"
-                print(f"{d:<18} {mode:<8} g={g:<4} {tag:<14} train {train_s:5.0f}s  "
+                             "anchor_refine": s, "anchor_match": match, "model": m,
+                             "additive": b})
+                tag = tag_of(s, match)
+                print(f"{d:<18} {mode:<8} g={g:<4} {tag:<20} train {train_s:5.0f}s  "
                       f"R2top100 {m['r2_top100']:.3f} vs additive {b['r2_top100']:.3f} | "
                       f"Pearson-delta top100 {m['pearson_delta_top100']:.3f} vs "
                       f"{b['pearson_delta_top100']:.3f} | energy {m['energy_ratio']:.3f} vs "
                       f"{b['energy_ratio']:.3f}", flush=True)
     print("\nmeans:")
     for mode in ("denovo", "perturb"):
-        for g, s in ((g, s) for g in args.guidance for s in [None, *args.anchor_refine]):
+        for g, s, match in variants(args):
             sel = [r for r in rows if r["mode"] == mode and r["guidance"] == g
-                   and r.get("anchor_refine") == s]
+                   and r.get("anchor_refine") == s and r.get("anchor_match") == match]
             wins = sum(r["model"]["pearson_delta_top100"] >= r["additive"]["pearson_delta_top100"]
                        and r["model"]["r2_top100"] >= r["additive"]["r2_top100"] for r in sel)
-            tag = "flow alone" if s is None else f"anchored s={s:g}"
-            print(f"{mode:<8} g={g:<4} {tag:<14} " + "  ".join(
+            print(f"{mode:<8} g={g:<4} {tag_of(s, match):<20} " + "  ".join(
                 f"{k} {np.mean([r['model'][k] for r in sel]):.3f} vs "
                 f"{np.mean([r['additive'][k] for r in sel]):.3f}"
                 for k in ("r2_top100", "pearson_delta_top100", "energy_ratio"))

@@ -38,13 +38,18 @@ import numpy as np
 
 from .conditions.spec import Condition, group_key
 
-__all__ = ["KANG_RULE", "AnchorRule", "LatentMeans", "latent_group_means", "latent_means_from_cells"]
+__all__ = ["KANG_RULE", "AnchorRule", "LatentMeans", "latent_group_means", "latent_means_from_cells",
+           "match_expression"]
 
 #: How the other groups' effects are averaged (:meth:`LatentMeans.delta`).
 WEIGHTS = ("uniform", "kernel")
 #: The evidence classes an anchor can start from: a new cell type (the effect measured in other
 #: cell types) and a new combination (the sum of its singles measured in the same cell type).
 ANCHOR_KINDS = ("new_cell_type", "new_combination")
+#: Where the start is matched to the baseline: in the latent space (the groups' latent effects
+#: added) or in expression (a latent shift whose decoded expression moves like the
+#: expression-space baseline, :func:`match_expression`).
+MATCHES = ("latent", "expression")
 #: Fewest training cells of a group (and of its control) whose mean enters ``delta``.
 MIN_GROUP_CELLS = 10
 
@@ -59,6 +64,7 @@ class AnchorRule:
     guidance: float = 1.0
     weights: str = "uniform"
     tau: float = 0.5
+    match: str = "latent"
     source: str = ""
 
     @classmethod
@@ -68,7 +74,7 @@ class AnchorRule:
         return cls(tuple(str(k) for k in d.get("kinds", ("new_cell_type",))),
                    float(d.get("refine", 0.0)), float(d.get("guidance", 1.0)),
                    str(d.get("weights", "uniform")), float(d.get("tau", 0.5)),
-                   str(d.get("source", "")))
+                   str(d.get("match", "latent")), str(d.get("source", "")))
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -199,3 +205,60 @@ def _numpy(x) -> np.ndarray:
     if hasattr(x, "detach"):
         return x.detach().cpu().numpy()
     return np.asarray(x)
+
+
+def match_expression(autoencoder, states, delta, target_effect, mean, std, *, steps: int = 150,
+                     lr: float = 0.05, reg: float = 0.0, top: int | None = None,
+                     max_cells: int = 256, seed: int = 0):
+    """A latent shift whose decoded expression moves like ``target_effect``.
+
+    ``states`` (n, d + 1): the start cells' standardised latent states (their cell type's
+    control cells); ``delta`` (d + 1,): the latent baseline's shift (its starting point);
+    ``target_effect`` (G,): the baseline's effect in mean log1p(normalize_total 1e4)
+    expression (``engine.effects.baseline_for``). Adam on the latent part of the shift (the
+    library part is kept) so that the decoder's mean expression of ``states + shift``, as
+    log1p(1e4 * proportion), differs from that of ``states`` by ``target_effect`` (squared
+    error over the genes). The latent sum of two singles' effects is not their sum in
+    expression (the decoder is not linear); this puts the start where the expression-space
+    baseline is. Returns the shift, a (d + 1,) float32 array in standardised units."""
+    import torch
+
+    dev = next(autoencoder.parameters()).device
+
+    def tensor(a):
+        return torch.as_tensor(np.asarray(_numpy(a), np.float32), device=dev)
+
+    x = tensor(states)
+    if len(x) > max_cells:
+        g = torch.Generator().manual_seed(seed)
+        x = x[torch.randperm(len(x), generator=g)[:max_cells].to(dev)]
+    mean, std = tensor(mean), tensor(std)
+    d = x.shape[1] - 1
+    target, start = tensor(target_effect), tensor(delta)
+    decoder = autoencoder.decoder
+    genes = (slice(None) if top is None or top >= len(target) else
+             torch.argsort(target.abs(), descending=True)[:top])
+
+    def lognorm_mean(s):                       # s: standardised states -> (G,)
+        z = (s * std + mean)[:, :d]
+        return torch.log1p(1e4 * torch.softmax(decoder(z), dim=-1)).mean(0)
+
+    was_training = autoencoder.training
+    autoencoder.eval()
+    try:
+        with torch.no_grad():
+            base = lognorm_mean(x) + target
+        shift = start[:d].clone().requires_grad_(True)
+        opt = torch.optim.Adam([shift], lr=lr)
+        lib = start[d:]
+        for _ in range(steps):
+            moved = x + torch.cat([shift, lib])
+            loss = (lognorm_mean(moved) - base)[genes].pow(2).mean()
+            if reg > 0:                        # stay near the latent baseline
+                loss = loss + reg * (shift - start[:d]).pow(2).mean()
+            # the gradient of the shift alone: the decoder's weights are left untouched
+            (shift.grad,) = torch.autograd.grad(loss, [shift])
+            opt.step()
+    finally:
+        autoencoder.train(was_training)
+    return torch.cat([shift.detach(), lib]).cpu().numpy().astype(np.float32)

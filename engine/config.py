@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, NoReturn
 
-from .anchor import ANCHOR_KINDS
+from .anchor import ANCHOR_KINDS, MATCHES
 from .errors import ModelError
 from .nn.specs import BACKBONE_NAMES as BACKBONE_NAMES  # re-exported: engine.BACKBONE_NAMES
 from .nn.specs import BACKBONE_OPTIONS, BACKBONE_SPECS
@@ -74,7 +74,7 @@ SPACE_KEYS = {"cell_types", "targets", "perturbation_types", "target_types", "co
               "context_values", "has_dose", "dose_range", "max_perturbations", "control_label",
               "seen", "simulated_dose"}
 SAMPLING_KEYS = {"steps", "guidance", "batch_size", "guidance_by_evidence", "anchor"}
-ANCHOR_KEYS = {"kinds", "refine", "guidance", "weights", "tau", "source"}
+ANCHOR_KEYS = {"kinds", "refine", "guidance", "weights", "tau", "match", "source"}
 LATENT_MEANS_KEYS = {"conditions", "mean", "n_cells"}
 ENSEMBLE_KEYS = {"members", "seeds", "bootstrap", "shared", "calibration", "calibration_note"}
 EVIDENCE_KINDS = ("population", "measured", "new_combination", "new_cell_type",
@@ -509,6 +509,8 @@ class _Validator:
                 self.fail("sampling.anchor.weights", "must be uniform or kernel")
             if "tau" in a:
                 self.number("sampling.anchor.tau", a["tau"], 0.0, 100.0, low_open=True)
+            if "match" in a and a["match"] not in MATCHES:
+                self.fail("sampling.anchor.match", f"must be one of {', '.join(MATCHES)}")
             if "source" in a:
                 self.string("sampling.anchor.source", a["source"])
 

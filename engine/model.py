@@ -317,6 +317,23 @@ class PerturbModel:
             return means.additive(cond)
         return means.delta(cond, weights=rule.weights, tau=rule.tau)
 
+    def _anchor_shift(self, cond: Condition, delta, rule, states):
+        """The shift added to the start cells ``states``: the latent baseline ``delta``, or
+        with ``rule.match == "expression"`` the latent shift whose decoded expression moves
+        like the expression-space baseline (``engine.effects.baseline_for``; the latent
+        ``delta`` when the model carries no group means)."""
+        import torch
+
+        if rule.match == "expression":
+            from .anchor import match_expression
+            from .effects import baseline_for
+
+            base = baseline_for(self, cond)
+            if base is not None:
+                delta = match_expression(self.autoencoder, states.detach(), delta, base.effect,
+                                         self._mean, self._std)
+        return torch.as_tensor(delta, device=self.device)
+
     def _refine(self, x, cond_pair, rule, guidance: float, steps: int, generator, cancel, net):
         """Anchor ``x`` (standardised states) refined by the flow from time ``rule.refine``
         (rectified flow: ``(1 - s) x + s noise``) to the data, under ``cond_pair``."""
@@ -572,7 +589,7 @@ class PerturbModel:
         report = Reporter(progress, total, "generating cells")
         g_cpu, g_dev = self._generators(seed)
         labels, done = [], 0
-        rule, anchors = self.anchor_rule, {}
+        rule, anchors, shifts = self.anchor_rule, {}, {}
         use_anchor = anchor is not False and rule is not None
         with out_of_memory_as_resource_error(f"generating {total:,} cells", est):
             builder = self._builder(total)
@@ -596,7 +613,10 @@ class PerturbModel:
                     else:
                         x = self._integrate(x, *start[m], g_start, grid, on_step, cancel,
                                             net=self.nets[m])
-                        x = x + torch.as_tensor(anc[0], device=self.device)
+                        key = (cond.label, m)
+                        if key not in shifts:          # once per condition and member
+                            shifts[key] = self._anchor_shift(cond, anc[0], rule, x)
+                        x = x + shifts[key]
                         x = self._refine(x, pairs[m], rule, rule.guidance if auto else g, steps,
                                          g_cpu, cancel, self.nets[m])
                     check_cancel(cancel)
@@ -660,7 +680,7 @@ class PerturbModel:
         total = 2 * steps
         report = Reporter(progress, n, "perturbing cells")
         g_anchor, g_dev = self._generators(seed)
-        labels, done = [], 0
+        labels, done, shifts = [], 0, {}
         with out_of_memory_as_resource_error(f"perturbing {n:,} cells", est):
             x0 = self._encode_counts(counts, mapping.index)              # (n, d+1) standardised
             del counts
@@ -680,7 +700,9 @@ class PerturbModel:
                         continue
                     net = self.nets[m]
                     if anc is not None:
-                        xm = x[sel] + torch.as_tensor(anc[0], device=self.device)
+                        if m not in shifts:             # from the first batch's cells
+                            shifts[m] = self._anchor_shift(cond, anc[0], rule, x[sel])
+                        xm = x[sel] + shifts[m]
                         x[sel] = self._refine(xm, tgt[m], rule,
                                               rule.guidance if auto else guidance, steps,
                                               g_anchor, cancel, net)
@@ -843,9 +865,11 @@ class PerturbModel:
     @staticmethod
     def _anchor_record(rule, anchors: dict, auto: bool) -> dict:
         """Provenance of the conditions drawn from the latent baseline (engine.anchor)."""
-        return {"method": "control cells of the cell type + the perturbation's mean latent "
-                          "effect in the groups listed, refined by the flow",
-                "refine": rule.refine, "guidance": rule.guidance if auto else None,
+        how = ("the perturbation's mean latent effect in the groups listed" if
+               rule.match == "latent" else "a latent shift whose decoded expression moves by "
+               "the expression-space baseline (additive or mean shift) of the groups listed")
+        return {"method": f"control cells of the cell type + {how}, refined by the flow",
+                "match": rule.match, "refine": rule.refine, "guidance": rule.guidance if auto else None,
                 "weights": rule.weights, **({"tau": rule.tau} if rule.weights == "kernel" else {}),
                 "rule": "sampling.anchor", "source": rule.source,
                 "conditions": {k: v for k, v in anchors.items()}}

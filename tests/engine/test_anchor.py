@@ -175,6 +175,7 @@ def test_perturb_mode_moves_each_cell_by_the_latent_effect(held_out_dir, tmp_pat
     ({"weights": "nearest"}, "sampling.anchor.weights"),
     ({"kinds": ["somewhere"]}, "sampling.anchor.kinds"),
     ({"tau": 0}, "sampling.anchor.tau"),
+    ({"match": "counts"}, "sampling.anchor.match"),
     ({"why": 1}, "sampling.anchor"),
 ])
 def test_a_bad_anchor_rule_is_refused_naming_the_entry(held_out_dir, tmp_path, bad, entry):
@@ -237,6 +238,50 @@ def test_the_model_anchors_a_held_out_double_at_additive(tmp_path, synthetic_ses
     # roughly additive, so the test asks for the direction, not the size)
     assert share[:, 10:20].mean() > 1.1 * share_c[:, 10:20].mean()
     assert share[:, 20:30].mean() > 1.1 * share_c[:, 20:30].mean()
+
+
+def test_expression_match_moves_the_decoded_cells_by_the_baseline(held_out_dir, tmp_path,
+                                                                  synthetic_session):
+    import torch
+
+    from engine import Condition, PerturbModel
+    from engine.anchor import match_expression
+    from engine.effects import baseline_for
+
+    model = PerturbModel.load(held_out_dir, device="cpu")
+    cond = model.check_condition(Condition.parse("B", "A", "CRISPRa"))
+    base = baseline_for(model, cond)                   # A's mean effect in the other types
+    delta = model.anchor_for(cond) if model.anchor_rule else None
+    assert base is not None and delta is None
+    delta = model.latent_means.delta(cond)[0]
+    cells = synthetic_session[(synthetic_session.obs["cell_type"] == "B").to_numpy()
+                              & (synthetic_session.obs["perturbation"] == "control").to_numpy()]
+    states = model.encode(cells)
+    ae = model.autoencoder
+    before = [w.detach().clone() for w in ae.decoder.parameters()]
+
+    def moved_by(shift):              # decoded log1p(1e4 * proportion), mean over the cells
+        with torch.no_grad():
+            s = torch.as_tensor(states) * model._std + model._mean
+            s2 = (torch.as_tensor(states + shift)) * model._std + model._mean
+            d = model.latent_dim
+            f = lambda z: torch.log1p(1e4 * torch.softmax(ae.decoder(z[:, :d]), -1)).mean(0)  # noqa: E731
+            return (f(s2) - f(s)).numpy()
+
+    shift = match_expression(ae, states, delta, base.effect, model._mean, model._std)
+    err = lambda sh: float(((moved_by(sh) - base.effect) ** 2).mean())  # noqa: E731
+    assert err(shift) < 0.8 * err(delta)
+    assert shift[-1] == pytest.approx(delta[-1])          # the library part is kept
+    assert all(torch.equal(a, b) for a, b in zip(before, ae.decoder.parameters(), strict=True))
+    assert all(w.grad is None for w in ae.decoder.parameters())
+    # through the model: the rule's match reaches generation and is recorded
+    anchored = _with_rule(held_out_dir, tmp_path, {"kinds": ["new_cell_type"],
+                                                   "match": "expression"})
+    out = anchored.perturb(cells, cond, seed=0)
+    assert out.uns["perturb_studio"]["anchor"]["match"] == "expression"
+    latent = _with_rule(held_out_dir, tmp_path / "l", {"kinds": ["new_cell_type"]})
+    assert not np.array_equal(out.layers["counts"].toarray(),
+                              latent.perturb(cells, cond, seed=0).layers["counts"].toarray())
 
 
 def test_the_engine_rule_is_the_one_chosen_on_the_kang_folds():
