@@ -2,7 +2,10 @@
 
 Trains one model per variant (same data, seed, budget: the shipped Kang schedule, one flow
 network) and prints held-out scores (de novo, guidance 1), training time and generation speed
-(cells/s, ``--threads``, 2 by default).
+(cells/s, ``--threads``, 2 by default). Each variant is scored twice: the flow alone (guidance
+1, as before the latent baseline) and with the shipped Kang model's anchor rule
+(docs/results/anchor.json: the type's control cells plus the kernel-weighted latent effect of
+stimulation in the other types, refined by the flow; rows "anchored").
 
     python build_scripts/compare_designs.py [--cell-type CD14+Mono] [--json out.json]
         [--variants mlp ssm pathway] [--threads 2]
@@ -42,7 +45,7 @@ SHORT = dict(zip(("mlp", "transformer", "ssm", "pathway", "ddpm", "posterior-mea
 def main(argv=None) -> int:
     import torch
 
-    from build_scripts.train_models import TRAIN, kang
+    from build_scripts.train_models import TRAIN, anchor_rule, kang
     from engine import Condition, train_model
     from engine.evaluate import evaluate
 
@@ -74,6 +77,18 @@ def main(argv=None) -> int:
         rows.append({"variant": name, "train_s": round(train_s), "cells_per_s": round(speed),
                      **{k: m[k] for k in ("r2_top100", "pearson_delta_top100", "energy_ratio")}})
         print(json.dumps(rows[-1]), flush=True)
+        rule = anchor_rule("kang-ifnb-pbmc")
+        if rule and model.config.get("latent_means"):
+            model.config["sampling"]["anchor"] = rule
+            assert model.anchor_for(cond) is not None, cond.label
+            t0 = time.perf_counter()
+            model.generate(cond, 5000, seed=0)
+            speed = 5000 / (time.perf_counter() - t0)
+            m = evaluate(model, adata, schema, cond, mode="denovo", seed=0).row("model")
+            rows.append({"variant": name + ", anchored", "train_s": round(train_s),
+                         "cells_per_s": round(speed), **{k: m[k] for k in (
+                             "r2_top100", "pearson_delta_top100", "energy_ratio")}})
+            print(json.dumps(rows[-1]), flush=True)
     base = r.row("mean_shift")
     print(f"mean_shift baseline: r2_top100 {base['r2_top100']}, pearson_delta_top100 "
           f"{base['pearson_delta_top100']}, energy_ratio {base['energy_ratio']}")
