@@ -220,7 +220,12 @@ def match_expression(autoencoder, states, delta, target_effect, mean, std, *, st
     log1p(1e4 * proportion), differs from that of ``states`` by ``target_effect`` (squared
     error over the genes). The latent sum of two singles' effects is not their sum in
     expression (the decoder is not linear); this puts the start where the expression-space
-    baseline is. Returns the shift, a (d + 1,) float32 array in standardised units."""
+    baseline is. ``reg`` adds ``reg * mean((shift - delta)²)`` (a pull towards the latent
+    baseline); ``top`` matches only the ``top`` genes of largest |target_effect|. Returns the
+    shift, a (d + 1,) float32 array in standardised units.
+
+    Measured on the CRISPR leave-one-double-out folds and not used by any shipped model
+    (docs/results/crispr_lodo_match.txt): it helped one double and hurt another more."""
     import torch
 
     dev = next(autoencoder.parameters()).device
@@ -245,20 +250,21 @@ def match_expression(autoencoder, states, delta, target_effect, mean, std, *, st
 
     was_training = autoencoder.training
     autoencoder.eval()
-    try:
-        with torch.no_grad():
-            base = lognorm_mean(x) + target
-        shift = start[:d].clone().requires_grad_(True)
-        opt = torch.optim.Adam([shift], lr=lr)
-        lib = start[d:]
-        for _ in range(steps):
-            moved = x + torch.cat([shift, lib])
-            loss = (lognorm_mean(moved) - base)[genes].pow(2).mean()
-            if reg > 0:                        # stay near the latent baseline
-                loss = loss + reg * (shift - start[:d]).pow(2).mean()
-            # the gradient of the shift alone: the decoder's weights are left untouched
-            (shift.grad,) = torch.autograd.grad(loss, [shift])
-            opt.step()
-    finally:
-        autoencoder.train(was_training)
+    with torch.enable_grad():                      # also inside a caller's torch.no_grad()
+        try:
+            with torch.no_grad():
+                base = lognorm_mean(x) + target
+            shift = start[:d].clone().requires_grad_(True)
+            opt = torch.optim.Adam([shift], lr=lr)
+            lib = start[d:]
+            for _ in range(steps):
+                moved = x + torch.cat([shift, lib])
+                loss = (lognorm_mean(moved) - base)[genes].pow(2).mean()
+                if reg > 0:                        # stay near the latent baseline
+                    loss = loss + reg * (shift - start[:d]).pow(2).mean()
+                # the gradient of the shift alone: the decoder's weights are left untouched
+                (shift.grad,) = torch.autograd.grad(loss, [shift])
+                opt.step()
+        finally:
+            autoencoder.train(was_training)
     return torch.cat([shift.detach(), lib]).cpu().numpy().astype(np.float32)
