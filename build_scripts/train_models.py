@@ -204,8 +204,11 @@ def evaluate_model(model, test, schema, n_de: dict | None = None, min_de: int = 
 
 
 # Results of the out-of-distribution experiments, folded into the cards' evidence tables when
-# present (written by build_scripts/kang_loo.py --ensemble-json).
-OOD_EVIDENCE = {"kang-ifnb-pbmc": ROOT / "docs" / "results" / "kang_loo_ensemble.json"}
+# present (written by build_scripts/kang_loo.py --ensemble-json and
+# build_scripts/crispr_heldout.py --evidence-json).
+OOD_EVIDENCE = {"kang-ifnb-pbmc": ROOT / "docs" / "results" / "kang_loo_ensemble.json",
+                "crispr-k562-glioblastoma": ROOT / "docs" / "results" /
+                "crispr_heldout_evidence.json"}
 # The "new gene" row (genes never perturbed in training) of the models with gene-set target
 # priors, written by build_scripts/unseen_genes.py (leave-one-gene-out).
 NEW_GENE_EVIDENCE = ROOT / "docs" / "results" / "unseen_genes.json"

@@ -315,7 +315,6 @@ def anchor_lines(config: dict) -> list[str]:
     how = (f"refined by the flow from time {float(a.get('refine', 0)):g} at guidance "
            f"{float(a.get('guidance', 1)):g}" if float(a.get("refine", 0)) > 0 else
            "not refined by the flow")
-    src = f" ({a['source']})" if a.get("source") else ""
     lines = []
     expr = a.get("match") == "expression"
     for kind in a.get("kinds", ["new_cell_type"]):
@@ -334,5 +333,7 @@ def anchor_lines(config: dict) -> list[str]:
             start = (f"{str(kind).replace('_', ' ').capitalize()} conditions start from the "
                      "cell type's control cells plus the perturbation's mean latent effect "
                      f"where it was measured ({a.get('weights', 'uniform')} weights)")
-        lines.append(f"{start}, {how}{src}.")
+        lines.append(f"{start}, {how}.")
+    if lines and a.get("source"):                  # once: it may cover several classes
+        lines[-1] = f"{lines[-1][:-1]} (chosen: {a['source']})."
     return lines
