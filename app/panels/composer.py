@@ -355,8 +355,11 @@ class ComposerPanel(QWidget):
             where = (f"{n} other cell type{'s' if n > 1 else ''}"
                      if all(c.cell_type != cond.cell_type for c in anchor[1]) else
                      f"{n} measured group{'s' if n > 1 else ''}")
+            rule = getattr(self.model, "anchor_rule", None)
+            refined = (", then refined by the model" if rule is not None and rule.refine > 0
+                       else ", used as they are (not refined by the model)")
             text += (f" · starts from the {esc(cond.cell_type or '')} control cells plus the "
-                     f"effect measured in {where}, then refined by the model")
+                     f"effect measured in {where}{refined}")
         elif g is not None and self.guidance.value() < 0:      # "model's choice"
             text += f" · drawn at guidance {g:g}, the model's choice for this kind"
         if ev.below_baseline:

@@ -97,3 +97,11 @@ def test_composer_says_where_an_anchored_condition_starts(qtbot, window, model_n
     assert "starts from the CD4T control cells plus the effect measured in 2 other cell " \
            "types" in line
     assert "drawn at guidance" not in line
+    assert "then refined by the model" in line            # the Kang rule refines from 0.2
+    # a rule that uses the start as it is (the CRISPR model's) says so instead
+    from engine.anchor import AnchorRule
+
+    monkeypatch.setattr(type(model), "anchor_rule", property(lambda _m: AnchorRule(refine=0.0)))
+    line = c._evidence_line(cond)
+    assert "used as they are (not refined by the model)" in line
+    assert "then refined" not in line
