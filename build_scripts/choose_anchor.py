@@ -37,12 +37,17 @@ CELL_TYPES = ["B", "CD14+Mono", "CD4T", "CD8T", "Dendritic", "FCGR3A+Mono", "NK"
 GRID = [{"weights": w, "refine": s, "guidance": g}
         for w in ("uniform", "kernel") for s in (0.0, 0.2, 0.3, 0.4, 0.5)
         for g in ((1.0,) if s == 0 else (1.0, 2.0))]
+#: ``--grid tau``: sharper kernels (tau: the kernel width as a fraction of the median squared
+#: distance between control means; the default grid's kernel rules use 0.5)
+TAU_GRID = [{"weights": "kernel", "refine": s, "guidance": g, "tau": t}
+            for t in (0.1, 0.25) for s, g in ((0.0, 1.0), (0.2, 1.0), (0.2, 2.0), (0.3, 2.0))]
 FLOW_ALONE = "flow alone"
 METRICS = ("r2_top100", "pearson_delta_top100", "energy_ratio")
 
 
 def rule_name(r: dict) -> str:
-    return f"{r['weights']} refine={r['refine']:g} g={r['guidance']:g}"
+    tau = f" tau={r['tau']:g}" if r.get("tau", 0.5) != 0.5 else ""
+    return f"{r['weights']}{tau} refine={r['refine']:g} g={r['guidance']:g}"
 
 
 def main(argv=None) -> int:
@@ -62,6 +67,10 @@ def main(argv=None) -> int:
     p.add_argument("--cell-types", nargs="*", default=CELL_TYPES)
     p.add_argument("--threads", type=int, default=int(os.environ.get("THREADS", 2)))
     p.add_argument("--out", type=Path, default=RESULTS / "anchor_kang_loo")
+    p.add_argument("--grid", choices=("default", "tau"), default="default",
+                   help="the rules to score: the default grid (with the flow alone) or the "
+                        "sharper kernels of TAU_GRID (merge the rows of both runs with "
+                        "--summarise to choose among all of them)")
     args = p.parse_args(argv)
     if args.summarise:
         rows = [r for f in args.summarise for r in json.loads(f.read_text())]
@@ -86,7 +95,7 @@ def main(argv=None) -> int:
         # as the shipped model: guidance per evidence class (the flow alone draws a new cell
         # type at the guidance chosen for it)
         sampling["guidance_by_evidence"] = guidance_by_evidence("kang-ifnb-pbmc")
-        for rule in [None] + GRID:
+        for rule in ([None] + GRID) if args.grid == "default" else TAU_GRID:
             sampling.pop("anchor", None)
             if rule is not None:
                 sampling["anchor"] = {"kinds": ["new_cell_type"], **rule}
@@ -170,7 +179,7 @@ def summarise(rows: list[dict], np) -> str:
                   f"{score(best, folds, 'energy_ratio'):.3f}; flow alone R2 "
                   f"{score(FLOW_ALONE, folds):.3f})"]
     if keep:
-        rule = next(g for g in GRID if rule_name(g) == best)
+        rule = next(g for g in GRID + TAU_GRID if rule_name(g) == best)
         path = RESULTS / "anchor.json"        # other models' entries (crispr_lodo.py) stay
         chosen = json.loads(path.read_text()) if path.is_file() else {"models": {}}
         chosen["models"]["kang-ifnb-pbmc"] = {

@@ -253,9 +253,10 @@ def test_train_a_model_appears_with_card(qtbot, window, kang_file, monkeypatch):
     t.members.setValue(1)
     assert t.request().overrides["members"] == 1 and "without an uncertainty" in \
         t.members_note.text()
-    assert req.overrides["anchor"] is False
+    assert req.overrides["anchor"] is True                   # on by default, as in the engine
+    t.anchor.setChecked(False)
+    assert t.request().overrides["anchor"] is False
     t.anchor.setChecked(True)
-    assert t.request().overrides["anchor"] is True
     # all 4,805 genes (no highly-variable-gene selection, so scanpy is not imported), tiny net
     req = dataclasses.replace(req, overrides=dict(ae_max_steps=30, flow_steps=40, width=32,
                                                   depth=1, ae_hidden=32, members=2,

@@ -105,6 +105,6 @@ def held_out_dir(tmp_path_factory, synthetic_session, schema):
     from engine import train_model
 
     out = tmp_path_factory.mktemp("held_out") / "m"
-    train_model(synthetic_session.copy(), schema, out, seed=0, device="cpu",
+    train_model(synthetic_session.copy(), schema, out, seed=0, device="cpu", anchor=False,
                 exclude=[{"cell_type": "B", "perturbation": "A"}], **TINY)
     return out

@@ -109,7 +109,7 @@ def test_training_stores_the_group_means(held_out_dir):
                    for c in lm.conditions)                     # the excluded group
     assert lm.means.shape == (len(lm.conditions), model.latent_dim + 1)
     assert lm.n_cells.sum() == model.config["training"]["n_cells"]
-    assert model.anchor_rule is None                              # off until chosen
+    assert model.anchor_rule is None                              # trained with anchor=False
 
 
 def test_an_anchored_new_cell_type_starts_from_its_controls(held_out_dir, tmp_path):
@@ -301,5 +301,8 @@ def test_train_anchor_records_the_rule(tmp_path, synthetic_session, schema):
     from engine.anchor import KANG_RULE
 
     model = train_model(synthetic_session.copy(), schema, None, seed=0, device="cpu",
-                        anchor=True, **{**TINY, "flow_steps": 20, "ae_max_steps": 20})
-    assert model.anchor_rule == KANG_RULE
+                        **{**TINY, "flow_steps": 20, "ae_max_steps": 20})
+    assert model.anchor_rule == KANG_RULE                         # the default
+    off = train_model(synthetic_session.copy(), schema, None, seed=0, device="cpu",
+                      anchor=False, **{**TINY, "flow_steps": 20, "ae_max_steps": 20})
+    assert off.anchor_rule is None and "anchor" not in off.config["sampling"]
