@@ -66,6 +66,7 @@ def main(argv=None) -> int:
         backbone = kw.pop("backbone")
         t0 = time.perf_counter()
         model = train_model(adata, schema, None, seed=0, device="cpu", backbone=backbone,
+                            anchor=False,                   # the first row: the flow alone
                             exclude=[{"cell_type": args.cell_type, "condition": "stimulated"}],
                             **{**TRAIN["kang-ifnb-pbmc"], "members": 1, **kw})
         train_s = time.perf_counter() - t0

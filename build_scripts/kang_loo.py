@@ -85,6 +85,7 @@ def main(argv=None) -> int:
         # as the shipped Kang model: guidance per evidence class and the anchor rule
         model.config["sampling"]["guidance_by_evidence"] = guidance_by_evidence("kang-ifnb-pbmc")
         rule = None if args.no_anchor else anchor_rule("kang-ifnb-pbmc")
+        model.config["sampling"].pop("anchor", None)         # training's default rule
         if rule:
             model.config["sampling"]["anchor"] = rule
         if args.save_models:
