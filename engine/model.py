@@ -335,16 +335,19 @@ class PerturbModel:
         return torch.as_tensor(delta, device=self.device)
 
     def _refine(self, x, cond_pair, rule, guidance: float, steps: int, generator, cancel, net):
-        """Anchor ``x`` (standardised states) refined by the flow from time ``rule.refine``
-        (rectified flow: ``(1 - s) x + s noise``) to the data, under ``cond_pair``."""
+        """Anchor ``x`` (standardised states) noised to the fraction ``rule.refine`` of the
+        objective's time range by its own forward process (rectified flow: ``(1 - s) x + s
+        noise``; DDPM: ``sqrt(ab) x + sqrt(1 - ab) noise``), then integrated to the data under
+        ``cond_pair`` (SDEdit)."""
         import torch
 
         s = float(rule.refine)
         if s <= 0:
             return x
+        t = s * float(self.objective.t_max)
         noise = torch.randn(x.shape, generator=generator).to(x.device)
-        xs = (1 - s) * x + s * noise
-        grid = [s] + [t for t in self.objective.grid(steps) if t < s]
+        xs = self.objective.corrupt(x, noise, torch.full((x.shape[0],), t, device=x.device))[0]
+        grid = [t] + [u for u in self.objective.grid(steps) if u < t]
         return self._integrate(xs, *cond_pair, guidance, grid, None, cancel, net=net)
 
     # -- conditions ------------------------------------------------------------------------------

@@ -306,3 +306,38 @@ def test_train_anchor_records_the_rule(tmp_path, synthetic_session, schema):
     off = train_model(synthetic_session.copy(), schema, None, seed=0, device="cpu",
                       anchor=False, **{**TINY, "flow_steps": 20, "ae_max_steps": 20})
     assert off.anchor_rule is None and "anchor" not in off.config["sampling"]
+
+
+@pytest.mark.parametrize("objective", ["rectified_flow", "ddpm"])
+def test_refinement_noises_the_start_with_the_models_own_forward_process(held_out_dir,
+                                                                         objective):
+    """SDEdit must noise the anchored start as the model's objective does (a DDPM model noised
+    the rectified-flow way shrank every start towards 0 and lost the effect)."""
+    import torch
+
+    from engine import PerturbModel
+    from engine.anchor import AnchorRule
+    from engine.diffusion.schedules import OBJECTIVES
+
+    model = PerturbModel.load(held_out_dir, device="cpu")
+    model.objective = OBJECTIVES[objective]()
+    seen = {}
+
+    def capture(xs, c, c_null, g, grid, on_step, cancel, net=None):
+        seen["xs"], seen["grid"] = xs, grid
+        return xs
+
+    model._integrate = capture
+    x = torch.full((20_000, 3), 2.0)
+    model._refine(x, (None, None), AnchorRule(refine=0.4), 1.0, 10,
+                  torch.Generator().manual_seed(0), None, None)
+    t = 0.4 * model.objective.t_max
+    if objective == "ddpm":
+        ab = model.objective.alpha_bar(t)
+        keep, spread = ab ** 0.5, (1 - ab) ** 0.5
+    else:
+        keep, spread = 1 - t, t
+    xs = seen["xs"]
+    assert float(xs.mean()) == pytest.approx(2.0 * keep, abs=0.02)
+    assert float(xs.std()) == pytest.approx(spread, abs=0.02)
+    assert seen["grid"][0] == pytest.approx(t) and all(u < t for u in seen["grid"][1:])
