@@ -173,7 +173,9 @@ def summarise(rows: list[dict], np) -> str:
                      f"  PD {np.mean([r['pearson_delta_top100'] for r in sel]):.3f}"
                      f"  energy {np.mean([r['energy_ratio'] for r in sel]):.3f}")
     best = choose(folds)
-    keep = best != FLOW_ALONE
+    # anchor.json is written only from a full competition (the flow alone among the rows): a
+    # --grid tau run on its own must not choose the shipped rule
+    keep = best != FLOW_ALONE and any(r["rule"] == FLOW_ALONE for r in rows)
     lines += ["", f"chosen on all folds: {best} (R2 {score(best, folds):.3f}, PD "
                   f"{score(best, folds, 'pearson_delta_top100'):.3f}, energy "
                   f"{score(best, folds, 'energy_ratio'):.3f}; flow alone R2 "
