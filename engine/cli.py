@@ -248,7 +248,7 @@ def cmd_train(args) -> int:
             **({"objective": args.objective} if args.objective else {}),
             **({"members": args.members} if args.members else {}),
             **({"target_prior": args.target_prior} if args.target_prior else {}),
-            anchor=args.anchor,
+            **({"anchor": args.anchor} if args.anchor is not None else {}),
             **_budget_overrides(args))
     except KeyboardInterrupt:
         if dist.main and (partial / "checkpoint.json").is_file():
@@ -620,12 +620,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="gene-set priors in the perturbation-target embedder, so the model can "
                         "be asked for genes never perturbed in training (default auto: on when "
                         "most targets are gene symbols the priors know)")
-    t.add_argument("--anchor", action=argparse.BooleanOptionalAction, default=True,
+    t.add_argument("--anchor", action=argparse.BooleanOptionalAction, default=None,
                    help="draw a cell type never seen with a perturbation from its control cells "
                         "plus the effect measured in the most similar cell types, refined by "
-                        "the flow (default; the rule chosen on Kang's leave-one-cell-type-out "
-                        "folds, also ahead of the flow alone on CRISPR genes held out in one "
-                        "cell line). --no-anchor: the flow alone for every condition")
+                        "the flow (default with the rectified-flow objective; the rule chosen "
+                        "on Kang's leave-one-cell-type-out folds, also ahead of the flow alone "
+                        "on CRISPR genes held out in one cell line; off by default with DDPM, "
+                        "where it lost). --no-anchor: the flow alone for every condition")
     t.add_argument("--holdout", type=_float_arg(0.0, 0.5), default=0.2,
                    help="fraction of the cells of every condition held out to judge the model "
                         "(default 0.2; 0 trains on everything and leaves the model unjudged)")

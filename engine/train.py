@@ -409,12 +409,14 @@ def train_model(adata, schema, out_dir: str | os.PathLike | None = None, *,
     ``checkpoint_every`` seconds and on cancel (default ``<out_dir>.partial`` when ``out_dir``
     is given); ``resume`` continues from it.
 
-    ``anchor`` (an override, default True): record :data:`engine.anchor.KANG_RULE` in
-    ``sampling.anchor``, so a cell type never seen with a perturbation starts from its control
-    cells plus the effect measured in the most similar cell types (chosen on Kang's
-    leave-one-cell-type-out folds, and ahead of the flow alone on every CRISPR gene held out
-    in one cell line too: docs/results/anchor_kang_loo.txt, docs/results/crispr_heldout.txt).
-    ``anchor=False`` leaves every condition to the flow alone.
+    ``anchor`` (an override): record :data:`engine.anchor.KANG_RULE` in ``sampling.anchor``,
+    so a cell type never seen with a perturbation starts from its control cells plus the
+    effect measured in the most similar cell types (chosen on Kang's leave-one-cell-type-out
+    folds, and ahead of the flow alone on every CRISPR gene held out in one cell line too:
+    docs/results/anchor_kang_loo.txt, docs/results/crispr_heldout.txt). Default: on for the
+    rectified-flow objective, where it was measured; off for DDPM, whose generated control
+    cells lie further from the real ones, so the start is worse than its own flow
+    (docs/results/compare_designs.txt). ``anchor=False`` leaves every condition to the flow.
     """
     import torch
 
@@ -429,8 +431,11 @@ def train_model(adata, schema, out_dir: str | os.PathLike | None = None, *,
     if prior_mode not in ("auto", "gene_sets", "none"):
         raise ValueError(f"target_prior must be auto, gene_sets or none, got {prior_mode!r}")
     overrides.pop("prior_dim", None)                  # set by the priors, never by hand
-    anchor = bool(overrides.pop("anchor", True))      # engine.anchor.KANG_RULE for new types
+    anchor = overrides.pop("anchor", None)            # engine.anchor.KANG_RULE for new types
     mc = ModelConfig.from_overrides(backbone, **overrides)
+    if anchor is None:        # the default where it was measured: rectified flow (see below)
+        anchor = mc.arch.objective == "rectified_flow"
+    anchor = bool(anchor)
     hp = mc.hyperparameters()
     t_start = time.perf_counter()
     dev = resolve_device(device)

@@ -306,6 +306,9 @@ def test_train_anchor_records_the_rule(tmp_path, synthetic_session, schema):
     off = train_model(synthetic_session.copy(), schema, None, seed=0, device="cpu",
                       anchor=False, **{**TINY, "flow_steps": 20, "ae_max_steps": 20})
     assert off.anchor_rule is None and "anchor" not in off.config["sampling"]
+    ddpm = train_model(synthetic_session.copy(), schema, None, seed=0, device="cpu",
+                       objective="ddpm", **{**TINY, "flow_steps": 20, "ae_max_steps": 20})
+    assert ddpm.anchor_rule is None            # not the default where it lost (DDPM)
 
 
 @pytest.mark.parametrize("objective", ["rectified_flow", "ddpm"])

@@ -73,7 +73,7 @@ def test_cli_train_holds_out_and_prints_the_verdict(synthetic, tmp_path, capsys,
     out = capsys.readouterr().out
     assert rc == 0 and seen["holdout"] == 0.25 and seen["members"] == 2
     assert "2 ensemble members" in out and "R2" in out
-    assert seen["anchor"] is True                   # new cell types start from the baseline
+    assert "anchor" not in seen                     # the engine's default (rectified flow: on)
     rc = cli.main(["train", str(data), "--out", str(tmp_path / "m2"), "--quiet",
                    "--cell-type-key", "cell_type", "--perturbation-key", "perturbation",
                    "--perturbation-type-key", "ptype", "--control", "control",
