@@ -112,15 +112,22 @@ def sample_nb(log_mu: torch.Tensor, log_theta: torch.Tensor, generator: torch.Ge
     """
     shape = log_mu.shape
     dev = log_mu.device
-    log_theta = log_theta.expand(shape)
+    n_genes = shape[-1]
+    # a per-gene dispersion stays (G,): broadcasting, never a (B, G) copy of it
+    per_gene = log_theta.dim() == 1 or log_theta.shape[0] == 1
+    lt_flat = log_theta.reshape(-1) if per_gene else log_theta.expand(shape).reshape(-1)
+
+    def theta_at(idx):                  # log dispersion of flat entries ``idx``
+        return lt_flat[idx % n_genes] if per_gene else lt_flat[idx]
+
     flat_mu = log_mu.reshape(-1)
     big = flat_mu > math.log(big_mu)
     # log P(0) = -theta * log(1 + mu / theta) = -theta * softplus(log mu - log theta)
-    p0 = torch.exp(-log_theta.exp() * F.softplus(log_mu - log_theta)).view(-1)
+    p0 = torch.exp(-log_theta.exp() * F.softplus(log_mu - log_theta)).reshape(-1)
     u = torch.rand(shape, generator=generator, device=dev).view(-1)
     walk_idx = torch.nonzero((u > p0) & ~big).squeeze(1)           # small means, k >= 1
     values = torch.zeros(walk_idx.numel(), dtype=torch.int32, device=dev)
-    lm, lt = flat_mu[walk_idx], log_theta.reshape(-1)[walk_idx]
+    lm, lt = flat_mu[walk_idx], theta_at(walk_idx)
     walk = torch.arange(walk_idx.numel(), device=dev)
     uf, cdf = u[walk_idx], p0[walk_idx]
     pk = cdf.clone()
@@ -143,7 +150,7 @@ def sample_nb(log_mu: torch.Tensor, log_theta: torch.Tensor, generator: torch.Ge
         values[pos] = _gamma_poisson_above(lm, lt, max_iter, generator)
     big_idx = torch.nonzero(big).squeeze(1)                         # large means: few entries
     if big_idx.numel():
-        th = log_theta.reshape(-1)[big_idx].exp()
+        th = theta_at(big_idx).exp()
         lam = torch._standard_gamma(th, generator=generator) * (flat_mu[big_idx].exp() / th)
         bv = torch.poisson(lam, generator=generator).to(torch.int32)
         nz = bv > 0
