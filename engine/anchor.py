@@ -38,8 +38,8 @@ import numpy as np
 
 from .conditions.spec import Condition, group_key
 
-__all__ = ["KANG_RULE", "AnchorRule", "LatentMeans", "latent_group_means", "latent_means_from_cells",
-           "match_expression"]
+__all__ = ["KANG_RULE", "AnchorRule", "LatentMeans", "anchor_lines", "latent_group_means",
+           "latent_means_from_cells", "match_expression"]
 
 #: How the other groups' effects are averaged (:meth:`LatentMeans.delta`).
 WEIGHTS = ("uniform", "kernel")
@@ -268,3 +268,36 @@ def match_expression(autoencoder, states, delta, target_effect, mean, std, *, st
         finally:
             autoencoder.train(was_training)
     return torch.cat([shift.detach(), lib]).cpu().numpy().astype(np.float32)
+
+
+def anchor_lines(config: dict) -> list[str]:
+    """Sentences on the latent baseline (engine.anchor), one per evidence class the model's
+    rule serves (empty without a rule): for the card and the app's model page."""
+    a = (config.get("sampling") or {}).get("anchor")
+    if not isinstance(a, dict):
+        return []
+    how = (f"refined by the flow from time {float(a.get('refine', 0)):g} at guidance "
+           f"{float(a.get('guidance', 1)):g}" if float(a.get("refine", 0)) > 0 else
+           "not refined by the flow")
+    lines = []
+    expr = a.get("match") == "expression"
+    for kind in a.get("kinds", ["new_cell_type"]):
+        if kind == "new_combination" and expr:
+            start = ("New combinations start from the cell type's control cells moved, in the "
+                     "latent space, until their decoded expression changes by the sum of the "
+                     "singles' measured expression effects in that cell type")
+        elif kind == "new_combination":
+            start = ("New combinations start from the cell type's control cells plus the sum "
+                     "of their singles' latent effects in that cell type")
+        elif expr:
+            start = (f"{str(kind).replace('_', ' ').capitalize()} conditions start from the "
+                     "cell type's control cells moved, in the latent space, until their decoded "
+                     "expression changes by the perturbation's mean measured effect elsewhere")
+        else:
+            start = (f"{str(kind).replace('_', ' ').capitalize()} conditions start from the "
+                     "cell type's control cells plus the perturbation's mean latent effect "
+                     f"where it was measured ({a.get('weights', 'uniform')} weights)")
+        lines.append(f"{start}, {how}.")
+    if lines and a.get("source"):                  # once: it may cover several classes
+        lines[-1] = f"{lines[-1][:-1]} (chosen: {a['source']})."
+    return lines

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .anchor import anchor_lines
 from .evaluate import METRICS
 
 REFERENCE = "real_train"     # real cells of the same condition: a yardstick, not a baseline
@@ -306,34 +307,3 @@ def render_markdown(config: dict, card: dict) -> str:
     return "\n".join(lines)
 
 
-def anchor_lines(config: dict) -> list[str]:
-    """Sentences on the latent baseline (engine.anchor), one per evidence class the model's
-    rule serves (empty without a rule): for the card and the app's model page."""
-    a = (config.get("sampling") or {}).get("anchor")
-    if not isinstance(a, dict):
-        return []
-    how = (f"refined by the flow from time {float(a.get('refine', 0)):g} at guidance "
-           f"{float(a.get('guidance', 1)):g}" if float(a.get("refine", 0)) > 0 else
-           "not refined by the flow")
-    lines = []
-    expr = a.get("match") == "expression"
-    for kind in a.get("kinds", ["new_cell_type"]):
-        if kind == "new_combination" and expr:
-            start = ("New combinations start from the cell type's control cells moved, in the "
-                     "latent space, until their decoded expression changes by the sum of the "
-                     "singles' measured expression effects in that cell type")
-        elif kind == "new_combination":
-            start = ("New combinations start from the cell type's control cells plus the sum "
-                     "of their singles' latent effects in that cell type")
-        elif expr:
-            start = (f"{str(kind).replace('_', ' ').capitalize()} conditions start from the "
-                     "cell type's control cells moved, in the latent space, until their decoded "
-                     "expression changes by the perturbation's mean measured effect elsewhere")
-        else:
-            start = (f"{str(kind).replace('_', ' ').capitalize()} conditions start from the "
-                     "cell type's control cells plus the perturbation's mean latent effect "
-                     f"where it was measured ({a.get('weights', 'uniform')} weights)")
-        lines.append(f"{start}, {how}.")
-    if lines and a.get("source"):                  # once: it may cover several classes
-        lines[-1] = f"{lines[-1][:-1]} (chosen: {a['source']})."
-    return lines

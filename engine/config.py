@@ -521,6 +521,8 @@ class _Validator:
         conds, means, counts = lm.get("conditions"), lm.get("mean"), lm.get("n_cells")
         if not isinstance(conds, list) or not all(isinstance(c, dict) for c in conds):
             self.fail("latent_means.conditions", "must be a list of conditions")
+        for i, c in enumerate(conds):
+            self.condition(f"latent_means.conditions[{i}]", c)
         if not isinstance(means, list) or len(means) != len(conds):
             self.fail("latent_means.mean", f"must be a list of {len(conds)} rows")
         if not isinstance(counts, list) or len(counts) != len(conds):
@@ -700,11 +702,16 @@ class SamplingConfig:
     guidance: float = 1.0
     batch_size: int = 2048
     guidance_by_evidence: dict[str, float] = field(default_factory=dict)
+    #: ``engine.anchor.AnchorRule`` as a dict (validated with the config), or None: the flow
+    #: alone for every condition
+    anchor: dict | None = None
 
     def to_dict(self) -> dict:
         out = asdict(self)
         if not out["guidance_by_evidence"]:          # earlier configs never had the key
             del out["guidance_by_evidence"]
+        if out["anchor"] is None:
+            del out["anchor"]
         return out
 
 

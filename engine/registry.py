@@ -54,7 +54,7 @@ class ModelInfo:
 
 
 def _info(folder: Path, source: str) -> ModelInfo:
-    from .cards import anchor_lines
+    from .anchor import anchor_lines
     from .config import ensemble_members
     from .reference import reference_cell_count
 

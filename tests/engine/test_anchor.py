@@ -196,6 +196,11 @@ def test_bad_latent_means_are_refused(held_out_dir, tmp_path):
     (dest / "config.json").write_text(json.dumps(config))
     with pytest.raises(ModelError, match=r"latent_means\.mean\[0\]"):
         PerturbModel.load(dest, device="cpu")
+    config["latent_means"]["mean"][0] = config["latent_means"]["mean"][1]
+    config["latent_means"]["conditions"][1]["perturbations"] = [{"type": "CRISPRa"}]
+    (dest / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelError, match=r"latent_means\.conditions\[1\]"):
+        PerturbModel.load(dest, device="cpu")
 
 
 def test_a_new_combination_starts_from_the_sum_of_its_singles():
