@@ -295,9 +295,12 @@ class ComposerPanel(QWidget):
             self.check.setText(f"<span style='color:#1b5e20'>✔ {esc(cond.label)}: measured in the "
                                "training data.</span>" + self._evidence_line(cond))
         else:
+            how = ("the model predicts it from the measured effect elsewhere (below)"
+                   if self._anchor(cond) is not None else
+                   "the model predicts it by combining what it learned")
             self.check.setText(f"<span style='color:#a15c00'>⚠ {esc(cond.label)}: never measured in "
-                               "the training data; the model predicts it by combining what it "
-                               "learned (an extrapolation).</span>" + self._evidence_line(cond))
+                               f"the training data; {how} (an extrapolation).</span>"
+                               + self._evidence_line(cond))
         ok = problem is None
         self.add_btn.setEnabled(ok)
         self.generate_btn.setEnabled((ok or self.queue.count() > 0) and not self.busy)

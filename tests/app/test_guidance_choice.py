@@ -105,3 +105,21 @@ def test_composer_says_where_an_anchored_condition_starts(qtbot, window, model_n
     line = c._evidence_line(cond)
     assert "used as they are (not refined by the model)" in line
     assert "then refined" not in line
+
+
+def test_a_gene_new_in_a_cell_line_says_it_starts_from_the_measured_effect(qtbot, window):
+    """The shipped CRISPR model anchors a gene measured in other lines but new in this one:
+    the form says so (and that the start is used as it is), with the card's held-out score."""
+    w = window
+    _use_model(qtbot, w, "crispr-k562-glioblastoma")
+    c = _compose(w, cell_type="T98G", target="SGK1")
+    row = c.perts.rows[0]
+    row.target.editingFinished.emit()
+    row.type.setCurrentText("CRISPRi")
+    c._validate()
+    text = c.check.text()
+    assert "never measured in the training data; the model predicts it from the measured " \
+           "effect elsewhere" in text
+    assert "starts from the T98G control cells plus the effect measured in 2 other cell " \
+           "types, used as they are (not refined by the model)" in text
+    assert "mean shift baseline 0.83" in text             # the card's new-cell-type row
