@@ -50,7 +50,7 @@ class ModelInfo:
     backbone: str = ""
     members: int = 1                 # ensemble members (engine.effects)
     reference_cells: int = 0         # real training cells stored with it (engine.reference)
-    anchor: tuple[str, ...] = ()     # how never-measured conditions start (engine.cards)
+    anchor: tuple[str, ...] = ()     # how never-measured conditions start (engine.anchor)
 
 
 def _info(folder: Path, source: str) -> ModelInfo:

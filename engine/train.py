@@ -433,7 +433,7 @@ def train_model(adata, schema, out_dir: str | os.PathLike | None = None, *,
     overrides.pop("prior_dim", None)                  # set by the priors, never by hand
     anchor = overrides.pop("anchor", None)            # engine.anchor.KANG_RULE for new types
     mc = ModelConfig.from_overrides(backbone, **overrides)
-    if anchor is None:        # the default where it was measured: rectified flow (see below)
+    if anchor is None:        # the default where it was measured: rectified flow (docstring)
         anchor = mc.arch.objective == "rectified_flow"
     anchor = bool(anchor)
     hp = mc.hyperparameters()
