@@ -211,12 +211,17 @@ class MainWindow(SessionActionsMixin, QMainWindow):
 
     def _note_finished_rate(self) -> None:
         """The run's own average speed, when no progress report recorded one (a short run
-        can finish between two throttled reports)."""
+        can finish between two throttled reports). The steps come from the run's provenance:
+        ``_run_steps`` is cleared when the job ends, and that signal can arrive first."""
         import time
 
-        t0, steps = getattr(self, "_run_t0", None), getattr(self, "_run_steps", None)
+        t0 = getattr(self, "_run_t0", None)
         exp = self.session.experiment
-        if t0 is None or not steps or exp is None or getattr(exp, "adata", None) is None:
+        if t0 is None or exp is None or getattr(exp, "adata", None) is None:
+            return
+        prov = exp.adata.uns.get("perturb_studio") or {}
+        steps = prov.get("steps") if isinstance(prov, dict) else None
+        if not steps:
             return
         self._run_t0 = None
         if cfg.get("generation_rate") in (None, "", "None"):
