@@ -871,7 +871,8 @@ class PerturbModel:
         how = ("the perturbation's mean latent effect in the groups listed" if
                rule.match == "latent" else "a latent shift whose decoded expression moves by "
                "the expression-space baseline (additive or mean shift) of the groups listed")
-        return {"method": f"control cells of the cell type + {how}, refined by the flow",
+        refined = ", refined by the flow" if rule.refine > 0 else " (not refined by the flow)"
+        return {"method": f"control cells of the cell type + {how}{refined}",
                 "match": rule.match, "refine": rule.refine, "guidance": rule.guidance if auto else None,
                 "weights": rule.weights, **({"tau": rule.tau} if rule.weights == "kernel" else {}),
                 "rule": "sampling.anchor", "source": rule.source,

@@ -435,7 +435,9 @@ def train_model(adata, schema, out_dir: str | os.PathLike | None = None, *,
     mc = ModelConfig.from_overrides(backbone, **overrides)
     if anchor is None:        # the default where it was measured: rectified flow (docstring)
         anchor = mc.arch.objective == "rectified_flow"
-    anchor = bool(anchor)
+    if anchor:                # recorded through the typed config: config.json sampling.anchor
+        mc = dataclasses.replace(mc, sampling=dataclasses.replace(
+            mc.sampling, anchor=KANG_RULE.to_dict()))
     hp = mc.hyperparameters()
     t_start = time.perf_counter()
     dev = resolve_device(device)
@@ -484,8 +486,6 @@ def train_model(adata, schema, out_dir: str | os.PathLike | None = None, *,
               "density": density}
     if priors_entry is not None:
         config["target_priors"] = priors_entry
-    if anchor:
-        config["sampling"]["anchor"] = KANG_RULE.to_dict()
     k_members = int(mc.train.members)
     seeds = member_seeds(seed, k_members)
     if k_members > 1:
