@@ -41,13 +41,20 @@ GRID = [{"weights": w, "refine": s, "guidance": g}
 #: distance between control means; the default grid's kernel rules use 0.5)
 TAU_GRID = [{"weights": "kernel", "refine": s, "guidance": g, "tau": t}
             for t in (0.1, 0.25) for s, g in ((0.0, 1.0), (0.2, 1.0), (0.2, 2.0), (0.3, 2.0))]
+#: ``--grid magnitude``: the kernel average rescaled to the mean of the groups' own effect
+#: lengths (engine.anchor.MAGNITUDES "mean_norm")
+MAGNITUDE_GRID = [{"weights": "kernel", "refine": s, "guidance": g, "tau": t,
+                   "magnitude": "mean_norm"}
+                  for t in (0.5, 0.25) for s, g in ((0.0, 1.0), (0.2, 1.0), (0.2, 2.0))]
+GRIDS = {"tau": TAU_GRID, "magnitude": MAGNITUDE_GRID}
 FLOW_ALONE = "flow alone"
 METRICS = ("r2_top100", "pearson_delta_top100", "energy_ratio")
 
 
 def rule_name(r: dict) -> str:
     tau = f" tau={r['tau']:g}" if r.get("tau", 0.5) != 0.5 else ""
-    return f"{r['weights']}{tau} refine={r['refine']:g} g={r['guidance']:g}"
+    norm = " norm" if r.get("magnitude", "mean_vector") == "mean_norm" else ""
+    return f"{r['weights']}{tau}{norm} refine={r['refine']:g} g={r['guidance']:g}"
 
 
 def main(argv=None) -> int:
@@ -67,10 +74,11 @@ def main(argv=None) -> int:
     p.add_argument("--cell-types", nargs="*", default=CELL_TYPES)
     p.add_argument("--threads", type=int, default=int(os.environ.get("THREADS", 2)))
     p.add_argument("--out", type=Path, default=RESULTS / "anchor_kang_loo")
-    p.add_argument("--grid", choices=("default", "tau"), default="default",
-                   help="the rules to score: the default grid (with the flow alone) or the "
-                        "sharper kernels of TAU_GRID (merge the rows of both runs with "
-                        "--summarise to choose among all of them)")
+    p.add_argument("--grid", choices=("default", *GRIDS), default="default",
+                   help="the rules to score: the default grid (with the flow alone), the "
+                        "sharper kernels of TAU_GRID or the length-keeping kernels of "
+                        "MAGNITUDE_GRID (merge the rows of several runs with --summarise to "
+                        "choose among all of them)")
     args = p.parse_args(argv)
     if args.summarise:
         rows = [r for f in args.summarise for r in json.loads(f.read_text())]
@@ -95,7 +103,7 @@ def main(argv=None) -> int:
         # as the shipped model: guidance per evidence class (the flow alone draws a new cell
         # type at the guidance chosen for it)
         sampling["guidance_by_evidence"] = guidance_by_evidence("kang-ifnb-pbmc")
-        for rule in ([None] + GRID) if args.grid == "default" else TAU_GRID:
+        for rule in ([None] + GRID) if args.grid == "default" else GRIDS[args.grid]:
             sampling.pop("anchor", None)
             if rule is not None:
                 sampling["anchor"] = {"kinds": ["new_cell_type"], **rule}
@@ -107,7 +115,7 @@ def main(argv=None) -> int:
                              **{k: m[k] for k in METRICS},
                              **{f"mean_shift_{k}": b[k] for k in METRICS}})
                 x = rows[-1]
-                print(f"{ct:<12} {mode:<8} {x['rule']:<28} R2 {x['r2_top100']:.3f} (mean shift "
+                print(f"{ct:<12} {mode:<8} {x['rule']:<34} R2 {x['r2_top100']:.3f} (mean shift "
                       f"{b['r2_top100']:.3f})  PD {x['pearson_delta_top100']:.3f} "
                       f"({b['pearson_delta_top100']:.3f})  E {x['energy_ratio']:.3f} "
                       f"({b['energy_ratio']:.3f})", flush=True)
@@ -129,16 +137,16 @@ def summarise(rows: list[dict], np) -> str:
 
     lines = [f"Kang leave-one-cell-type-out, {len(folds)} folds, one network per fold "
              "(build_scripts/choose_anchor.py); means over folds and both modes", "",
-             f"{'rule':<28} {'R2 top100':>10} {'PD top100':>10} {'energy':>8}  "
+             f"{'rule':<34} {'R2 top100':>10} {'PD top100':>10} {'energy':>8}  "
              "folds below mean shift (R2, either mode)"]
     for name in names:
         below = sorted({r["cell_type"] for r in rows if r["rule"] == name
                         and r["r2_top100"] < r["mean_shift_r2_top100"]})
-        lines.append(f"{name:<28} {score(name, folds):>10.3f} "
+        lines.append(f"{name:<34} {score(name, folds):>10.3f} "
                      f"{score(name, folds, 'pearson_delta_top100'):>10.3f} "
                      f"{score(name, folds, 'energy_ratio'):>8.3f}  {', '.join(below) or '-'}")
     ms = [r for r in rows if r["rule"] == FLOW_ALONE]
-    lines.append(f"{'mean shift':<28} {np.mean([r['mean_shift_r2_top100'] for r in ms]):>10.3f} "
+    lines.append(f"{'mean shift':<34} {np.mean([r['mean_shift_r2_top100'] for r in ms]):>10.3f} "
                  f"{np.mean([r['mean_shift_pearson_delta_top100'] for r in ms]):>10.3f} "
                  f"{np.mean([r['mean_shift_energy_ratio'] for r in ms]):>8.3f}")
     def admissible(name, fold_set):
@@ -163,7 +171,7 @@ def summarise(rows: list[dict], np) -> str:
             r = next(r for r in rows if r["rule"] == chosen and r["cell_type"] == f
                      and r["mode"] == mode)
             nested.append(r)
-            lines.append(f"  {f:<12} {mode:<8} {chosen:<28} R2 {r['r2_top100']:.3f} (mean shift "
+            lines.append(f"  {f:<12} {mode:<8} {chosen:<34} R2 {r['r2_top100']:.3f} (mean shift "
                          f"{r['mean_shift_r2_top100']:.3f})  PD {r['pearson_delta_top100']:.3f}"
                          f" ({r['mean_shift_pearson_delta_top100']:.3f})  E "
                          f"{r['energy_ratio']:.3f} ({r['mean_shift_energy_ratio']:.3f})")
@@ -181,7 +189,7 @@ def summarise(rows: list[dict], np) -> str:
                   f"{score(best, folds, 'energy_ratio'):.3f}; flow alone R2 "
                   f"{score(FLOW_ALONE, folds):.3f})"]
     if keep:
-        rule = next(g for g in GRID + TAU_GRID if rule_name(g) == best)
+        rule = next(g for g in GRID + TAU_GRID + MAGNITUDE_GRID if rule_name(g) == best)
         path = RESULTS / "anchor.json"        # other models' entries (crispr_lodo.py) stay
         chosen = json.loads(path.read_text()) if path.is_file() else {"models": {}}
         chosen["models"]["kang-ifnb-pbmc"] = {

@@ -40,6 +40,13 @@ ANCHORED = [
      {"kinds": ["new_cell_type"], "refine": 0.2, "guidance": 2.0, "weights": "kernel"}),
     ("anchored uniform s=0", "gene in new cell line vs mean shift",
      {"kinds": ["new_cell_type"], "refine": 0.0, "guidance": 1.0, "weights": "uniform"}),
+    # the effect's length kept (engine.anchor.MAGNITUDES): unrefined, and the Kang rule
+    ("anchored uniform norm s=0", "gene in new cell line vs mean shift",
+     {"kinds": ["new_cell_type"], "refine": 0.0, "guidance": 1.0, "weights": "uniform",
+      "magnitude": "mean_norm"}),
+    ("anchored kernel .25 norm s=0.2 g=1", "gene in new cell line vs mean shift",
+     {"kinds": ["new_cell_type"], "refine": 0.2, "guidance": 1.0, "weights": "kernel",
+      "tau": 0.25, "magnitude": "mean_norm"}),
 ]
 
 
@@ -63,6 +70,9 @@ def main(argv=None) -> int:
                    help="also write the card's evidence rows (new combination, new cell type) "
                         "of the shipped anchor rule, de novo (build_scripts/train_models.py "
                         "reads docs/results/crispr_heldout_evidence.json)")
+    p.add_argument("--only", nargs="*", metavar="VARIANT",
+                   help="score only these variants (their tags, e.g. 'flow alone g=1', "
+                        "'anchored uniform s=0')")
     p.add_argument("--rows", type=Path, metavar="ROWS_JSON",
                    help="summarise the rows of an earlier --json instead of scoring")
     args = p.parse_args(argv)
@@ -89,6 +99,14 @@ def main(argv=None) -> int:
                "mean_shift") for g, ct in TRANSFER]
     variants = [(f"flow alone g={g:g}", g, None) for g in args.guidance]
     variants += [(tag, None, rule) for tag, _, rule in ANCHORED]
+    if args.only:
+        unknown = set(args.only) - {v[0] for v in variants}
+        if unknown:
+            p.error(f"unknown variants {sorted(unknown)}; known: {[v[0] for v in variants]}")
+        variants = [v for v in variants if v[0] in args.only]
+    tasks = [t for t in tasks if any(t[0] == k for tag, k, _ in ANCHORED if tag in
+                                     {v[0] for v in variants}) or
+             any(v[2] is None for v in variants)]
     rows = []
     for kind, cond, base in tasks:
         for mode in ("denovo", "perturb"):
@@ -104,7 +122,7 @@ def main(argv=None) -> int:
                 rows.append({"task": kind, "condition": cond.label, "mode": mode,
                              "variant": tag, "guidance": g, "anchor": rule, "model": m,
                              base: b, "baseline": base})
-                print(f"{cond.label:<36} {mode:<8} {tag:<30} "
+                print(f"{cond.label:<36} {mode:<8} {tag:<36} "
                       f"R2top100 {m['r2_top100']:.3f} vs {base} {b['r2_top100']:.3f} | "
                       f"Pearson-delta top100 {m['pearson_delta_top100']:.3f} vs "
                       f"{b['pearson_delta_top100']:.3f} | energy {m['energy_ratio']:.3f} vs "
@@ -123,7 +141,7 @@ def main(argv=None) -> int:
                 wins = sum(r["model"]["r2_top100"] >= r[base]["r2_top100"] and
                            r["model"]["pearson_delta_top100"] >= r[base]["pearson_delta_top100"]
                            for r in sel)
-                print(f"{kind:<36} {mode:<8} {tag:<30} " + "  ".join(
+                print(f"{kind:<36} {mode:<8} {tag:<36} " + "  ".join(
                     f"{k} {a:.3f} vs {b:.3f}" for k, (a, b) in f.items())
                     + f"  wins {wins} of {len(sel)}")
     if args.json:

@@ -50,6 +50,11 @@ ANCHOR_KINDS = ("new_cell_type", "new_combination")
 #: added) or in expression (a latent shift whose decoded expression moves like the
 #: expression-space baseline, :func:`match_expression`).
 MATCHES = ("latent", "expression")
+#: How long the averaged effect is: the length of the weighted mean vector (``"mean_vector"``,
+#: scGen's), or the weighted mean of the groups' own effect lengths (``"mean_norm"``: the
+#: direction averaged, the size kept; a mean of vectors that point different ways is shorter
+#: than any of them).
+MAGNITUDES = ("mean_vector", "mean_norm")
 #: Fewest training cells of a group (and of its control) whose mean enters ``delta``.
 MIN_GROUP_CELLS = 10
 
@@ -65,6 +70,7 @@ class AnchorRule:
     weights: str = "uniform"
     tau: float = 0.5
     match: str = "latent"
+    magnitude: str = "mean_vector"
     source: str = ""
 
     @classmethod
@@ -74,7 +80,8 @@ class AnchorRule:
         return cls(tuple(str(k) for k in d.get("kinds", ("new_cell_type",))),
                    float(d.get("refine", 0.0)), float(d.get("guidance", 1.0)),
                    str(d.get("weights", "uniform")), float(d.get("tau", 0.5)),
-                   str(d.get("match", "latent")), str(d.get("source", "")))
+                   str(d.get("match", "latent")), str(d.get("magnitude", "mean_vector")),
+                   str(d.get("source", "")))
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -84,9 +91,10 @@ class AnchorRule:
 
 #: The rule chosen on Kang's seven leave-one-cell-type-out folds (build_scripts/choose_anchor.py,
 #: docs/results/anchor.json; a test keeps the two equal): what ``train --anchor`` records.
-KANG_RULE = AnchorRule(("new_cell_type",), refine=0.2, guidance=2.0, weights="kernel",
+KANG_RULE = AnchorRule(("new_cell_type",), refine=0.2, guidance=1.0, weights="kernel",
+                       tau=0.25, magnitude="mean_norm",
                        source="chosen on Kang leave-one-cell-type-out folds "
-                              "(docs/results/anchor_kang_loo.txt)")
+                              "(docs/results/anchor_kang_loo_magnitude.txt)")
 
 
 @dataclass(frozen=True)
@@ -110,7 +118,8 @@ class LatentMeans:
                 "mean": np.round(self.means.astype(np.float64), 5).tolist(),
                 "n_cells": [int(n) for n in self.n_cells]}
 
-    def delta(self, cond: Condition, *, weights: str = "uniform", tau: float = 0.5
+    def delta(self, cond: Condition, *, weights: str = "uniform", tau: float = 0.5,
+              magnitude: str = "mean_vector"
               ) -> tuple[np.ndarray, list[Condition], np.ndarray] | None:
         """The latent effect of ``cond``'s perturbations measured in other cell types /
         contexts, from every training group with the same perturbation set (and a control
@@ -120,9 +129,14 @@ class LatentMeans:
         ``weights="uniform"``: the plain average (scGen's). ``"kernel"``: groups whose control
         cells lie closer to ``cond``'s control cells weigh more, ``w ∝ exp(-d² / (tau *
         median d²))`` with ``d`` the distance between the control means (uniform when
-        ``cond``'s control group is not among the training groups)."""
+        ``cond``'s control group is not among the training groups).
+
+        ``magnitude="mean_norm"`` rescales the weighted mean to the weighted mean of the
+        groups' own effect lengths (see :data:`MAGNITUDES`)."""
         if weights not in WEIGHTS:
             raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}")
+        if magnitude not in MAGNITUDES:
+            raise ValueError(f"magnitude must be one of {MAGNITUDES}, got {magnitude!r}")
         index = {group_key(c): i for i, c in enumerate(self.conditions)}
         want = group_key(cond)[1]
         shifts, used, controls = [], [], []
@@ -145,8 +159,13 @@ class LatentMeans:
             if scale > 0:
                 w = np.exp(-(d2 - d2.min()) / scale)
                 w /= w.sum()
-        return (np.tensordot(w, np.asarray(shifts), 1).astype(np.float32), used,
-                w.astype(np.float32))
+        shifts = np.asarray(shifts, np.float64)
+        out = np.tensordot(w, shifts, 1)
+        if magnitude == "mean_norm":
+            length = float(np.linalg.norm(out))
+            if length > 0:
+                out = out * (float(w @ np.linalg.norm(shifts, axis=1)) / length)
+        return out.astype(np.float32), used, w.astype(np.float32)
 
     def additive(self, cond: Condition) -> tuple[np.ndarray, list[Condition], np.ndarray] | None:
         """A combination never measured together, in a cell type where each of its parts was
@@ -296,7 +315,9 @@ def anchor_lines(config: dict) -> list[str]:
         else:
             start = (f"{str(kind).replace('_', ' ').capitalize()} conditions start from the "
                      "cell type's control cells plus the perturbation's mean latent effect "
-                     f"where it was measured ({a.get('weights', 'uniform')} weights)")
+                     f"where it was measured ({a.get('weights', 'uniform')} weights"
+                     + ("; its direction averaged, its length the measured effects' mean "
+                        "length" if a.get("magnitude") == "mean_norm" else "") + ")")
         lines.append(f"{start}, {how}.")
     if lines and a.get("source"):                  # once: it may cover several classes
         lines[-1] = f"{lines[-1][:-1]} (chosen: {a['source']})."

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, NoReturn
 
-from .anchor import ANCHOR_KINDS, MATCHES
+from .anchor import ANCHOR_KINDS, MAGNITUDES, MATCHES
 from .errors import ModelError
 from .nn.specs import BACKBONE_NAMES as BACKBONE_NAMES  # re-exported: engine.BACKBONE_NAMES
 from .nn.specs import BACKBONE_OPTIONS, BACKBONE_SPECS
@@ -74,7 +74,7 @@ SPACE_KEYS = {"cell_types", "targets", "perturbation_types", "target_types", "co
               "context_values", "has_dose", "dose_range", "max_perturbations", "control_label",
               "seen", "simulated_dose"}
 SAMPLING_KEYS = {"steps", "guidance", "batch_size", "guidance_by_evidence", "anchor"}
-ANCHOR_KEYS = {"kinds", "refine", "guidance", "weights", "tau", "match", "source"}
+ANCHOR_KEYS = {"kinds", "refine", "guidance", "weights", "tau", "match", "magnitude", "source"}
 LATENT_MEANS_KEYS = {"conditions", "mean", "n_cells"}
 ENSEMBLE_KEYS = {"members", "seeds", "bootstrap", "shared", "calibration", "calibration_note"}
 EVIDENCE_KINDS = ("population", "measured", "new_combination", "new_cell_type",
@@ -511,6 +511,9 @@ class _Validator:
                 self.number("sampling.anchor.tau", a["tau"], 0.0, 100.0, low_open=True)
             if "match" in a and a["match"] not in MATCHES:
                 self.fail("sampling.anchor.match", f"must be one of {', '.join(MATCHES)}")
+            if "magnitude" in a and a["magnitude"] not in MAGNITUDES:
+                self.fail("sampling.anchor.magnitude",
+                          f"must be one of {', '.join(MAGNITUDES)}")
             if "source" in a:
                 self.string("sampling.anchor.source", a["source"])
 

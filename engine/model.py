@@ -315,7 +315,7 @@ class PerturbModel:
             return None
         if kind == "new_combination":
             return means.additive(cond)
-        return means.delta(cond, weights=rule.weights, tau=rule.tau)
+        return means.delta(cond, weights=rule.weights, tau=rule.tau, magnitude=rule.magnitude)
 
     def _anchor_shift(self, cond: Condition, delta, rule, states):
         """The shift added to the start cells ``states``: the latent baseline ``delta``, or
@@ -875,6 +875,7 @@ class PerturbModel:
         return {"method": f"control cells of the cell type + {how}{refined}",
                 "match": rule.match, "refine": rule.refine, "guidance": rule.guidance if auto else None,
                 "weights": rule.weights, **({"tau": rule.tau} if rule.weights == "kernel" else {}),
+                **({"magnitude": rule.magnitude} if rule.magnitude != "mean_vector" else {}),
                 "rule": "sampling.anchor", "source": rule.source,
                 "conditions": {k: v for k, v in anchors.items()}}
 

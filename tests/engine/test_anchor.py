@@ -58,6 +58,33 @@ def test_kernel_weights_favour_the_cell_type_whose_controls_are_closest():
         lm.delta(_cond("NK"), weights="nearest")
 
 
+def test_mean_norm_keeps_the_groups_effect_length_and_the_averaged_direction():
+    # two effects at right angles: their mean is shorter (sqrt(2)) than either (2)
+    lm = _means({("T", "control"): [0, 0], ("T", "stim"): [2, 0],
+                 ("B", "control"): [5, 5], ("B", "stim"): [5, 7],
+                 ("NK", "control"): [1, 1]})
+    mean, _, _ = lm.delta(_cond("NK"))
+    kept, used, w = lm.delta(_cond("NK"), magnitude="mean_norm")
+    assert np.allclose(mean, [1.0, 1.0])
+    assert np.isclose(np.linalg.norm(kept), 2.0)                   # the groups' own length
+    assert np.allclose(kept / np.linalg.norm(kept), mean / np.linalg.norm(mean))
+    # with kernel weights the length is the weighted mean of the groups' lengths
+    lm3 = _means({("T", "control"): [0, 0], ("T", "stim"): [3, 0],
+                  ("B", "control"): [9, 9], ("B", "stim"): [9, 10],
+                  ("NK", "control"): [1, 0]})
+    kept, used, w = lm3.delta(_cond("NK"), weights="kernel", tau=0.5, magnitude="mean_norm")
+    lengths = {"T": 3.0, "B": 1.0}
+    assert np.isclose(np.linalg.norm(kept),
+                      sum(w[i] * lengths[c.cell_type] for i, c in enumerate(used)), atol=1e-5)
+    # parallel effects: the mean already has the mean length, nothing changes
+    par = _means({("T", "control"): [0, 0], ("T", "stim"): [2, 0],
+                  ("B", "control"): [5, 5], ("B", "stim"): [9, 5], ("NK", "control"): [1, 1]})
+    assert np.allclose(par.delta(_cond("NK"), magnitude="mean_norm")[0],
+                       par.delta(_cond("NK"))[0])
+    with pytest.raises(ValueError, match="magnitude"):
+        lm.delta(_cond("NK"), magnitude="max")
+
+
 def test_small_groups_do_not_enter_the_delta():
     from engine.anchor import MIN_GROUP_CELLS, LatentMeans
 
@@ -151,13 +178,15 @@ def test_perturb_mode_moves_each_cell_by_the_latent_effect(held_out_dir, tmp_pat
     from engine import Condition
 
     model = _with_rule(held_out_dir, tmp_path, {"kinds": ["new_cell_type"], "refine": 0.3,
-                                                "guidance": 2.0, "weights": "kernel"})
+                                                "guidance": 2.0, "weights": "kernel",
+                                                "magnitude": "mean_norm"})
     cells = synthetic_session[(synthetic_session.obs["cell_type"] == "B").to_numpy()
                              & (synthetic_session.obs["perturbation"] == "control").to_numpy()]
     cond = Condition.parse("B", "A", "CRISPRa")
     out = model.perturb(cells, cond, seed=0)
     prov = out.uns["perturb_studio"]["anchor"]
     assert prov["weights"] == "kernel" and prov["refine"] == 0.3 and prov["guidance"] == 2.0
+    assert prov["magnitude"] == "mean_norm"
     assert list(out.obs["source_cell"]) == list(cells.obs_names)
     again = model.perturb(cells, cond, seed=0)
     assert np.array_equal(out.layers["counts"].toarray(), again.layers["counts"].toarray())
@@ -176,6 +205,7 @@ def test_perturb_mode_moves_each_cell_by_the_latent_effect(held_out_dir, tmp_pat
     ({"kinds": ["somewhere"]}, "sampling.anchor.kinds"),
     ({"tau": 0}, "sampling.anchor.tau"),
     ({"match": "counts"}, "sampling.anchor.match"),
+    ({"magnitude": "max"}, "sampling.anchor.magnitude"),
     ({"why": 1}, "sampling.anchor"),
 ])
 def test_a_bad_anchor_rule_is_refused_naming_the_entry(held_out_dir, tmp_path, bad, entry):
@@ -297,8 +327,8 @@ def test_the_engine_rule_is_the_one_chosen_on_the_kang_folds():
     chosen = json.loads((Path(__file__).resolve().parents[2] / "docs" / "results" /
                          "anchor.json").read_text())["models"]["kang-ifnb-pbmc"]
     mine = KANG_RULE.to_dict()
-    assert {k: mine[k] for k in ("kinds", "refine", "guidance", "weights")} == \
-        {k: chosen[k] for k in ("kinds", "refine", "guidance", "weights")}
+    assert {k: mine[k] for k in ("kinds", "refine", "guidance", "weights", "tau", "magnitude")} == \
+        {k: chosen[k] for k in ("kinds", "refine", "guidance", "weights", "tau", "magnitude")}
 
 
 def test_train_anchor_records_the_rule(tmp_path, synthetic_session, schema):
@@ -349,3 +379,19 @@ def test_refinement_noises_the_start_with_the_models_own_forward_process(held_ou
     assert float(xs.mean()) == pytest.approx(2.0 * keep, abs=0.02)
     assert float(xs.std()) == pytest.approx(spread, abs=0.02)
     assert seen["grid"][0] == pytest.approx(t) and all(u < t for u in seen["grid"][1:])
+
+
+def test_anchor_lines_say_how_the_effect_is_averaged():
+    from engine.anchor import KANG_RULE, anchor_lines
+
+    lines = anchor_lines({"sampling": {"anchor": KANG_RULE.to_dict()}})
+    assert len(lines) == 1
+    assert "kernel weights; its direction averaged, its length the measured effects' mean " \
+           "length" in lines[0]
+    assert "refined by the flow from time 0.2 at guidance 1" in lines[0]
+    assert "(chosen: chosen on Kang" in lines[0]
+    plain = anchor_lines({"sampling": {"anchor": {"kinds": ["new_cell_type"]}}})
+    assert plain == ["New cell type conditions start from the cell type's control cells plus "
+                     "the perturbation's mean latent effect where it was measured (uniform "
+                     "weights), not refined by the flow."]
+    assert anchor_lines({"sampling": {}}) == []
