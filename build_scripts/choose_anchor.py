@@ -46,7 +46,12 @@ TAU_GRID = [{"weights": "kernel", "refine": s, "guidance": g, "tau": t}
 MAGNITUDE_GRID = [{"weights": "kernel", "refine": s, "guidance": g, "tau": t,
                    "magnitude": "mean_norm"}
                   for t in (0.5, 0.25) for s, g in ((0.0, 1.0), (0.2, 1.0), (0.2, 2.0))]
-GRIDS = {"tau": TAU_GRID, "magnitude": MAGNITUDE_GRID}
+#: ``--grid magnitude2``: the length-keeping kernels refined later, and a sharper kernel
+MAGNITUDE_GRID2 = [{"weights": "kernel", "refine": s, "guidance": g, "tau": t,
+                    "magnitude": "mean_norm"}
+                   for t, s, g in ((0.25, 0.3, 1.0), (0.25, 0.3, 2.0), (0.1, 0.0, 1.0),
+                                   (0.1, 0.2, 1.0))]
+GRIDS = {"tau": TAU_GRID, "magnitude": MAGNITUDE_GRID, "magnitude2": MAGNITUDE_GRID2}
 FLOW_ALONE = "flow alone"
 METRICS = ("r2_top100", "pearson_delta_top100", "energy_ratio")
 
@@ -189,7 +194,7 @@ def summarise(rows: list[dict], np) -> str:
                   f"{score(best, folds, 'energy_ratio'):.3f}; flow alone R2 "
                   f"{score(FLOW_ALONE, folds):.3f})"]
     if keep:
-        rule = next(g for g in GRID + TAU_GRID + MAGNITUDE_GRID if rule_name(g) == best)
+        rule = next(g for g in GRID + TAU_GRID + MAGNITUDE_GRID + MAGNITUDE_GRID2 if rule_name(g) == best)
         path = RESULTS / "anchor.json"        # other models' entries (crispr_lodo.py) stay
         chosen = json.loads(path.read_text()) if path.is_file() else {"models": {}}
         chosen["models"]["kang-ifnb-pbmc"] = {
