@@ -6,7 +6,13 @@ real held-out stimulated cells, on the decoder's NB means (no sampling):
 
 - reconstruction: the real held-out stimulated cells encoded and decoded;
 - latent arithmetic: the type's real control cells encoded, plus the mean latent effect of
-  stimulation in the other six types (uniform), decoded.
+  stimulation in the other six types (uniform), decoded;
+- the same with the effect's length kept (engine.anchor ``magnitude="mean_norm"``: the mean
+  effect's direction at the mean of the six effects' own lengths).
+
+Also printed: the length of each shift over the length of the real held-out effect (the real
+stimulated cells' mean latent minus the controls'). A mean of effects that point different ways
+is shorter than they are.
 
     python build_scripts/kang_loo.py --members 1 --guidance 2 --save-models FOLDS
     python build_scripts/latent_arithmetic.py FOLDS [--cell-types CD4T B ...]
@@ -27,7 +33,8 @@ CELL_TYPES = ["B", "CD14+Mono", "CD4T", "CD8T", "Dendritic", "FCGR3A+Mono", "NK"
 
 
 def one_fold(ae, counts, ctype, stim, ct):
-    """(reconstruction scores, latent-arithmetic scores) for held-out cell type ``ct``."""
+    """(reconstruction scores, latent-arithmetic scores, length-kept scores, length ratios of
+    the two shifts to the real effect) for held-out cell type ``ct``."""
     import numpy as np
     import scipy.sparse as sp
     import torch
@@ -49,11 +56,16 @@ def one_fold(ae, counts, ctype, stim, ct):
             mu = ae.nb_params(z, lib)[0].exp().numpy()
         return score(lognorm(sp.csr_matrix(mu)), X_t, X_c, degs, pca)
 
-    shift = torch.stack([encode((ctype == o) & stim)[0].mean(0) -
-                         encode((ctype == o) & ~stim)[0].mean(0)
-                         for o in sorted(set(ctype) - {ct})]).mean(0)
+    effects = torch.stack([encode((ctype == o) & stim)[0].mean(0) -
+                           encode((ctype == o) & ~stim)[0].mean(0)
+                           for o in sorted(set(ctype) - {ct})])
+    shift = effects.mean(0)
+    kept = shift * (effects.norm(dim=1).mean() / shift.norm())
     zc, lc = encode(ctrl)
-    return decoded(*encode(held)), decoded(zc + shift, lc)
+    zh = encode(held)
+    real = (zh[0].mean(0) - zc.mean(0)).norm()
+    return (decoded(*zh), decoded(zc + shift, lc), decoded(zc + kept, lc),
+            (float(shift.norm() / real), float(kept.norm() / real)))
 
 
 def main(argv=None) -> int:
@@ -73,13 +85,17 @@ def main(argv=None) -> int:
     adata, _, _ = kang()
     ctype = adata.obs["cell_type"].astype(str).to_numpy()
     stim = adata.obs["condition"].astype(str).to_numpy() == "stimulated"
-    print(f"{'cell type':<12} {'reconstruction R2 / PD':>24} {'latent arithmetic R2 / PD':>27}")
+    print(f"{'cell type':<12} {'reconstruction R2 / PD':>24} {'latent arithmetic R2 / PD':>27}"
+          f" {'length kept R2 / PD':>21} {'length / real: mean, kept':>27}")
     for ct in args.cell_types:
         model = PerturbModel.load(args.folds / ct.replace("+", "plus"), device="cpu")
         counts = get_counts(adata)[0].tocsr()[:, model.gene_mapping(adata).index]
-        rec, ari = one_fold(model.autoencoder, counts.astype(np.float32), ctype, stim, ct)
+        rec, ari, kept, (lm, lk) = one_fold(model.autoencoder, counts.astype(np.float32),
+                                            ctype, stim, ct)
         print(f"{ct:<12} {rec['r2_top100']:>14.3f} / {rec['pearson_delta_top100']:.3f} "
-              f"{ari['r2_top100']:>17.3f} / {ari['pearson_delta_top100']:.3f}", flush=True)
+              f"{ari['r2_top100']:>17.3f} / {ari['pearson_delta_top100']:.3f} "
+              f"{kept['r2_top100']:>11.3f} / {kept['pearson_delta_top100']:.3f} "
+              f"{lm:>17.2f}, {lk:.2f}", flush=True)
     return 0
 
 
