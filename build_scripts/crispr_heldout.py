@@ -10,9 +10,10 @@
 Every task is scored with the flow alone at each ``--guidance`` and with the latent baselines of
 engine.anchor (rows "anchored ..."): for the doubles the additive start (the K562 control cells
 plus the two singles' effects, matched in the latent space or in expression, refine 0, as the
-shipped model's rule), for the transfers the new-cell-type start of the Kang rule (the cell
-line's control cells plus the gene's kernel-weighted latent effect in the other lines, refined
-from flow time 0.2 at guidance 2) and its unrefined, uniform variant.
+shipped model's rule), for the transfers the new-cell-type start: the cell line's control cells
+plus the gene's latent effect in the other lines, kernel-weighted and refined from flow time 0.2
+at guidance 2 (the first Kang rule), uniform and unrefined (the shipped CRISPR rule), and both
+with the effect's length kept (``magnitude: mean_norm``; the kernel one is today's Kang rule).
 """
 
 from __future__ import annotations
