@@ -238,12 +238,16 @@ def render_markdown(config: dict, card: dict) -> str:
             lines.append(f"- {k.capitalize()}: {card[k]}")
     lines.append(f"- Cells used: {tr.get('n_cells')}; genes: {len(config['genes'])} "
                  f"({config['preprocessing']['gene_selection']})")
+    rule = config["sampling"].get("anchor")
+    anchored = set(rule.get("kinds", ["new_cell_type"])) if isinstance(rule, dict) else set()
     lines += ["", "## Model", "",
               f"- NB-VAE (latent {config['architecture']['latent_dim']}) + "
               f"{config['architecture']['objective']} in latent space, "
               f"{config['architecture']['backbone']} backbone; sampling "
               f"{config['sampling']['steps']} steps, guidance {config['sampling']['guidance']}"
-              + "".join(f", {g:g} for {kind.replace('_', ' ')} conditions" for kind, g in
+              + "".join(f", {g:g} for {kind.replace('_', ' ')} conditions"
+                        + (" drawn by the flow alone" if kind in anchored else "")
+                        for kind, g in
                         (config['sampling'].get('guidance_by_evidence') or {}).items()),
               *(f"- {x}" for x in anchor_lines(config)),
               f"- Preprocessing: {config['preprocessing']['encoder_input']}; decoder "
