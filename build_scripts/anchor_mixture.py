@@ -29,7 +29,7 @@ def main(argv=None) -> int:
     import numpy as np
     import torch
 
-    from build_scripts.train_models import anchor_rule, guidance_by_evidence, kang
+    from build_scripts.train_models import anchor_rule, guidance_by_evidence, kang, kang_labels
     from engine import Condition, PerturbModel
     from engine.anchor import latent_means_from_cells
     from engine.data.io import get_counts
@@ -43,8 +43,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     adata, schema, _ = kang()
-    ctype = adata.obs["cell_type"].astype(str).to_numpy()
-    stim = adata.obs["condition"].astype(str).to_numpy() == "stimulated"
+    ctype, stim = kang_labels(adata)
     n = args.n
     res = {}
     for ct in CELL_TYPES:

@@ -66,7 +66,7 @@ def main(argv=None) -> int:
     import numpy as np
     import torch
 
-    from build_scripts.train_models import guidance_by_evidence, kang
+    from build_scripts.train_models import guidance_by_evidence, kang, kang_labels
     from engine import Condition, PerturbModel
     from engine.anchor import latent_means_from_cells
     from engine.evaluate import evaluate
@@ -94,8 +94,7 @@ def main(argv=None) -> int:
         return 0
     torch.set_num_threads(args.threads)
     adata, schema, _ = kang()
-    ctype = adata.obs["cell_type"].astype(str).to_numpy()
-    stim = adata.obs["condition"].astype(str).to_numpy() == "stimulated"
+    ctype, stim = kang_labels(adata)
     rows = []
     for ct in args.cell_types:
         t0 = time.perf_counter()

@@ -90,7 +90,7 @@ def main(argv=None) -> int:
     import scipy.sparse as sp
     import torch
 
-    from build_scripts.train_models import kang
+    from build_scripts.train_models import kang, kang_labels
     from engine import PerturbModel
     from engine.data.io import get_counts
     from engine.evaluate import fit_pca, lognorm, score
@@ -102,8 +102,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     adata, _, _ = kang()
-    ctype = adata.obs["cell_type"].astype(str).to_numpy()
-    stim = adata.obs["condition"].astype(str).to_numpy() == "stimulated"
+    ctype, stim = kang_labels(adata)
     res = {}
     for ct in CELL_TYPES:
         model = PerturbModel.load(args.folds / ct.replace("+", "plus"), device="cpu")

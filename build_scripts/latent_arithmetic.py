@@ -72,7 +72,7 @@ def main(argv=None) -> int:
     import numpy as np
     import torch
 
-    from build_scripts.train_models import kang
+    from build_scripts.train_models import kang, kang_labels
     from engine import PerturbModel
     from engine.data.io import get_counts
 
@@ -83,8 +83,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     adata, _, _ = kang()
-    ctype = adata.obs["cell_type"].astype(str).to_numpy()
-    stim = adata.obs["condition"].astype(str).to_numpy() == "stimulated"
+    ctype, stim = kang_labels(adata)
     print(f"{'cell type':<12} {'reconstruction R2 / PD':>24} {'latent arithmetic R2 / PD':>27}"
           f" {'length kept R2 / PD':>21} {'length / real: mean, kept':>27}")
     for ct in args.cell_types:

@@ -54,6 +54,13 @@ def kang():
     return a, s, card
 
 
+def kang_labels(adata):
+    """Each Kang cell's type (str array) and whether it was stimulated (bool array): the
+    leave-one-cell-type-out scripts' masks."""
+    ctype = adata.obs["cell_type"].astype(str).to_numpy()
+    return ctype, adata.obs["condition"].astype(str).to_numpy() == "stimulated"
+
+
 def crispr():
     import anndata as ad
 
