@@ -13,7 +13,10 @@ baseline* and let the flow add only what it has evidence for:
    cells, encoded (perturb mode);
 2. plus ``delta``: the mean standardised latent state of each training group that received the
    same perturbation(s) minus that of its own control group, averaged over those groups
-   (:func:`latent_group_means` stores every training group's mean with the model);
+   (:func:`latent_group_means` stores every training group's mean with the model), uniformly
+   or kernel-weighted, and optionally given the groups' mean effect length
+   (:data:`MAGNITUDES`: on Kang the plain average came out 0.59x the length of CD14+Mono's
+   real effect, docs/results/latent_arithmetic.txt);
 3. optionally refined: noised back to flow time ``refine`` (rectified flow:
    ``x_s = (1 - s) x + s * noise``) and integrated to the data under the condition itself at
    ``guidance`` (SDEdit, Meng et al. 2022): ``refine = 0`` is pure latent arithmetic,
