@@ -89,6 +89,8 @@ def main(argv=None) -> int:
         if rule:
             model.config["sampling"]["anchor"] = rule
         if args.save_models:
+            # named for what it lacks (train_model's default name is "model"), as the app lists it
+            model.config["name"] = f"kang-without-{ct.replace('+', 'plus').lower()}-stimulated"
             model.save(args.save_models / ct.replace("+", "plus"), overwrite=True)
         cond = Condition.parse(ct, "stimulated", context="organism=human,tissue=blood")
         if model.members > 1:
