@@ -1,0 +1,57 @@
+"""Is a new cell type's predicted effect too small, too large or the wrong way? (issue 14)
+
+For each fold model of ``kang_loo.py --save-models FOLDS`` (trained without one cell type's
+stimulated cells; the model's own anchor rule), the predicted effect of stimulation
+(engine.effects.predict_effects, 2,000 cells) against the real effect in the held-out cells,
+on the real effect's top-100 genes: median |predicted| / |real|, the share of genes whose
+predicted change is smaller than the real one, and the share with the right sign.
+
+    python build_scripts/effect_size_check.py FOLDS [--cell-types ...]
+
+Output: docs/results/effect_size_check.txt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+CELL_TYPES = ["B", "CD14+Mono", "CD4T", "CD8T", "Dendritic", "FCGR3A+Mono", "NK"]
+
+
+def main(argv=None) -> int:
+    import numpy as np
+    import torch
+
+    from build_scripts.train_models import kang
+    from engine import Condition, PerturbModel
+    from engine.effects import predict_effects, real_effect
+
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("folds", type=Path)
+    p.add_argument("--cell-types", nargs="*", default=CELL_TYPES)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    adata, schema, _ = kang()
+    print(f"{'cell type':<12} {'median |pred|/|real|':>21} {'share smaller':>14} "
+          f"{'right sign':>11}")
+    for ct in args.cell_types:
+        model = PerturbModel.load(args.folds / ct.replace("+", "plus"), device="cpu")
+        cond = Condition.parse(ct, "stimulated", context="organism=human,tissue=blood")
+        pred = predict_effects(model, cond, n=2000, seed=0)
+        real = real_effect(model, adata, schema, cond, min_cells=3)
+        top = np.argsort(-np.abs(real.effect))[:100]
+        pe, re = pred.effect[top], real.effect[top]
+        print(f"{ct:<12} {np.median(np.abs(pe) / np.abs(re)):>21.2f} "
+              f"{np.mean(np.abs(pe) < np.abs(re)):>14.2f} "
+              f"{np.mean(np.sign(pe) == np.sign(re)):>11.2f}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
