@@ -1,7 +1,7 @@
 """Is a new cell type's predicted effect too small, too large or the wrong way? (issue 14)
 
 For each fold model of ``kang_loo.py --save-models FOLDS`` (trained without one cell type's
-stimulated cells; the model's own anchor rule), the predicted effect of stimulation
+stimulated cells; the shipped Kang anchor rule of docs/results/anchor.json), the predicted effect of stimulation
 (engine.effects.predict_effects, 2,000 cells) against the real effect in the held-out cells,
 on the real effect's top-100 genes: median |predicted| / |real|, the share of genes whose
 predicted change is smaller than the real one, and the share with the right sign.
@@ -26,7 +26,7 @@ def main(argv=None) -> int:
     import numpy as np
     import torch
 
-    from build_scripts.train_models import kang
+    from build_scripts.train_models import anchor_rule, kang
     from engine import Condition, PerturbModel
     from engine.effects import predict_effects, real_effect
 
@@ -42,6 +42,7 @@ def main(argv=None) -> int:
           f"{'right sign':>11}")
     for ct in args.cell_types:
         model = PerturbModel.load(args.folds / ct.replace("+", "plus"), device="cpu")
+        model.config["sampling"]["anchor"] = anchor_rule("kang-ifnb-pbmc")
         cond = Condition.parse(ct, "stimulated", context="organism=human,tissue=blood")
         pred = predict_effects(model, cond, n=2000, seed=0)
         real = real_effect(model, adata, schema, cond, min_cells=3)

@@ -152,9 +152,19 @@ ANCHOR = ROOT / "docs" / "results" / "anchor.json"
 
 
 def anchor_rule(name: str) -> dict | None:
+    """The rule for ``config.json["sampling"]["anchor"]`` (without its nested estimate)."""
     if not ANCHOR.is_file():
         return None
-    return json.loads(ANCHOR.read_text()).get("models", {}).get(name)
+    rule = json.loads(ANCHOR.read_text()).get("models", {}).get(name)
+    return {k: v for k, v in rule.items() if k != "nested"} if rule else None
+
+
+def anchor_nested(name: str) -> dict | None:
+    """choose_anchor.py's nested estimate for the chosen rule: mean scores per mode on each fold
+    scored with the rule chosen on the other folds (one network per fold), or None."""
+    if not ANCHOR.is_file():
+        return None
+    return (json.loads(ANCHOR.read_text()).get("models", {}).get(name) or {}).get("nested")
 
 
 def guidance_by_evidence(name: str) -> dict[str, float]:

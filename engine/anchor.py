@@ -74,6 +74,7 @@ class AnchorRule:
     tau: float = 0.5
     match: str = "latent"
     magnitude: str = "mean_vector"
+    gain: float = 1.0
     source: str = ""
 
     @classmethod
@@ -84,7 +85,7 @@ class AnchorRule:
                    float(d.get("refine", 0.0)), float(d.get("guidance", 1.0)),
                    str(d.get("weights", "uniform")), float(d.get("tau", 0.5)),
                    str(d.get("match", "latent")), str(d.get("magnitude", "mean_vector")),
-                   str(d.get("source", "")))
+                   float(d.get("gain", 1.0)), str(d.get("source", "")))
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -95,9 +96,9 @@ class AnchorRule:
 #: The rule chosen on Kang's seven leave-one-cell-type-out folds (build_scripts/choose_anchor.py,
 #: docs/results/anchor.json; a test keeps the two equal): what ``train --anchor`` records.
 KANG_RULE = AnchorRule(("new_cell_type",), refine=0.2, guidance=1.0, weights="kernel",
-                       tau=0.25, magnitude="mean_norm",
+                       tau=0.25, magnitude="mean_norm", gain=1.15,
                        source="chosen on Kang leave-one-cell-type-out folds "
-                              "(docs/results/anchor_kang_loo_magnitude.txt)")
+                              "(docs/results/anchor_kang_loo_gain.txt)")
 
 
 @dataclass(frozen=True)
@@ -122,7 +123,7 @@ class LatentMeans:
                 "n_cells": [int(n) for n in self.n_cells]}
 
     def delta(self, cond: Condition, *, weights: str = "uniform", tau: float = 0.5,
-              magnitude: str = "mean_vector"
+              magnitude: str = "mean_vector", gain: float = 1.0
               ) -> tuple[np.ndarray, list[Condition], np.ndarray] | None:
         """The latent effect of ``cond``'s perturbations measured in other cell types /
         contexts, from every training group with the same perturbation set (and a control
@@ -135,7 +136,7 @@ class LatentMeans:
         ``cond``'s control group is not among the training groups).
 
         ``magnitude="mean_norm"`` rescales the weighted mean to the weighted mean of the
-        groups' own effect lengths (see :data:`MAGNITUDES`)."""
+        groups' own effect lengths (see :data:`MAGNITUDES`); ``gain`` multiplies the result."""
         if weights not in WEIGHTS:
             raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}")
         if magnitude not in MAGNITUDES:
@@ -168,7 +169,7 @@ class LatentMeans:
             length = float(np.linalg.norm(out))
             if length > 0:
                 out = out * (float(w @ np.linalg.norm(shifts, axis=1)) / length)
-        return out.astype(np.float32), used, w.astype(np.float32)
+        return (out * float(gain)).astype(np.float32), used, w.astype(np.float32)
 
     def additive(self, cond: Condition) -> tuple[np.ndarray, list[Condition], np.ndarray] | None:
         """A combination never measured together, in a cell type where each of its parts was
@@ -320,7 +321,9 @@ def anchor_lines(config: dict) -> list[str]:
                      "cell type's control cells plus the perturbation's mean latent effect "
                      f"where it was measured ({a.get('weights', 'uniform')} weights"
                      + ("; its direction averaged, its length the measured effects' mean "
-                        "length" if a.get("magnitude") == "mean_norm" else "") + ")")
+                        "length" if a.get("magnitude") == "mean_norm" else "")
+                     + (f", x{float(a['gain']):g}" if float(a.get("gain", 1.0)) != 1.0 else "")
+                     + ")")
         lines.append(f"{start}, {how}.")
     if lines and a.get("source"):                  # once: it may cover several classes
         lines[-1] = f"{lines[-1][:-1]} (chosen: {a['source']})."

@@ -156,8 +156,13 @@ def plain_sentences(card: dict) -> list[str]:
         if not e:
             continue
         s, b = e["model"], e.get("baseline")
+        # a rule chosen on the scored folds: expect its nested estimate, not the in-sample one
+        expect = s.get("r2_top100_nested", s["r2_top100"])
         text = (f"For a {EVIDENCE_LABELS[kind].replace('new ', 'new ', 1)}, expect R2 around "
-                f"{s['r2_top100']:.2f} ({e.get('source', 'held-out test')})")
+                f"{expect:.2f}"
+                + (f" ({s['r2_top100']:.2f} on the folds its rule was chosen on)"
+                   if "r2_top100_nested" in s else "")
+                + f" ({e.get('source', 'held-out test')})")
         if b:
             better = s["r2_top100"] >= b["r2_top100"]
             text += (f"; the simple {b['name'].replace('_', ' ')} baseline reaches "

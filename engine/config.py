@@ -74,7 +74,8 @@ SPACE_KEYS = {"cell_types", "targets", "perturbation_types", "target_types", "co
               "context_values", "has_dose", "dose_range", "max_perturbations", "control_label",
               "seen", "simulated_dose"}
 SAMPLING_KEYS = {"steps", "guidance", "batch_size", "guidance_by_evidence", "anchor"}
-ANCHOR_KEYS = {"kinds", "refine", "guidance", "weights", "tau", "match", "magnitude", "source"}
+ANCHOR_KEYS = {"kinds", "refine", "guidance", "weights", "tau", "match", "magnitude", "gain",
+               "source"}
 LATENT_MEANS_KEYS = {"conditions", "mean", "n_cells"}
 ENSEMBLE_KEYS = {"members", "seeds", "bootstrap", "shared", "calibration", "calibration_note"}
 EVIDENCE_KINDS = ("population", "measured", "new_combination", "new_cell_type",
@@ -511,6 +512,8 @@ class _Validator:
                 self.number("sampling.anchor.tau", a["tau"], 0.0, 100.0, low_open=True)
             if "match" in a and a["match"] not in MATCHES:
                 self.fail("sampling.anchor.match", f"must be one of {', '.join(MATCHES)}")
+            if "gain" in a:
+                self.number("sampling.anchor.gain", a["gain"], 0.0, 10.0, low_open=True)
             if "magnitude" in a and a["magnitude"] not in MAGNITUDES:
                 self.fail("sampling.anchor.magnitude",
                           f"must be one of {', '.join(MAGNITUDES)}")

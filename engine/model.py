@@ -315,7 +315,8 @@ class PerturbModel:
             return None
         if kind == "new_combination":
             return means.additive(cond)
-        return means.delta(cond, weights=rule.weights, tau=rule.tau, magnitude=rule.magnitude)
+        return means.delta(cond, weights=rule.weights, tau=rule.tau, magnitude=rule.magnitude,
+                           gain=rule.gain)
 
     def _anchor_shift(self, cond: Condition, delta, rule, states):
         """The shift added to the start cells ``states``: the latent baseline ``delta``, or
@@ -876,6 +877,7 @@ class PerturbModel:
                 "match": rule.match, "refine": rule.refine, "guidance": rule.guidance if auto else None,
                 "weights": rule.weights, **({"tau": rule.tau} if rule.weights == "kernel" else {}),
                 **({"magnitude": rule.magnitude} if rule.magnitude != "mean_vector" else {}),
+                **({"gain": rule.gain} if rule.gain != 1.0 else {}),
                 "rule": "sampling.anchor", "source": rule.source,
                 "conditions": {k: v for k, v in anchors.items()}}
 

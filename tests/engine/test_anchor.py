@@ -81,6 +81,9 @@ def test_mean_norm_keeps_the_groups_effect_length_and_the_averaged_direction():
                   ("B", "control"): [5, 5], ("B", "stim"): [9, 5], ("NK", "control"): [1, 1]})
     assert np.allclose(par.delta(_cond("NK"), magnitude="mean_norm")[0],
                        par.delta(_cond("NK"))[0])
+    # a gain lengthens the effect by that factor, direction unchanged
+    longer, _, _ = lm.delta(_cond("NK"), magnitude="mean_norm", gain=1.5)
+    assert np.allclose(longer, 1.5 * lm.delta(_cond("NK"), magnitude="mean_norm")[0])
     with pytest.raises(ValueError, match="magnitude"):
         lm.delta(_cond("NK"), magnitude="max")
 
@@ -179,14 +182,14 @@ def test_perturb_mode_moves_each_cell_by_the_latent_effect(held_out_dir, tmp_pat
 
     model = _with_rule(held_out_dir, tmp_path, {"kinds": ["new_cell_type"], "refine": 0.3,
                                                 "guidance": 2.0, "weights": "kernel",
-                                                "magnitude": "mean_norm"})
+                                                "magnitude": "mean_norm", "gain": 1.2})
     cells = synthetic_session[(synthetic_session.obs["cell_type"] == "B").to_numpy()
                              & (synthetic_session.obs["perturbation"] == "control").to_numpy()]
     cond = Condition.parse("B", "A", "CRISPRa")
     out = model.perturb(cells, cond, seed=0)
     prov = out.uns["perturb_studio"]["anchor"]
     assert prov["weights"] == "kernel" and prov["refine"] == 0.3 and prov["guidance"] == 2.0
-    assert prov["magnitude"] == "mean_norm"
+    assert prov["magnitude"] == "mean_norm" and prov["gain"] == 1.2
     assert list(out.obs["source_cell"]) == list(cells.obs_names)
     again = model.perturb(cells, cond, seed=0)
     assert np.array_equal(out.layers["counts"].toarray(), again.layers["counts"].toarray())
@@ -206,6 +209,7 @@ def test_perturb_mode_moves_each_cell_by_the_latent_effect(held_out_dir, tmp_pat
     ({"tau": 0}, "sampling.anchor.tau"),
     ({"match": "counts"}, "sampling.anchor.match"),
     ({"magnitude": "max"}, "sampling.anchor.magnitude"),
+    ({"gain": 0}, "sampling.anchor.gain"),
     ({"why": 1}, "sampling.anchor"),
 ])
 def test_a_bad_anchor_rule_is_refused_naming_the_entry(held_out_dir, tmp_path, bad, entry):
@@ -327,8 +331,10 @@ def test_the_engine_rule_is_the_one_chosen_on_the_kang_folds():
     chosen = json.loads((Path(__file__).resolve().parents[2] / "docs" / "results" /
                          "anchor.json").read_text())["models"]["kang-ifnb-pbmc"]
     mine = KANG_RULE.to_dict()
-    assert {k: mine[k] for k in ("kinds", "refine", "guidance", "weights", "tau", "magnitude")} == \
-        {k: chosen[k] for k in ("kinds", "refine", "guidance", "weights", "tau", "magnitude")}
+    assert {k: mine[k] for k in ("kinds", "refine", "guidance", "weights", "tau", "magnitude",
+                                      "gain")} == \
+        {k: chosen[k] for k in ("kinds", "refine", "guidance", "weights", "tau", "magnitude",
+                                      "gain")}
 
 
 def test_train_anchor_records_the_rule(tmp_path, synthetic_session, schema):
@@ -387,7 +393,7 @@ def test_anchor_lines_say_how_the_effect_is_averaged():
     lines = anchor_lines({"sampling": {"anchor": KANG_RULE.to_dict()}})
     assert len(lines) == 1
     assert "kernel weights; its direction averaged, its length the measured effects' mean " \
-           "length" in lines[0]
+           "length, x1.15)" in lines[0]
     assert "refined by the flow from time 0.2 at guidance 1" in lines[0]
     assert "(chosen: chosen on Kang" in lines[0]
     plain = anchor_lines({"sampling": {"anchor": {"kinds": ["new_cell_type"]}}})
