@@ -306,8 +306,12 @@ def render_markdown(config: dict, card: dict) -> str:
             c = e.get("coverage") or {}
             cov = (f"{c['coverage_noise_aware']:.2f} / {c['coverage']:.2f}"
                    if c.get("coverage") is not None else "n/a")
+            nested = e["model"].get("r2_top100_nested")
             lines.append(f"| {EVIDENCE_LABELS.get(kind, kind)} | {e['model']['r2_top100']:.3f} "
-                         f"(n={e['model']['n']}) | {b.get('name', 'n/a')} | "
+                         f"(n={e['model']['n']}"
+                         + (f"; {nested:.3f} with the rule chosen on the other folds"
+                            if nested is not None else "")
+                         + f") | {b.get('name', 'n/a')} | "
                          + (f"{b['r2_top100']:.3f}" if b.get("r2_top100") is not None
                             else "n/a") + f" | {cov} | {e.get('source', '')} |")
     if card.get("limitations"):

@@ -352,14 +352,17 @@ def _evidence_html(evidence) -> str:
         if not isinstance(e, dict) or num(e.get("model"), "r2_top100") is None:
             continue
         r2 = num(e["model"], "r2_top100")
+        # a rule chosen on the scored folds: show what choosing it is worth on an unseen fold
+        nested = num(e["model"], "r2_top100_nested")
         base = e.get("baseline") if isinstance(e.get("baseline"), dict) else {}
         b2 = num(base, "r2_top100")
         cov = e.get("coverage") if isinstance(e.get("coverage"), dict) else {}
         c_aware, c_raw = num(cov, "coverage_noise_aware"), num(cov, "coverage")
-        below = b2 is not None and r2 < b2
+        below = b2 is not None and min(r2, nested if nested is not None else r2) < b2
         style = " style='color:#a15c00'" if below else ""
         cells = [("⚠ " if below else "") + _e(EVIDENCE_LABELS.get(str(kind), kind)),
-                 f"{r2:.2f}",
+                 f"{r2:.2f}" if nested is None else
+                 f"{nested:.2f} ({r2:.2f} on the folds its rule was chosen on)",
                  f"{_e(str(base.get('name', '')).replace('_', ' '))} {b2:.2f}" if b2 is not None
                  else "—",
                  (f"{c_aware:.0%}" + (f" ({c_raw:.0%} raw)" if c_raw is not None else ""))

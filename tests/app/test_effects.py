@@ -267,6 +267,16 @@ def test_model_card_opens_with_plain_words_and_the_evidence_table():
     single = dict(card, members=1, evidence=None)
     text = safe_card_html(SimpleNamespace(**{**info.__dict__, "card": single}))
     assert "a single member (no uncertainty estimate)" in text
+    # a rule chosen on the scored folds: the nested figure leads, the in-sample one beside it,
+    # and the warning colour follows the lower of the two
+    nested = dict(card, evidence={"new_cell_type": {
+        "model": {"r2_top100": 0.90, "r2_top100_nested": 0.70},
+        "baseline": {"name": "mean_shift", "r2_top100": 0.72}, "source": "Kang LOO"}})
+    html = safe_card_html(SimpleNamespace(**{**info.__dict__, "card": nested}))
+    doc.setHtml(html)
+    text = doc.toPlainText()
+    assert "0.70 (0.90 on the folds its rule was chosen on)" in text
+    assert "⚠ new cell type for this perturbation" in text
 
 
 def test_effect_view_falls_back_to_the_change_of_the_mean_and_says_why():
