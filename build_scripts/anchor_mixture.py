@@ -14,7 +14,6 @@ Output kept in docs/results/anchor_mixture.txt.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -29,17 +28,20 @@ def main(argv=None) -> int:
     import numpy as np
     import torch
 
-    from build_scripts.train_models import anchor_rule, guidance_by_evidence, kang, kang_labels
+    from build_scripts.train_models import (
+        anchor_rule,
+        guidance_by_evidence,
+        kang,
+        kang_fold_parser,
+        kang_labels,
+    )
     from engine import Condition, PerturbModel
     from engine.anchor import latent_means_from_cells
     from engine.data.io import get_counts
     from engine.evaluate import fit_pca, lognorm, score
 
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("folds", type=Path)
+    p = kang_fold_parser(__doc__, cell_types=False)
     p.add_argument("--n", type=int, default=1000)
-    p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     adata, schema, _ = kang()

@@ -25,7 +25,6 @@ over the real effect's.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -90,15 +89,12 @@ def main(argv=None) -> int:
     import scipy.sparse as sp
     import torch
 
-    from build_scripts.train_models import kang, kang_labels
+    from build_scripts.train_models import kang, kang_fold_parser, kang_labels
     from engine import PerturbModel
     from engine.data.io import get_counts
     from engine.evaluate import fit_pca, lognorm, score
 
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("folds", type=Path)
-    p.add_argument("--threads", type=int, default=2)
+    p = kang_fold_parser(__doc__, cell_types=False)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     adata, _, _ = kang()

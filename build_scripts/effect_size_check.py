@@ -13,29 +13,22 @@ Output: docs/results/effect_size_check.txt.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-CELL_TYPES = ["B", "CD14+Mono", "CD4T", "CD8T", "Dendritic", "FCGR3A+Mono", "NK"]
 
 
 def main(argv=None) -> int:
     import numpy as np
     import torch
 
-    from build_scripts.train_models import anchor_rule, kang
+    from build_scripts.train_models import anchor_rule, kang, kang_fold_parser
     from engine import Condition, PerturbModel
     from engine.effects import predict_effects, real_effect
 
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("folds", type=Path)
-    p.add_argument("--cell-types", nargs="*", default=CELL_TYPES)
-    p.add_argument("--threads", type=int, default=2)
-    args = p.parse_args(argv)
+    args = kang_fold_parser(__doc__).parse_args(argv)
     torch.set_num_threads(args.threads)
     adata, schema, _ = kang()
     print(f"{'cell type':<12} {'median |pred|/|real|':>21} {'share smaller':>14} "

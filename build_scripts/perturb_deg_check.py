@@ -21,13 +21,11 @@ Output: docs/results/perturb_deg_check.txt.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-CELL_TYPES = ["B", "CD14+Mono", "CD4T", "CD8T", "Dendritic", "FCGR3A+Mono", "NK"]
 
 
 def r2_top(pred, real, degs) -> float:
@@ -42,17 +40,13 @@ def main(argv=None) -> int:
     import numpy as np
     import torch
 
-    from build_scripts.train_models import anchor_rule, kang, kang_labels
+    from build_scripts.train_models import anchor_rule, kang, kang_fold_parser, kang_labels
     from engine import Condition, PerturbModel
     from engine.anchor import latent_means_from_cells
     from engine.data.io import get_counts
     from engine.evaluate import lognorm
 
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("folds", type=Path)
-    p.add_argument("--cell-types", nargs="*", default=CELL_TYPES)
-    p.add_argument("--threads", type=int, default=2)
+    p = kang_fold_parser(__doc__)
     p.add_argument("--repeats", type=int, default=10)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)

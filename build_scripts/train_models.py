@@ -54,6 +54,22 @@ def kang():
     return a, s, card
 
 
+#: Kang's seven cell types, in the order of the leave-one-cell-type-out scripts.
+KANG_CELL_TYPES = ["B", "CD14+Mono", "CD4T", "CD8T", "Dendritic", "FCGR3A+Mono", "NK"]
+
+
+def kang_fold_parser(doc: str, *, cell_types: bool = True) -> argparse.ArgumentParser:
+    """The arguments every script over Kang's saved fold models takes: the folder of
+    ``kang_loo.py --save-models``, ``--cell-types`` (unless ``cell_types=False``), ``--threads``."""
+    p = argparse.ArgumentParser(description=doc,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("folds", type=Path, help="the --save-models folder of kang_loo.py")
+    if cell_types:
+        p.add_argument("--cell-types", nargs="*", default=KANG_CELL_TYPES)
+    p.add_argument("--threads", type=int, default=2)
+    return p
+
+
 def kang_labels(adata):
     """Each Kang cell's type (str array) and whether it was stimulated (bool array): the
     leave-one-cell-type-out scripts' masks."""
