@@ -34,9 +34,9 @@ def main(argv=None) -> int:
         kang,
         kang_fold_parser,
         kang_labels,
+        load_kang_fold,
     )
-    from engine import Condition, PerturbModel
-    from engine.anchor import latent_means_from_cells
+    from engine import Condition
     from engine.data.io import get_counts
     from engine.evaluate import fit_pca, lognorm, score
 
@@ -49,12 +49,9 @@ def main(argv=None) -> int:
     n = args.n
     res = {}
     for ct in CELL_TYPES:
-        model = PerturbModel.load(args.folds / ct.replace("+", "plus"), device="cpu")
+        model = load_kang_fold(args.folds, ct, adata, schema)
         model.config["sampling"]["anchor"] = anchor_rule("kang-ifnb-pbmc")
         model.config["sampling"]["guidance_by_evidence"] = guidance_by_evidence("kang-ifnb-pbmc")
-        if not model.config.get("latent_means"):
-            model.config["latent_means"] = latent_means_from_cells(
-                model, adata[~((ctype == ct) & stim)], schema).to_dict()
         counts = get_counts(adata)[0].tocsr()[:, model.gene_mapping(adata).index]
         counts = counts.astype(np.float32)
         X_t, X_c = lognorm(counts[(ctype == ct) & stim]), lognorm(counts[(ctype == ct) & ~stim])

@@ -72,9 +72,8 @@ def main(argv=None) -> int:
     import numpy as np
     import torch
 
-    from build_scripts.train_models import guidance_by_evidence, kang, kang_labels
-    from engine import Condition, PerturbModel
-    from engine.anchor import latent_means_from_cells
+    from build_scripts.train_models import guidance_by_evidence, kang, load_kang_fold
+    from engine import Condition
     from engine.evaluate import evaluate
 
     p = argparse.ArgumentParser(description=__doc__)
@@ -100,14 +99,10 @@ def main(argv=None) -> int:
         return 0
     torch.set_num_threads(args.threads)
     adata, schema, _ = kang()
-    ctype, stim = kang_labels(adata)
     rows = []
     for ct in args.cell_types:
         t0 = time.perf_counter()
-        model = PerturbModel.load(args.folds / ct.replace("+", "plus"), device="cpu")
-        if "latent_means" not in model.config:
-            model.config["latent_means"] = latent_means_from_cells(
-                model, adata[~((ctype == ct) & stim)], schema).to_dict()
+        model = load_kang_fold(args.folds, ct, adata, schema)
         cond = Condition.parse(ct, "stimulated", context="organism=human,tissue=blood")
         sampling = model.config.setdefault("sampling", {})
         # as the shipped model: guidance per evidence class (the flow alone draws a new cell
@@ -201,7 +196,8 @@ def summarise(rows: list[dict], np) -> str:
                   f"{score(best, folds, 'energy_ratio'):.3f}; flow alone R2 "
                   f"{score(FLOW_ALONE, folds):.3f})"]
     if keep:
-        rule = next(g for g in GRID + TAU_GRID + MAGNITUDE_GRID + MAGNITUDE_GRID2 + GAIN_GRID if rule_name(g) == best)
+        rule = next(g for g in GRID + [r for grid in GRIDS.values() for r in grid]
+                    if rule_name(g) == best)
         path = RESULTS / "anchor.json"        # other models' entries (crispr_lodo.py) stay
         chosen = json.loads(path.read_text()) if path.is_file() else {"models": {}}
         chosen["models"]["kang-ifnb-pbmc"] = {

@@ -105,14 +105,18 @@ def main(argv=None) -> int:
         if unknown:
             p.error(f"unknown variants {sorted(unknown)}; known: {[v[0] for v in variants]}")
         variants = [v for v in variants if v[0] in args.only]
-    tasks = [t for t in tasks if any(t[0] == k for tag, k, _ in ANCHORED if tag in
-                                     {v[0] for v in variants}) or
-             any(v[2] is None for v in variants)]
+    kind_of = {tag: kind for tag, kind, _ in ANCHORED}
+
+    def applies(tag, rule, kind) -> bool:
+        """The flow alone scores every task; an anchored variant only its own kind."""
+        return rule is None or kind_of[tag] == kind
+
+    tasks = [t for t in tasks if any(applies(tag, rule, t[0]) for tag, _, rule in variants)]
     rows = []
     for kind, cond, base in tasks:
         for mode in ("denovo", "perturb"):
             for tag, g, rule in variants:
-                if rule is not None and not any(t == tag and k == kind for t, k, _ in ANCHORED):
+                if not applies(tag, rule, kind):
                     continue
                 model.config["sampling"].pop("anchor", None)
                 if rule is not None:

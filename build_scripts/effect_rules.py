@@ -89,8 +89,7 @@ def main(argv=None) -> int:
     import scipy.sparse as sp
     import torch
 
-    from build_scripts.train_models import kang, kang_fold_parser, kang_labels
-    from engine import PerturbModel
+    from build_scripts.train_models import kang, kang_fold_parser, kang_labels, load_kang_fold
     from engine.data.io import get_counts
     from engine.evaluate import fit_pca, lognorm, score
 
@@ -101,7 +100,7 @@ def main(argv=None) -> int:
     ctype, stim = kang_labels(adata)
     res = {}
     for ct in CELL_TYPES:
-        model = PerturbModel.load(args.folds / ct.replace("+", "plus"), device="cpu")
+        model = load_kang_fold(args.folds, ct)
         ae = model.autoencoder
         counts = get_counts(adata)[0].tocsr()[:, model.gene_mapping(adata).index]
         counts = counts.astype(np.float32)

@@ -24,8 +24,8 @@ def main(argv=None) -> int:
     import numpy as np
     import torch
 
-    from build_scripts.train_models import anchor_rule, kang, kang_fold_parser
-    from engine import Condition, PerturbModel
+    from build_scripts.train_models import anchor_rule, kang, kang_fold_parser, load_kang_fold
+    from engine import Condition
     from engine.effects import predict_effects, real_effect
 
     args = kang_fold_parser(__doc__).parse_args(argv)
@@ -34,7 +34,7 @@ def main(argv=None) -> int:
     print(f"{'cell type':<12} {'median |pred|/|real|':>21} {'share smaller':>14} "
           f"{'right sign':>11}")
     for ct in args.cell_types:
-        model = PerturbModel.load(args.folds / ct.replace("+", "plus"), device="cpu")
+        model = load_kang_fold(args.folds, ct)
         model.config["sampling"]["anchor"] = anchor_rule("kang-ifnb-pbmc")
         cond = Condition.parse(ct, "stimulated", context="organism=human,tissue=blood")
         pred = predict_effects(model, cond, n=2000, seed=0)

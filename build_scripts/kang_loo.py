@@ -34,8 +34,8 @@ def main(argv=None) -> int:
     import numpy as np
     import torch
 
-    from build_scripts.train_models import TRAIN, kang
-    from engine import Condition, PerturbModel, train_model
+    from build_scripts.train_models import TRAIN, kang, load_kang_fold
+    from engine import Condition, train_model
     from engine.evaluate import evaluate
 
     p = argparse.ArgumentParser(description=__doc__)
@@ -82,7 +82,7 @@ def main(argv=None) -> int:
     for ct in args.cell_types:
         t0 = time.perf_counter()
         if args.models:                      # the fold models of an earlier --save-models run
-            model = PerturbModel.load(args.models / ct.replace("+", "plus"), device="cpu")
+            model = load_kang_fold(args.models, ct)
             train_s = float((model.config.get("training") or {}).get("seconds") or 0.0)
         else:
             model = train_model(adata, schema, None, seed=0, device="cpu",

@@ -72,8 +72,7 @@ def main(argv=None) -> int:
     import numpy as np
     import torch
 
-    from build_scripts.train_models import kang, kang_labels
-    from engine import PerturbModel
+    from build_scripts.train_models import kang, kang_labels, load_kang_fold
     from engine.data.io import get_counts
 
     p = argparse.ArgumentParser(description=__doc__)
@@ -87,7 +86,7 @@ def main(argv=None) -> int:
     print(f"{'cell type':<12} {'reconstruction R2 / PD':>24} {'latent arithmetic R2 / PD':>27}"
           f" {'length kept R2 / PD':>21} {'length / real: mean, kept':>27}")
     for ct in args.cell_types:
-        model = PerturbModel.load(args.folds / ct.replace("+", "plus"), device="cpu")
+        model = load_kang_fold(args.folds, ct)
         counts = get_counts(adata)[0].tocsr()[:, model.gene_mapping(adata).index]
         rec, ari, kept, (lm, lk) = one_fold(model.autoencoder, counts.astype(np.float32),
                                             ctype, stim, ct)

@@ -40,9 +40,14 @@ def main(argv=None) -> int:
     import numpy as np
     import torch
 
-    from build_scripts.train_models import anchor_rule, kang, kang_fold_parser, kang_labels
-    from engine import Condition, PerturbModel
-    from engine.anchor import latent_means_from_cells
+    from build_scripts.train_models import (
+        anchor_rule,
+        kang,
+        kang_fold_parser,
+        kang_labels,
+        load_kang_fold,
+    )
+    from engine import Condition
     from engine.data.io import get_counts
     from engine.evaluate import lognorm
 
@@ -59,10 +64,7 @@ def main(argv=None) -> int:
           f"{f'perturb A x{args.repeats}':>14}")
     sums = np.zeros(6)
     for ct in args.cell_types:
-        model = PerturbModel.load(args.folds / ct.replace("+", "plus"), device="cpu")
-        if "latent_means" not in model.config:      # fold models saved before they were stored
-            model.config["latent_means"] = latent_means_from_cells(
-                model, adata[~((ctype == ct) & stim)], schema).to_dict()
+        model = load_kang_fold(args.folds, ct, adata, schema)
         model.config["sampling"]["anchor"] = rule          # the shipped rule on every fold
         model.config["sampling"].pop("guidance_by_evidence", None)
         idx = model.gene_mapping(adata).index

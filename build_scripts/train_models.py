@@ -70,6 +70,22 @@ def kang_fold_parser(doc: str, *, cell_types: bool = True) -> argparse.ArgumentP
     return p
 
 
+def load_kang_fold(folds: Path, cell_type: str, adata=None, schema=None):
+    """The fold model ``kang_loo.py --save-models`` kept for ``cell_type`` (trained without its
+    stimulated cells). With ``adata`` / ``schema`` (Kang's cells), a model saved before the
+    latent group means were stored gets them from its training cells (engine.anchor)."""
+    from engine import PerturbModel
+
+    model = PerturbModel.load(folds / cell_type.replace("+", "plus"), device="cpu")
+    if adata is not None and not model.config.get("latent_means"):
+        from engine.anchor import latent_means_from_cells
+
+        ctype, stim = kang_labels(adata)
+        model.config["latent_means"] = latent_means_from_cells(
+            model, adata[~((ctype == cell_type) & stim)], schema).to_dict()
+    return model
+
+
 def kang_labels(adata):
     """Each Kang cell's type (str array) and whether it was stimulated (bool array): the
     leave-one-cell-type-out scripts' masks."""

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, NoReturn
 
-from .anchor import ANCHOR_KINDS, MAGNITUDES, MATCHES
+from .anchor import ANCHOR_KINDS, MAGNITUDES, MATCHES, WEIGHTS
 from .errors import ModelError
 from .nn.specs import BACKBONE_NAMES as BACKBONE_NAMES  # re-exported: engine.BACKBONE_NAMES
 from .nn.specs import BACKBONE_OPTIONS, BACKBONE_SPECS
@@ -506,8 +506,8 @@ class _Validator:
                 self.number("sampling.anchor.refine", a["refine"], 0.0, 1.0)
             if "guidance" in a:
                 self.number("sampling.anchor.guidance", a["guidance"], 0.0, MAX_GUIDANCE)
-            if "weights" in a and a["weights"] not in ("uniform", "kernel"):
-                self.fail("sampling.anchor.weights", "must be uniform or kernel")
+            if "weights" in a and a["weights"] not in WEIGHTS:
+                self.fail("sampling.anchor.weights", f"must be one of {', '.join(WEIGHTS)}")
             if "tau" in a:
                 self.number("sampling.anchor.tau", a["tau"], 0.0, 100.0, low_open=True)
             if "match" in a and a["match"] not in MATCHES:
