@@ -405,6 +405,9 @@ def score_text(ev) -> str:
     if s is None or not _num(s.get("r2_top100")):
         return "not scored on held-out cells"
     out = f"held-out R2 {float(s['r2_top100']):.2f}"
+    if _num(s.get("r2_top100_nested")):       # a sampling rule chosen on the scored folds
+        out = (f"held-out R2 {float(s['r2_top100_nested']):.2f} "
+               f"({float(s['r2_top100']):.2f} on the folds its rule was chosen on)")
     if b is not None and _num(b.get("r2_top100")):
         name = BASELINE_NAMES.get(str(b.get("name", "")), str(b.get("name", "baseline")))
         out += f" vs {name} baseline {float(b['r2_top100']):.2f}"

@@ -69,10 +69,25 @@ class Evidence:
     verdict: str = ""                      # one plain sentence
     coverage: dict | None = None           # the card's interval coverage for this kind
 
+    @property
+    def expected_r2(self) -> float | None:
+        """The R2 top-100 to expect for this kind of condition: the card's nested estimate
+        (``r2_top100_nested``: a sampling rule chosen on other folds than the one scored)
+        where it has one, else its held-out ``r2_top100``; None when unscored."""
+        return expected_r2(self.score)
+
     def to_dict(self) -> dict:
         return {"kind": self.kind, "label": self.label, "score": self.score,
                 "baseline_score": self.baseline_score, "below_baseline": self.below_baseline,
                 "verdict": self.verdict, "coverage": self.coverage}
+
+
+def expected_r2(score: dict | None) -> float | None:
+    """:attr:`Evidence.expected_r2` of a card score entry (already cleaned by ``_scores``)."""
+    if not score:
+        return None
+    nested = score.get("r2_top100_nested")
+    return nested if nested is not None else score.get("r2_top100")
 
 
 def _pkey(p) -> tuple:
@@ -131,7 +146,9 @@ def _verdict(kind: str, score: dict | None, base: dict | None, below: bool) -> s
         return (f"{what[0].upper()}{what[1:]}: this model was not tested on such conditions; "
                 "treat the prediction as a hypothesis and check it against the baseline.")
     s = (f"{what[0].upper()}{what[1:]}: on held-out tests of this kind the model reached R2 "
-         f"{score['r2_top100']:.2f}")
+         f"{expected_r2(score):.2f}")
+    if score.get("r2_top100_nested") is not None:
+        s += f" ({score['r2_top100']:.2f} on the folds its sampling rule was chosen on)"
     if base is not None:
         s += f", the {base['name'].replace('_', ' ')} baseline {base['r2_top100']:.2f}"
     s += "."
@@ -169,7 +186,7 @@ def evidence_for(model, cond: Condition) -> Evidence:
     entry = entry if isinstance(entry, dict) else {}
     score = _scores(entry.get("model"))
     base = _scores(entry.get("baseline"), named=True) if score is not None else None
-    below = bool(score and base and score["r2_top100"] < base["r2_top100"])
+    below = bool(score and base and expected_r2(score) < base["r2_top100"])
     losses = (entry.get("model") or {}).get("cell_types_below_baseline") \
         if isinstance(entry.get("model"), dict) else None
     below = below or bool(score and base and isinstance(losses, list) and losses)

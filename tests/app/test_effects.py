@@ -233,6 +233,9 @@ def test_notes_say_the_cards_coverage_and_survive_malformed_cards():
     ev = SimpleNamespace(score={"r2_top100": 0.5}, baseline_score={"name": "control",
                                                                     "r2_top100": 0.1})
     assert score_text(ev) == "held-out R2 0.50 vs no-change baseline 0.10"
+    ev = SimpleNamespace(score={"r2_top100": 0.9, "r2_top100_nested": 0.86},
+                         baseline_score={"name": "mean_shift", "r2_top100": 0.72})
+    assert score_text(ev).startswith("held-out R2 0.86 (0.90 on the folds its rule was chosen")
 
 
 def test_model_card_opens_with_plain_words_and_the_evidence_table():
