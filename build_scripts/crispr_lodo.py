@@ -49,13 +49,36 @@ def tag_of(s: float | None, match: str | None) -> str:
     return f"anchored s={s:g}" + ("" if match == "latent" else f" {match}")
 
 
+def parse_override(text: str) -> tuple[str, object]:
+    """``"kl_weight=0.1"`` -> ``("kl_weight", 0.1)`` (JSON value, else the string)."""
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise SystemExit(f"--train wants NAME=VALUE, got {text!r}")
+    try:
+        return name, json.loads(value)
+    except json.JSONDecodeError:
+        return name, value
+
+
+def scored(model, adata, schema, cond, mode: str, guidance, splits: int,
+           baseline: str = "additive") -> tuple[dict, dict]:
+    """The model's and ``baseline``'s rows of engine.evaluate: one run with shared control
+    cells (``splits`` 0), else the means over ``splits`` control splits
+    (engine.evaluate.evaluate_splits, with each metric's standard deviation)."""
+    from engine.evaluate import evaluate, evaluate_splits
+
+    opts = dict(mode=mode, seed=0, guidance=guidance)
+    r = evaluate_splits(model, adata, schema, cond, splits=splits, **opts) if splits else \
+        evaluate(model, adata, schema, cond, **opts)
+    return r.row("model"), r.row(baseline)
+
+
 def main(argv=None) -> int:
     import numpy as np
     import torch
 
     from build_scripts.train_models import crispr
     from engine import Condition, PerturbModel, train_model
-    from engine.evaluate import evaluate
 
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -73,12 +96,22 @@ def main(argv=None) -> int:
                         "singles' latent effects summed) and/or expression (a latent shift "
                         "whose decoded expression moves by the singles' summed expression "
                         "effects)")
+    p.add_argument("--train", nargs="*", default=[], metavar="NAME=VALUE",
+                   help="training overrides by ModelConfig's flat names (e.g. kl_weight=0.1), "
+                        "to measure a training change on the same folds")
+    p.add_argument("--control-splits", type=int, default=0, metavar="K",
+                   help="score each variant K times, the K562 control cells split at random "
+                        "(seeds 0..K-1) between the methods and the truth "
+                        "(engine.evaluate control_split: no control cell on both sides of a "
+                        "Pearson delta), and report the means; 0 (default): the issue's "
+                        "convention, one shared set of control cells")
     p.add_argument("--json", type=Path)
     p.add_argument("--save-models", type=Path, metavar="DIR",
                    help="keep each fold's model in DIR/<double> (to score other rules later)")
     p.add_argument("--models", type=Path, metavar="DIR",
                    help="load the fold models saved by --save-models instead of training")
     args = p.parse_args(argv)
+    overrides = dict(parse_override(t) for t in args.train)
     torch.set_num_threads(args.threads)
     adata, schema, _ = crispr()
     doubles, others = eligible_doubles(adata)
@@ -92,7 +125,7 @@ def main(argv=None) -> int:
             model = PerturbModel.load(args.models / d)
         else:
             model = train_model(adata, schema, None, seed=0, device="cpu",
-                                members=args.members,
+                                members=args.members, **overrides,
                                 exclude=[{"condition": d, "cell_type": "k562"}])
             if args.save_models:
                 model.save(args.save_models / d)
@@ -105,11 +138,10 @@ def main(argv=None) -> int:
                     model.config["sampling"]["anchor"] = {"kinds": ["new_combination"],
                                                           "refine": s, "guidance": g,
                                                           "match": match}
-                r = evaluate(model, adata, schema, cond, mode=mode, seed=0,
-                             guidance=g if s is None else None)
+                m, b = scored(model, adata, schema, cond, mode, None if s is not None else g,
+                              args.control_splits)
                 if s is not None:
                     assert model.anchor_for(cond) is not None, cond.label
-                m, b = r.row("model"), r.row("additive")
                 rows.append({"double": d, "mode": mode, "guidance": g, "train_s": round(train_s),
                              "anchor_refine": s, "anchor_match": match, "model": m,
                              "additive": b})

@@ -33,6 +33,17 @@ energy ratio, the perturbation has no effect this metric can detect.
 
 DEGs are the genes ranked by |mean(real perturbed) - mean(real control)|.
 
+Shared control cells: Pearson delta takes every prediction's change and the truth's from the
+same real control cells, so their sampling noise correlates the two. The additive baseline
+subtracts those cells twice (each single's effect), a generated prediction once, the mean shift
+not at all (its effects come from other groups' controls). Where effects are small against
+that noise (a few dozen control cells, a weak perturbation) the ranking of methods then says
+more about the sharing than about the predictions. ``control_split=k`` removes it: the target's
+control cells are split at random (seed ``k``) into two halves; one is what every method
+starts from (the baselines' effects are measured against it, "perturb my cells" perturbs it,
+each prediction's change is taken from it), the other is the truth's control (the DEGs, the
+real change and the energy ratio's control). Average over several ``k``: one split is noisy.
+
 Baselines: ``control`` (no change), ``mean_shift`` (the average effect of the same perturbation
 in the other cell types / contexts of ``real``, added to the target's control cells) and, for
 combinations, ``additive`` (the sum of the single-perturbation effects, taken in the same cell
@@ -64,6 +75,7 @@ MIN_GROUP_CELLS = 5
 MIN_EFFECT_CELLS = 3
 
 __all__ = ["METRICS", "EvalResult", "evaluate", "evaluate_many", "evaluate_population",
+           "evaluate_splits",
            "group_effects",
            "clear_effects", "split", "group_key", "lognorm", "score", "fit_pca",
            "energy_distance", "reference_cells"]
@@ -77,13 +89,15 @@ class EvalResult:
     n_control: int
     rows: list[dict] = field(default_factory=list)
     degs: list[str] = field(default_factory=list)
+    control_split: int | None = None       # the seed of the control-cell split, if any
 
     def row(self, method: str) -> dict | None:
         return next((r for r in self.rows if r["method"] == method), None)
 
     def to_dict(self) -> dict:
         return {"condition": self.condition, "mode": self.mode, "n_real": self.n_real,
-                "n_control": self.n_control, "rows": self.rows, "degs": self.degs[:20]}
+                "n_control": self.n_control, "rows": self.rows, "degs": self.degs[:20],
+                **({} if self.control_split is None else {"control_split": self.control_split})}
 
     def table(self) -> str:
         head = f"{'method':<12}" + "".join(f"{m:>22}" for m in METRICS)
@@ -130,18 +144,21 @@ def energy_distance(x: np.ndarray, y: np.ndarray, *, max_cells: int = 600,
 
 
 def score(pred: np.ndarray, real: np.ndarray, ctrl: np.ndarray, degs: np.ndarray,
-          pca, *, max_cells: int = 600) -> dict:
+          pca, *, max_cells: int = 600, real_ctrl: np.ndarray | None = None) -> dict:
     """Metrics for one method. ``pred``, ``real``, ``ctrl``: log-normalised cells x genes.
 
+    ``real_ctrl``: the truth's own control cells, when they are not ``ctrl`` (the control
+    split of the module doc): the real change and the energy ratio's control come from them.
     The energy distances use the same number of predicted and control cells (see module doc)."""
-    pm, rm, cm = pred.mean(0), real.mean(0), ctrl.mean(0)
+    truth_ctrl = ctrl if real_ctrl is None else real_ctrl
+    pm, rm, cm, rcm = pred.mean(0), real.mean(0), ctrl.mean(0), truth_ctrl.mean(0)
     out = {"r2_top100": _pearson(pm[degs], rm[degs]) ** 2,
            "r2_all": _pearson(pm, rm) ** 2,
-           "pearson_delta_top100": _pearson(pm[degs] - cm[degs], rm[degs] - cm[degs]),
-           "pearson_delta_all": _pearson(pm - cm, rm - cm)}
-    n = min(len(pred), len(ctrl), max_cells)
+           "pearson_delta_top100": _pearson(pm[degs] - cm[degs], rm[degs] - rcm[degs]),
+           "pearson_delta_all": _pearson(pm - cm, rm - rcm)}
+    n = min(len(pred), len(truth_ctrl), max_cells)
     zp, zr, zc = (pca.transform(_subsample(x, n, seed)) for x, seed in
-                  ((pred, 1), (real, 0), (ctrl, 2)))
+                  ((pred, 1), (real, 0), (truth_ctrl, 2)))
     base = energy_distance(zc, zr, max_cells=max_cells)
     out["energy_ratio"] = (energy_distance(zp, zr, max_cells=max_cells) / base if base > 0
                            else float("nan"))
@@ -234,6 +251,16 @@ class _Cells:
     def rows(self, key) -> np.ndarray:
         return np.isin(self.codes, [i for i, k in enumerate(self.keys) if k == key])
 
+    def without(self, rows: np.ndarray) -> _Cells:
+        """The same cells less ``rows`` (indices), with a fresh cache of group means."""
+        keep = np.ones(len(self.codes), bool)
+        keep[rows] = False
+        out = object.__new__(_Cells)
+        out.adata, out.codes, out.uniq, out.keys = (self.adata[keep], self.codes[keep],
+                                                    self.uniq, self.keys)
+        out.counts, out._means = self.counts[keep], {}
+        return out
+
     def cells(self, key, min_cells: int = MIN_GROUP_CELLS) -> np.ndarray | None:
         """Log-normalised cells of the group ``key`` (None if fewer than ``min_cells``)."""
         rows = self.rows(key)
@@ -308,16 +335,29 @@ class _Prepared:
 
 
 def _evaluate_one(model, prep: _Prepared, cond: Condition, *, mode, seed, steps, guidance,
-                  top_n, n_cells, progress, cancel, baselines=None, anchor=None) -> EvalResult:
+                  top_n, n_cells, progress, cancel, baselines=None, anchor=None,
+                  control_split: int | None = None) -> EvalResult:
     real = prep.real
     key = group_key(cond)
     tmask, cmask = real.rows(key), real.rows(group_key(cond.control()))
-    if tmask.sum() < MIN_GROUP_CELLS or cmask.sum() < MIN_GROUP_CELLS:
-        raise DataError(f"need at least {MIN_GROUP_CELLS} real cells of {cond.label} and of its "
-                        f"control in the evaluation data; found {int(tmask.sum())} and "
-                        f"{int(cmask.sum())}")
-    X_t, X_c = lognorm(real.counts[tmask]), lognorm(real.counts[cmask])
-    degs = np.argsort(-np.abs(X_t.mean(0) - X_c.mean(0)))[:top_n]
+    need = MIN_GROUP_CELLS * (1 if control_split is None else 2)
+    if tmask.sum() < MIN_GROUP_CELLS or cmask.sum() < need:
+        raise DataError(f"need at least {MIN_GROUP_CELLS} real cells of {cond.label} and "
+                        f"{need} of its control in the evaluation data; found "
+                        f"{int(tmask.sum())} and {int(cmask.sum())}")
+    X_t = lognorm(real.counts[tmask])
+    truth_ctrl = None                    # the truth's own control half (module doc)
+    base = real
+    if control_split is not None:
+        rows = np.random.default_rng(control_split).permutation(np.flatnonzero(cmask))
+        held = np.sort(rows[len(rows) // 2:])
+        cmask = cmask.copy()
+        cmask[held] = False
+        truth_ctrl = lognorm(real.counts[held])
+        base = real.without(held)        # the baselines' effects: never from the truth's half
+    X_c = lognorm(real.counts[cmask])
+    X_ct = X_c if truth_ctrl is None else truth_ctrl
+    degs = np.argsort(-np.abs(X_t.mean(0) - X_ct.mean(0)))[:top_n]
     pca = prep.pca
 
     preds: dict[str, np.ndarray] = {}
@@ -330,7 +370,6 @@ def _evaluate_one(model, prep: _Prepared, cond: Condition, *, mode, seed, steps,
                             progress=progress, cancel=cancel, anchor=anchor)
     preds["model"] = lognorm(gen.layers[LAYERS.COUNTS])
     preds["control"] = X_c
-    base = real
     if prep.ref is not None:
         base = prep.ref
         ref = base.cells(key)
@@ -344,14 +383,16 @@ def _evaluate_one(model, prep: _Prepared, cond: Condition, *, mode, seed, steps,
         if add is not None:
             preds["additive"] = np.maximum(X_c + add, 0.0)
         if prep.ref is not None:          # also the convention without a reference
-            add = real.additive_effect(cond)
+            add = (real if control_split is None else real.without(held)).additive_effect(cond)
             if add is not None:
                 preds["additive_heldout"] = np.maximum(X_c + add, 0.0)
     for name, effect in (baselines or {}).items():      # the caller's: effect + real control
         preds[name] = np.maximum(X_c + np.asarray(effect, np.float64), 0.0)
-    rows = [{"method": m, **score(p, X_t, X_c, degs, pca)} for m, p in preds.items()]
-    return EvalResult(cond.to_dict(), mode, int(tmask.sum()), int(cmask.sum()), rows,
-                      [model.genes[i] for i in degs])
+    rows = [{"method": m, **score(p, X_t, X_c, degs, pca, real_ctrl=truth_ctrl)}
+            for m, p in preds.items()]
+    n_ctrl = int(cmask.sum()) + (0 if truth_ctrl is None else len(truth_ctrl))
+    return EvalResult(cond.to_dict(), mode, int(tmask.sum()), n_ctrl, rows,
+                      [model.genes[i] for i in degs], control_split)
 
 
 def _population_one(model, prep: _Prepared, cond: Condition, *, seed, steps, guidance, top_n,
@@ -387,20 +428,48 @@ def evaluate(model, real, schema, condition: Condition, *, mode: str = "denovo",
              steps: int | None = None, guidance: float | None = None, top_n: int = 100,
              n_cells: int | None = None, reference=None, progress=None,
              cancel=None, baselines: dict | None = None,
-             anchor: bool | None = None) -> EvalResult:
+             anchor: bool | None = None, control_split: int | None = None) -> EvalResult:
     """Evaluate ``model`` on the real cells of ``condition`` in ``real`` (see module doc).
 
     ``reference``: optional other real cells (e.g. the training cells) whose cells of the same
     condition are scored as the ``real_train`` row. ``baselines``: more baselines, name ->
     effect (model gene order, log1p space; e.g. from :func:`group_effects` of the training
     cells), each scored as the real control cells plus that effect. ``anchor``: None (the
-    model's choice) or False (the flow alone; :mod:`engine.anchor`)."""
+    model's choice) or False (the flow alone; :mod:`engine.anchor`). ``control_split``: the
+    seed of a random split of the target's control cells into the methods' half and the
+    truth's half (None: no split; see the module doc on shared control cells)."""
     _check_mode(mode)
     cond = model.check_condition(condition)
     prep = _Prepared(model, real, schema, reference)
     return _evaluate_one(model, prep, cond, mode=mode, seed=seed, steps=steps, guidance=guidance,
                          top_n=top_n, n_cells=n_cells, progress=progress, cancel=cancel,
-                         baselines=baselines, anchor=anchor)
+                         baselines=baselines, anchor=anchor, control_split=control_split)
+
+
+def evaluate_splits(model, real, schema, condition: Condition, *, splits: int,
+                    **options) -> EvalResult:
+    """:func:`evaluate` over ``splits`` control splits (``control_split`` 0 .. splits-1; see
+    the module doc on shared control cells): each method's metrics are the means over the
+    splits, with their standard deviations as ``<metric>_sd`` (``None`` where a split gave
+    none). The model's own draws keep ``seed``; only the split changes."""
+    if splits < 1:
+        raise ValueError(f"splits must be at least 1, got {splits}")
+    runs = [evaluate(model, real, schema, condition, control_split=k, **options)
+            for k in range(splits)]
+    rows = []
+    for row in runs[0].rows:
+        method = row["method"]
+        each = [r.row(method) for r in runs]
+        out = {"method": method, "control_splits": splits}
+        for k in METRICS:
+            vals = [e.get(k) for e in each if e is not None and e.get(k) is not None]
+            ok = len(vals) == splits
+            out[k] = round(float(np.mean(vals)), 4) if ok else None
+            out[f"{k}_sd"] = round(float(np.std(vals)), 4) if ok else None
+        rows.append(out)
+    first = runs[0]
+    return EvalResult(first.condition, first.mode, first.n_real, first.n_control, rows,
+                      first.degs, None)
 
 
 def group_effects(model, cells, schema) -> list[tuple[Condition, np.ndarray]]:
