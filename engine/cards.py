@@ -135,6 +135,22 @@ def evidence_entry(summary: list[dict], *, group: str = "all conditions",
     return entry
 
 
+def _split_clause(model: dict, base: dict | None) -> str:
+    """What the control split (engine.evaluate ``control_split``) said about the direction of
+    the changes, when the card's row has it ("" otherwise)."""
+    m = model.get("pearson_delta_top100_split")
+    b = (base or {}).get("pearson_delta_top100_split")
+    if m is None:
+        return ""
+    text = (f"; with control cells not shared between prediction and truth its predicted "
+            f"changes correlate with the real ones at {m:.2f} (Pearson delta)")
+    if b is not None:
+        text += f", the baseline's at {b:.2f}"
+        if m < b:
+            text += ": the direction of its changes is not confirmed"
+    return text
+
+
 def plain_sentences(card: dict) -> list[str]:
     """Three to five sentences a biologist can act on, from the card's own evaluations."""
     from .effects import EVIDENCE_LABELS
@@ -172,6 +188,7 @@ def plain_sentences(card: dict) -> list[str]:
             if better and losses:
                 text += (f", and it did better for {len(losses)} of the {s.get('n', '?')} "
                          f"cell types tested ({', '.join(losses)}): look at both")
+        text += _split_clause(s, b)
         out.append(text + ".")
     e = ev.get("new_gene")
     if e:
@@ -307,10 +324,14 @@ def render_markdown(config: dict, card: dict) -> str:
             cov = (f"{c['coverage_noise_aware']:.2f} / {c['coverage']:.2f}"
                    if c.get("coverage") is not None else "n/a")
             nested = e["model"].get("r2_top100_nested")
+            split = e["model"].get("pearson_delta_top100_split")
             lines.append(f"| {EVIDENCE_LABELS.get(kind, kind)} | {e['model']['r2_top100']:.3f} "
                          f"(n={e['model']['n']}"
                          + (f"; {nested:.3f} with the rule chosen on the other folds"
                             if nested is not None else "")
+                         + (f"; Pearson delta {split:.2f} with control cells not shared, "
+                            f"baseline {b.get('pearson_delta_top100_split', float('nan')):.2f}"
+                            if split is not None else "")
                          + f") | {b.get('name', 'n/a')} | "
                          + (f"{b['r2_top100']:.3f}" if b.get("r2_top100") is not None
                             else "n/a") + f" | {cov} | {e.get('source', '')} |")

@@ -359,6 +359,10 @@ def _evidence_html(evidence) -> str:
         cov = e.get("coverage") if isinstance(e.get("coverage"), dict) else {}
         c_aware, c_raw = num(cov, "coverage_noise_aware"), num(cov, "coverage")
         below = b2 is not None and min(r2, nested if nested is not None else r2) < b2
+        # as engine.effects.evidence_for: a metric the card lists as below the baseline (e.g.
+        # Pearson delta with control cells not shared) flags the row too
+        worse = e["model"].get("metrics_below_baseline")
+        below = below or (b2 is not None and isinstance(worse, list) and bool(worse))
         style = " style='color:#a15c00'" if below else ""
         cells = [("⚠ " if below else "") + _e(EVIDENCE_LABELS.get(str(kind), kind)),
                  f"{r2:.2f}" if nested is None else

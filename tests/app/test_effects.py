@@ -280,6 +280,12 @@ def test_model_card_opens_with_plain_words_and_the_evidence_table():
     text = doc.toPlainText()
     assert "0.70 (0.90 on the folds its rule was chosen on)" in text
     assert "⚠ new cell type for this perturbation" in text
+    # a metric the card lists as below the baseline flags the row, as the results page does
+    listed = dict(card, evidence={"new_cell_type": {
+        "model": {"r2_top100": 0.91, "metrics_below_baseline": ["pearson_delta_top100_split"]},
+        "baseline": {"name": "mean_shift", "r2_top100": 0.83}, "source": "CRISPR held out"}})
+    doc.setHtml(safe_card_html(SimpleNamespace(**{**info.__dict__, "card": listed})))
+    assert "⚠ new cell type for this perturbation" in doc.toPlainText()
 
 
 def test_effect_view_falls_back_to_the_change_of_the_mean_and_says_why():

@@ -23,3 +23,28 @@ def test_without_a_nested_estimate_the_scored_figure_is_what_to_expect():
 
     text = " ".join(plain_sentences(_card({"r2_top100": 0.81})))
     assert "expect R2 around 0.81 (Kang" in text and "chosen on" not in text
+
+
+def test_the_control_split_says_when_the_direction_of_the_changes_is_not_confirmed():
+    """A row scored with control cells split between prediction and truth (engine.evaluate
+    control_split): the sentence gives both Pearson deltas and says when the model's is below
+    the baseline's."""
+    from engine.cards import plain_sentences, render_markdown
+
+    card = _card({"r2_top100": 0.91, "pearson_delta_top100_split": -0.11})
+    card["evidence"]["new_cell_type"]["baseline"]["pearson_delta_top100_split"] = 0.04
+    text = " ".join(plain_sentences(card))
+    assert "not shared between prediction and truth" in text
+    assert "at -0.11 (Pearson delta), the baseline's at 0.04" in text
+    assert "the direction of its changes is not confirmed" in text
+    card["evidence"]["new_cell_type"]["model"]["pearson_delta_top100_split"] = 0.5
+    assert "not confirmed" not in " ".join(plain_sentences(card))
+    import json
+    from pathlib import Path
+
+    config = json.loads((Path(__file__).resolve().parents[2] / "resources" / "models" /
+                         "crispr-k562-glioblastoma" / "config.json").read_text())
+    md = render_markdown(config, card)
+    assert "Pearson delta 0.50 with control cells not shared, baseline 0.04" in md
+    plain = _card({"r2_top100": 0.91})
+    assert "not shared" not in " ".join(plain_sentences(plain))
