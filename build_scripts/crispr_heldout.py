@@ -217,9 +217,9 @@ def write_evidence(rows: list[dict], path: Path, split_rows: list[dict] | None =
                  "source": f"build_scripts/crispr_heldout.py: {len(sel)} {what}, one "
                            "5-member model trained without them, de novo, the shipped anchor "
                            "rule (docs/results/anchor.json)"
-                           + (f"; *_split: means over {splits} random splits of the control "
-                              "cells between prediction and truth (--control-splits)"
-                              if split else "")}
+                           + (f"; the *_split figures: control cells not shared, means "
+                              f"over {splits} random splits of them between prediction and "
+                              "truth (--control-splits)" if split else "")}
         entry["verdict"] = _verdict(kind, len(sel), model, baseline, below,
                                     splits if split else None)
         evidence[kind] = entry
