@@ -135,6 +135,19 @@ def evidence_entry(summary: list[dict], *, group: str = "all conditions",
     return entry
 
 
+def _short_source(source) -> str:
+    """What a card row was measured on, in a few plain words: its ``source`` less the script
+    that made it and the run's details (they stay in the evidence table's "from" column)."""
+    import re
+
+    if not isinstance(source, str) or not source.strip():
+        return "held-out test"
+    text = re.sub(r"^build_scripts/\S+\.py:\s*", "", source.strip())
+    cut = min((i for i in (text.find(m) for m in (" (", ";", ", one ")) if i > 0),
+              default=len(text))
+    return text[:cut].rstrip(" ,") or "held-out test"
+
+
 def _split_clause(model: dict, base: dict | None) -> str:
     """What the control split (engine.evaluate ``control_split``) said about the direction of
     the changes, when the card's row has it ("" otherwise)."""
@@ -178,7 +191,7 @@ def plain_sentences(card: dict) -> list[str]:
                 f"{expect:.2f}"
                 + (f" ({s['r2_top100']:.2f} on the folds its rule was chosen on)"
                    if "r2_top100_nested" in s else "")
-                + f" ({e.get('source', 'held-out test')})")
+                + f" ({_short_source(e.get('source'))})")
         if b:
             better = s["r2_top100"] >= b["r2_top100"]
             text += (f"; the simple {b['name'].replace('_', ' ')} baseline reaches "

@@ -25,6 +25,18 @@ def test_without_a_nested_estimate_the_scored_figure_is_what_to_expect():
     assert "expect R2 around 0.81 (Kang" in text and "chosen on" not in text
 
 
+def test_the_sentence_names_what_was_measured_not_the_script():
+    from engine.cards import plain_sentences
+
+    card = _card({"r2_top100": 0.9})
+    card["evidence"]["new_cell_type"]["source"] = (
+        "build_scripts/crispr_heldout.py: 3 genes held out in one line, one 5-member model "
+        "trained without them (docs/results/anchor.json); more details")
+    text = " ".join(plain_sentences(card))
+    assert "expect R2 around 0.90 (3 genes held out in one line);" in text
+    assert "build_scripts" not in text and "docs/results" not in text
+
+
 def test_the_control_split_says_when_the_direction_of_the_changes_is_not_confirmed():
     """A row scored with control cells split between prediction and truth (engine.evaluate
     control_split): the sentence gives both Pearson deltas and says when the model's is below
