@@ -135,6 +135,15 @@ def evidence_entry(summary: list[dict], *, group: str = "all conditions",
     return entry
 
 
+def _paired_note(model: dict, base: dict) -> str:
+    """" (n=3; model 0.964 on the same)" when the baseline covers fewer conditions than the
+    model's row (so the two R2 above are not on the same conditions), else ""."""
+    same = (base.get("model_on_same") or {}).get("r2_top100")
+    if same is None or base.get("n") is None or base.get("n") == model.get("n"):
+        return ""
+    return f" (n={base['n']}; model {same:.3f} on the same)"
+
+
 def _short_source(source) -> str:
     """What a card row was measured on, in a few plain words: its ``source`` less the script
     that made it and the run's details (they stay in the evidence table's "from" column)."""
@@ -347,7 +356,8 @@ def render_markdown(config: dict, card: dict) -> str:
                             if split is not None else "")
                          + f") | {b.get('name', 'n/a')} | "
                          + (f"{b['r2_top100']:.3f}" if b.get("r2_top100") is not None
-                            else "n/a") + f" | {cov} | {e.get('source', '')} |")
+                            else "n/a") + _paired_note(e["model"], b)
+                         + f" | {cov} | {e.get('source', '')} |")
     if card.get("limitations"):
         lines += ["", "## Limitations", ""] + [f"- {x}" for x in card["limitations"]]
     lines += ["", f"Genes: {len(config['genes'])} (full list in card.json).", ""]

@@ -90,6 +90,15 @@ def expected_r2(score: dict | None) -> float | None:
     return nested if nested is not None else score.get("r2_top100")
 
 
+def paired_r2(score: dict | None, base: dict | None) -> float | None:
+    """The model's R2 to set against ``base``'s: on the baseline's own conditions where the
+    card has it (``model_r2_on_same``; e.g. additive exists only for the doubles of a mostly
+    single-perturbation test set), else :func:`expected_r2`."""
+    if base and base.get("model_r2_on_same") is not None:
+        return base["model_r2_on_same"]
+    return expected_r2(score)
+
+
 def _pkey(p) -> tuple:
     return (p["target"], p.get("type")) if isinstance(p, dict) else (p.target, p.type)
 
@@ -186,7 +195,11 @@ def evidence_for(model, cond: Condition) -> Evidence:
     entry = entry if isinstance(entry, dict) else {}
     score = _scores(entry.get("model"))
     base = _scores(entry.get("baseline"), named=True) if score is not None else None
-    below = bool(score and base and expected_r2(score) < base["r2_top100"])
+    same = (entry.get("baseline") or {}).get("model_on_same") \
+        if isinstance(entry.get("baseline"), dict) else None
+    if base is not None and isinstance(same, dict) and _number(same.get("r2_top100")) is not None:
+        base["model_r2_on_same"] = _number(same["r2_top100"])
+    below = bool(score and base and paired_r2(score, base) < base["r2_top100"])
     losses = (entry.get("model") or {}).get("cell_types_below_baseline") \
         if isinstance(entry.get("model"), dict) else None
     below = below or bool(score and base and isinstance(losses, list) and losses)

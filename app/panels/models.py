@@ -358,7 +358,13 @@ def _evidence_html(evidence) -> str:
         b2 = num(base, "r2_top100")
         cov = e.get("coverage") if isinstance(e.get("coverage"), dict) else {}
         c_aware, c_raw = num(cov, "coverage_noise_aware"), num(cov, "coverage")
-        below = b2 is not None and min(r2, nested if nested is not None else r2) < b2
+        # the model's R2 on the baseline's own conditions, where the baseline covers only some
+        # (additive: the doubles of a test set of mostly singles)
+        same = num(base.get("model_on_same"), "r2_top100")
+        n_m, n_b = num(e["model"], "n"), num(base, "n")
+        partial = same is not None and n_m is not None and n_b is not None and n_m != n_b
+        mine = same if partial else min(r2, nested if nested is not None else r2)
+        below = b2 is not None and mine < b2
         # as engine.effects.evidence_for: a metric the card lists as below the baseline (e.g.
         # Pearson delta with control cells not shared) flags the row too
         worse = e["model"].get("metrics_below_baseline")
@@ -367,8 +373,9 @@ def _evidence_html(evidence) -> str:
         cells = [("⚠ " if below else "") + _e(EVIDENCE_LABELS.get(str(kind), kind)),
                  f"{r2:.2f}" if nested is None else
                  f"{nested:.2f} ({r2:.2f} on the folds its rule was chosen on)",
-                 f"{_e(str(base.get('name', '')).replace('_', ' '))} {b2:.2f}" if b2 is not None
-                 else "—",
+                 (f"{_e(str(base.get('name', '')).replace('_', ' '))} {b2:.2f}"
+                  + (f" (on {n_b:.0f} conditions; model {same:.2f} there)" if partial else ""))
+                 if b2 is not None else "—",
                  (f"{c_aware:.0%}" + (f" ({c_raw:.0%} raw)" if c_raw is not None else ""))
                  if c_aware is not None else (f"{c_raw:.0%}" if c_raw is not None else "—"),
                  _e(e.get("source", "")) if isinstance(e.get("source"), str) else ""]

@@ -233,6 +233,10 @@ def test_notes_say_the_cards_coverage_and_survive_malformed_cards():
     ev = SimpleNamespace(score={"r2_top100": 0.5}, baseline_score={"name": "control",
                                                                     "r2_top100": 0.1})
     assert score_text(ev) == "held-out R2 0.50 vs no-change baseline 0.10"
+    ev = SimpleNamespace(score={"r2_top100": 0.87, "n": 56}, baseline_score={
+        "name": "additive", "r2_top100": 0.92, "n": 3, "model_r2_on_same": 0.96})
+    assert score_text(ev) == ("held-out R2 0.87; on the 3 conditions the additive baseline "
+                              "covers, model 0.96 vs baseline 0.92")
     ev = SimpleNamespace(score={"r2_top100": 0.9, "r2_top100_nested": 0.86},
                          baseline_score={"name": "mean_shift", "r2_top100": 0.72})
     assert score_text(ev).startswith("held-out R2 0.86 (0.90 on the folds its rule was chosen")
@@ -286,6 +290,15 @@ def test_model_card_opens_with_plain_words_and_the_evidence_table():
         "baseline": {"name": "mean_shift", "r2_top100": 0.83}, "source": "CRISPR held out"}})
     doc.setHtml(safe_card_html(SimpleNamespace(**{**info.__dict__, "card": listed})))
     assert "⚠ new cell type for this perturbation" in doc.toPlainText()
+    # a baseline that covers 3 of the 56 conditions is compared on those 3
+    partial = dict(card, evidence={"measured": {
+        "model": {"r2_top100": 0.87, "n": 56},
+        "baseline": {"name": "additive", "r2_top100": 0.92, "n": 3,
+                     "model_on_same": {"r2_top100": 0.96}}, "source": "card split"}})
+    html = safe_card_html(SimpleNamespace(**{**info.__dict__, "card": partial}))
+    doc.setHtml(html)
+    assert "additive 0.92 (on 3 conditions; model 0.96 there)" in doc.toPlainText()
+    assert "#a15c00" not in html
 
 
 def test_effect_view_falls_back_to_the_change_of_the_mean_and_says_why():

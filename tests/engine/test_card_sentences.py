@@ -60,3 +60,9 @@ def test_the_control_split_says_when_the_direction_of_the_changes_is_not_confirm
     assert "Pearson delta 0.50 with control cells not shared, baseline 0.04" in md
     plain = _card({"r2_top100": 0.91})
     assert "not shared" not in " ".join(plain_sentences(plain))
+    card["evidence"]["measured"] = {
+        "model": {"r2_top100": 0.866, "n": 56}, "source": "card split",
+        "baseline": {"name": "additive", "r2_top100": 0.924, "n": 3,
+                     "model_on_same": {"r2_top100": 0.964}}}
+    md = render_markdown(config, card)
+    assert "| additive | 0.924 (n=3; model 0.964 on the same) |" in md

@@ -155,6 +155,31 @@ def test_evidence_below_baseline_judged_on_the_nested_estimate(tiny_model):
         tiny_model.card = old
 
 
+def test_a_baseline_covering_only_some_conditions_is_compared_on_those(tiny_model):
+    """Additive exists only for the doubles of a test set of mostly singles: the card row
+    keeps the model's score on the baseline's own conditions, and 'below baseline' uses it."""
+    from engine import Condition
+    from engine.effects import evidence_for, paired_r2
+
+    cond = Condition.parse("T", "A", "CRISPRa")
+    kind = evidence_for(tiny_model, cond).kind
+    old = tiny_model.card
+    try:
+        tiny_model.card = {"evidence": {kind: {
+            "model": {"r2_top100": 0.87, "n": 56},
+            "baseline": {"name": "additive", "r2_top100": 0.92, "n": 3,
+                         "model_on_same": {"r2_top100": 0.96}}}}}
+        ev = evidence_for(tiny_model, cond)
+        assert not ev.below_baseline and ev.baseline_score["model_r2_on_same"] == 0.96
+        assert paired_r2(ev.score, ev.baseline_score) == 0.96
+        tiny_model.card["evidence"][kind]["baseline"]["model_on_same"]["r2_top100"] = 0.90
+        assert evidence_for(tiny_model, cond).below_baseline
+        del tiny_model.card["evidence"][kind]["baseline"]["model_on_same"]
+        assert evidence_for(tiny_model, cond).below_baseline      # 0.87 vs 0.92, no pairing
+    finally:
+        tiny_model.card = old
+
+
 # -- the tiny ensemble ------------------------------------------------------------------------
 def test_tiny_model_is_an_ensemble_that_round_trips(tiny_model, tmp_path):
     from engine import Condition, PerturbModel
