@@ -49,17 +49,6 @@ def tag_of(s: float | None, match: str | None) -> str:
     return f"anchored s={s:g}" + ("" if match == "latent" else f" {match}")
 
 
-def parse_override(text: str) -> tuple[str, object]:
-    """``"kl_weight=0.1"`` -> ``("kl_weight", 0.1)`` (JSON value, else the string)."""
-    name, sep, value = text.partition("=")
-    if not sep or not name:
-        raise SystemExit(f"--train wants NAME=VALUE, got {text!r}")
-    try:
-        return name, json.loads(value)
-    except json.JSONDecodeError:
-        return name, value
-
-
 def scored(model, adata, schema, cond, mode: str, guidance, splits: int,
            baseline: str = "additive") -> tuple[dict, dict]:
     """The model's and ``baseline``'s rows of engine.evaluate: one run with shared control
@@ -77,7 +66,7 @@ def main(argv=None) -> int:
     import numpy as np
     import torch
 
-    from build_scripts.train_models import crispr
+    from build_scripts.train_models import crispr, parse_override
     from engine import Condition, PerturbModel, train_model
 
     p = argparse.ArgumentParser(description=__doc__,

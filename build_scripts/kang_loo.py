@@ -34,7 +34,7 @@ def main(argv=None) -> int:
     import numpy as np
     import torch
 
-    from build_scripts.train_models import TRAIN, kang, load_kang_fold
+    from build_scripts.train_models import TRAIN, kang, load_kang_fold, parse_override
     from engine import Condition, train_model
     from engine.evaluate import evaluate, evaluate_splits
 
@@ -52,6 +52,9 @@ def main(argv=None) -> int:
                    help="also score the flow alone (anchor off) at each guidance: rows "
                         "'model_flow_alone'")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--train", nargs="*", default=[], metavar="NAME=VALUE",
+                   help="training overrides by ModelConfig's flat names (e.g. p_coarse=0.3), "
+                        "on top of the shipped Kang model's")
     p.add_argument("--members", type=int, default=None,
                    help="ensemble members (default: the engine's default)")
     p.add_argument("--ensemble-json", type=Path,
@@ -101,7 +104,8 @@ def main(argv=None) -> int:
             model = train_model(adata, schema, None, seed=0, device="cpu",
                                 backbone=args.backbone,
                                 exclude=[{"cell_type": ct, "condition": "stimulated"}],
-                                **TRAIN["kang-ifnb-pbmc"],        # as the shipped Kang model
+                                **{**TRAIN["kang-ifnb-pbmc"],     # as the shipped Kang model
+                                   **dict(parse_override(t) for t in args.train)},
                                 **({"members": args.members} if args.members else {}))
             train_s = time.perf_counter() - t0
         # as the shipped Kang model: guidance per evidence class and the anchor rule

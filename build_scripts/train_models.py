@@ -86,6 +86,17 @@ def load_kang_fold(folds: Path, cell_type: str, adata=None, schema=None):
     return model
 
 
+def parse_override(text: str) -> tuple[str, object]:
+    """``"kl_weight=0.1"`` -> ``("kl_weight", 0.1)`` (JSON value, else the string)."""
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise SystemExit(f"--train wants NAME=VALUE, got {text!r}")
+    try:
+        return name, json.loads(value)
+    except json.JSONDecodeError:
+        return name, value
+
+
 def kang_labels(adata):
     """Each Kang cell's type (str array) and whether it was stimulated (bool array): the
     leave-one-cell-type-out scripts' masks."""
