@@ -290,6 +290,8 @@ def test_model_card_opens_with_plain_words_and_the_evidence_table():
         "baseline": {"name": "mean_shift", "r2_top100": 0.83}, "source": "CRISPR held out"}})
     doc.setHtml(safe_card_html(SimpleNamespace(**{**info.__dict__, "card": listed})))
     assert "⚠ new cell type for this perturbation" in doc.toPlainText()
+    assert "below the baseline on Pearson delta with control cells not shared" in \
+        doc.toPlainText()
     # a baseline that covers 3 of the 56 conditions is compared on those 3
     partial = dict(card, evidence={"measured": {
         "model": {"r2_top100": 0.87, "n": 56},
