@@ -5,6 +5,7 @@ tests use the session's tiny ensemble trained on the synthetic dataset."""
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -136,23 +137,32 @@ def test_evidence_expects_the_nested_estimate_where_the_card_has_one():
     assert "reached R2 0.90, the mean shift" in plain and "chosen on" not in plain
 
 
+@contextmanager
+def _card_row(model, cond, row: dict):
+    """``model`` with a card whose evidence row for ``cond``'s class is ``row`` (restored
+    after); yields the row, to be edited in place."""
+    from engine.effects import evidence_for
+
+    kind, old = evidence_for(model, cond).kind, model.card
+    model.card = {"evidence": {kind: row}}
+    try:
+        yield row
+    finally:
+        model.card = old
+
+
 def test_evidence_below_baseline_judged_on_the_nested_estimate(tiny_model):
     from engine import Condition
     from engine.effects import evidence_for
 
     cond = Condition.parse("T", "A", "CRISPRa")
-    kind = evidence_for(tiny_model, cond).kind
-    old = tiny_model.card
-    try:
-        tiny_model.card = {"evidence": {kind: {
-            "model": {"r2_top100": 0.9, "r2_top100_nested": 0.7},
-            "baseline": {"name": "mean_shift", "r2_top100": 0.8}}}}
+    with _card_row(tiny_model, cond, {"model": {"r2_top100": 0.9, "r2_top100_nested": 0.7},
+                                      "baseline": {"name": "mean_shift",
+                                                   "r2_top100": 0.8}}) as row:
         ev = evidence_for(tiny_model, cond)
         assert ev.below_baseline and ev.expected_r2 == 0.7
-        tiny_model.card["evidence"][kind]["model"]["r2_top100_nested"] = 0.85
+        row["model"]["r2_top100_nested"] = 0.85
         assert not evidence_for(tiny_model, cond).below_baseline
-    finally:
-        tiny_model.card = old
 
 
 def test_a_baseline_covering_only_some_conditions_is_compared_on_those(tiny_model):
@@ -162,22 +172,17 @@ def test_a_baseline_covering_only_some_conditions_is_compared_on_those(tiny_mode
     from engine.effects import evidence_for, paired_r2
 
     cond = Condition.parse("T", "A", "CRISPRa")
-    kind = evidence_for(tiny_model, cond).kind
-    old = tiny_model.card
-    try:
-        tiny_model.card = {"evidence": {kind: {
+    with _card_row(tiny_model, cond, {
             "model": {"r2_top100": 0.87, "n": 56},
             "baseline": {"name": "additive", "r2_top100": 0.92, "n": 3,
-                         "model_on_same": {"r2_top100": 0.96}}}}}
+                         "model_on_same": {"r2_top100": 0.96}}}) as row:
         ev = evidence_for(tiny_model, cond)
         assert not ev.below_baseline and ev.baseline_score["model_r2_on_same"] == 0.96
         assert paired_r2(ev.score, ev.baseline_score) == 0.96
-        tiny_model.card["evidence"][kind]["baseline"]["model_on_same"]["r2_top100"] = 0.90
+        row["baseline"]["model_on_same"]["r2_top100"] = 0.90
         assert evidence_for(tiny_model, cond).below_baseline
-        del tiny_model.card["evidence"][kind]["baseline"]["model_on_same"]
+        del row["baseline"]["model_on_same"]
         assert evidence_for(tiny_model, cond).below_baseline      # 0.87 vs 0.92, no pairing
-    finally:
-        tiny_model.card = old
 
 
 # -- the tiny ensemble ------------------------------------------------------------------------
