@@ -68,6 +68,7 @@ class Evidence:
     below_baseline: bool = False           # the model scored below that baseline
     verdict: str = ""                      # one plain sentence
     coverage: dict | None = None           # the card's interval coverage for this kind
+    below_on: tuple[str, ...] = ()         # where the baseline did better, in plain words
 
     @property
     def expected_r2(self) -> float | None:
@@ -79,7 +80,8 @@ class Evidence:
     def to_dict(self) -> dict:
         return {"kind": self.kind, "label": self.label, "score": self.score,
                 "baseline_score": self.baseline_score, "below_baseline": self.below_baseline,
-                "verdict": self.verdict, "coverage": self.coverage}
+                "verdict": self.verdict, "coverage": self.coverage,
+                "below_on": list(self.below_on)}
 
 
 def expected_r2(score: dict | None) -> float | None:
@@ -88,6 +90,13 @@ def expected_r2(score: dict | None) -> float | None:
         return None
     nested = score.get("r2_top100_nested")
     return nested if nested is not None else score.get("r2_top100")
+
+
+#: Plain words for the metrics a card row lists as below its baseline (metrics_below_baseline)
+METRIC_WORDS = {"r2_top100": "R2 of the top-100 changed genes",
+                "pearson_delta_top100": "Pearson delta (direction of change)",
+                "pearson_delta_top100_split": "Pearson delta with control cells not shared",
+                "energy_ratio": "energy ratio (distance to the real cells)"}
 
 
 def paired_r2(score: dict | None, base: dict | None) -> float | None:
@@ -199,17 +208,23 @@ def evidence_for(model, cond: Condition) -> Evidence:
         if isinstance(entry.get("baseline"), dict) else None
     if base is not None and isinstance(same, dict) and _number(same.get("r2_top100")) is not None:
         base["model_r2_on_same"] = _number(same["r2_top100"])
-    below = bool(score and base and paired_r2(score, base) < base["r2_top100"])
+    why: list[str] = []
+    if score and base and paired_r2(score, base) < base["r2_top100"]:
+        why.append(METRIC_WORDS["r2_top100"])
     losses = (entry.get("model") or {}).get("cell_types_below_baseline") \
         if isinstance(entry.get("model"), dict) else None
-    below = below or bool(score and base and isinstance(losses, list) and losses)
+    if score and base and isinstance(losses, list) and losses:
+        why.append("R2 for " + ", ".join(map(str, losses)))
     worse = (entry.get("model") or {}).get("metrics_below_baseline") \
         if isinstance(entry.get("model"), dict) else None     # e.g. the new_gene row
-    below = below or bool(score and base and isinstance(worse, list) and worse)
+    if score and base and isinstance(worse, list):
+        why += [METRIC_WORDS.get(str(m), str(m).replace("_", " ")) for m in worse]
+    why = list(dict.fromkeys(why))
+    below = bool(why)
     cov = entry.get("coverage") if isinstance(entry.get("coverage"), dict) else None
     verdict = entry.get("verdict") if isinstance(entry.get("verdict"), str) else \
         _verdict(kind, score, base, below)
-    return Evidence(kind, EVIDENCE_LABELS[kind], score, base, below, verdict, cov)
+    return Evidence(kind, EVIDENCE_LABELS[kind], score, base, below, verdict, cov, tuple(why))
 
 
 # -- effects ----------------------------------------------------------------------------------

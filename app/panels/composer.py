@@ -366,8 +366,10 @@ class ComposerPanel(QWidget):
         elif g is not None and self.guidance.value() < 0:      # "model's choice"
             text += f" · drawn at guidance {g:g}, the model's choice for this kind"
         if ev.below_baseline:
+            on = getattr(ev, "below_on", ())
             return (f"<br><span style='color:{WARN}'>⚠ {text}: the simple baseline did better on "
-                    "such conditions.</span>")
+                    "such conditions" + (f" ({esc('; '.join(on))})" if on else "")
+                    + ".</span>")
         return f"<br><span style='color:#444'>{text}</span>"
 
     def _confirm_long(self, cells: int) -> bool:

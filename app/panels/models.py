@@ -334,12 +334,6 @@ def card_html(info) -> str:
     return "\n".join(out)
 
 
-#: Plain names of the metrics a card row lists as below its baseline (metrics_below_baseline)
-_BELOW_NAMES = {"pearson_delta_top100": "Pearson delta (direction of change)",
-                "pearson_delta_top100_split": "Pearson delta with control cells not shared",
-                "energy_ratio": "energy ratio (distance to the real cells)"}
-
-
 def _evidence_html(evidence) -> str:
     """The card's evidence table (engine.cards.evidence_entry rows): for each kind of condition,
     the model's held-out R2, the best simple baseline's, and how often the 90% interval held
@@ -347,7 +341,7 @@ def _evidence_html(evidence) -> str:
     card has none; rows of an unexpected shape are skipped."""
     if not isinstance(evidence, dict) or not evidence:
         return ""
-    from engine.effects import EVIDENCE_LABELS
+    from engine.effects import EVIDENCE_LABELS, METRIC_WORDS
 
     def num(d, k):
         v = d.get(k) if isinstance(d, dict) else None
@@ -376,7 +370,7 @@ def _evidence_html(evidence) -> str:
         worse = e["model"].get("metrics_below_baseline")
         below = below or (b2 is not None and isinstance(worse, list) and bool(worse))
         style = " style='color:#a15c00'" if below else ""
-        why = [_BELOW_NAMES.get(str(m), str(m).replace("_", " ")) for m in worse
+        why = [METRIC_WORDS.get(str(m), str(m).replace("_", " ")) for m in worse
                if str(m) != "r2_top100"] if isinstance(worse, list) and b2 is not None else []
         cells = [("⚠ " if below else "") + _e(EVIDENCE_LABELS.get(str(kind), kind)),
                  (f"{r2:.2f}" if nested is None else

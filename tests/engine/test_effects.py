@@ -161,8 +161,16 @@ def test_evidence_below_baseline_judged_on_the_nested_estimate(tiny_model):
                                                    "r2_top100": 0.8}}) as row:
         ev = evidence_for(tiny_model, cond)
         assert ev.below_baseline and ev.expected_r2 == 0.7
+        assert ev.below_on == ("R2 of the top-100 changed genes",)
         row["model"]["r2_top100_nested"] = 0.85
         assert not evidence_for(tiny_model, cond).below_baseline
+        assert evidence_for(tiny_model, cond).below_on == ()
+        # a metric the card lists (e.g. Pearson delta with the control cells split) says which
+        row["model"]["metrics_below_baseline"] = ["pearson_delta_top100_split"]
+        ev = evidence_for(tiny_model, cond)
+        assert ev.below_baseline
+        assert ev.below_on == ("Pearson delta with control cells not shared",)
+        assert ev.to_dict()["below_on"] == list(ev.below_on)
 
 
 def test_a_baseline_covering_only_some_conditions_is_compared_on_those(tiny_model):
