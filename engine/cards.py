@@ -198,9 +198,9 @@ def plain_sentences(card: dict) -> list[str]:
         expect = s.get("r2_top100_nested", s["r2_top100"])
         text = (f"For a {EVIDENCE_LABELS[kind].replace('new ', 'new ', 1)}, expect R2 around "
                 f"{expect:.2f}"
-                + (f" ({s['r2_top100']:.2f} on the folds its rule was chosen on)"
-                   if "r2_top100_nested" in s else "")
-                + f" ({_short_source(e.get('source'))})")
+                + " (" + (f"{s['r2_top100']:.2f} on the folds its rule was chosen on; "
+                          if "r2_top100_nested" in s else "")
+                + f"{_short_source(e.get('source'))})")
         if b:
             better = s["r2_top100"] >= b["r2_top100"]
             text += (f"; the simple {b['name'].replace('_', ' ')} baseline reaches "
