@@ -410,10 +410,8 @@ def score_text(ev) -> str:
                f"({float(s['r2_top100']):.2f} on the folds its rule was chosen on)")
     if b is not None and _num(b.get("r2_top100")):
         name = BASELINE_NAMES.get(str(b.get("name", "")), str(b.get("name", "baseline")))
-        same = b.get("model_r2_on_same")
-        if _num(same) and _num(b.get("n")) and _num(s.get("n")) and \
-                int(float(b["n"])) != int(float(s["n"])):
-            # the baseline covers only some of the conditions: compare on those
+        same = b.get("model_r2_on_same")       # engine.effects.judge_entry: set when the
+        if _num(same) and _num(b.get("n")):     # baseline covers only some of the conditions
             return (f"{out}; on the {int(float(b['n']))} conditions the {name} baseline "
                     f"covers, model {float(same):.2f} vs baseline {float(b['r2_top100']):.2f}")
         out += f" vs {name} baseline {float(b['r2_top100']):.2f}"

@@ -194,6 +194,37 @@ def _scores(entry, *, named: bool = False) -> dict | None:
     return {k: (v if k == "name" else _number(v)) for k, v in out.items()}
 
 
+def judge_entry(entry) -> tuple[dict | None, dict | None, tuple[str, ...]]:
+    """One card evidence row judged against its baseline: ``(score, baseline, below_on)``.
+
+    ``score`` and ``baseline`` are the row's numeric entries (None when malformed or unscored);
+    a baseline that covers fewer conditions than the model's row gets ``model_r2_on_same``
+    (the model's R2 on those conditions, the one compared with it). ``below_on`` says in plain
+    words (:data:`METRIC_WORDS`) where the baseline did better: R2 (the nested estimate where
+    the row has one), the cell types and the metrics the row lists as below it."""
+    entry = entry if isinstance(entry, dict) else {}
+    raw_model = entry.get("model") if isinstance(entry.get("model"), dict) else {}
+    raw_base = entry.get("baseline") if isinstance(entry.get("baseline"), dict) else {}
+    score = _scores(raw_model)
+    base = _scores(raw_base, named=True) if score is not None else None
+    if not score or not base:
+        return score, base, ()
+    same = raw_base.get("model_on_same")
+    if isinstance(same, dict) and _number(same.get("r2_top100")) is not None and \
+            base.get("n") is not None and base.get("n") != score.get("n"):
+        base["model_r2_on_same"] = _number(same["r2_top100"])
+    why: list[str] = []
+    if paired_r2(score, base) < base["r2_top100"]:
+        why.append(METRIC_WORDS["r2_top100"])
+    losses = raw_model.get("cell_types_below_baseline")
+    if isinstance(losses, list) and losses:
+        why.append("R2 for " + ", ".join(map(str, losses)))
+    worse = raw_model.get("metrics_below_baseline")        # e.g. the new_gene row
+    if isinstance(worse, list):
+        why += [METRIC_WORDS.get(str(m), str(m).replace("_", " ")) for m in worse]
+    return score, base, tuple(dict.fromkeys(why))
+
+
 def evidence_for(model, cond: Condition) -> Evidence:
     """The :class:`Evidence` of ``cond`` (valid for ``model``), with the card's score for its
     class. Cheap: no generation. Malformed card entries count as "not scored"."""
@@ -202,29 +233,12 @@ def evidence_for(model, cond: Condition) -> Evidence:
     table = (model.card or {}).get("evidence")
     entry = table.get(kind) if isinstance(table, dict) else None
     entry = entry if isinstance(entry, dict) else {}
-    score = _scores(entry.get("model"))
-    base = _scores(entry.get("baseline"), named=True) if score is not None else None
-    same = (entry.get("baseline") or {}).get("model_on_same") \
-        if isinstance(entry.get("baseline"), dict) else None
-    if base is not None and isinstance(same, dict) and _number(same.get("r2_top100")) is not None:
-        base["model_r2_on_same"] = _number(same["r2_top100"])
-    why: list[str] = []
-    if score and base and paired_r2(score, base) < base["r2_top100"]:
-        why.append(METRIC_WORDS["r2_top100"])
-    losses = (entry.get("model") or {}).get("cell_types_below_baseline") \
-        if isinstance(entry.get("model"), dict) else None
-    if score and base and isinstance(losses, list) and losses:
-        why.append("R2 for " + ", ".join(map(str, losses)))
-    worse = (entry.get("model") or {}).get("metrics_below_baseline") \
-        if isinstance(entry.get("model"), dict) else None     # e.g. the new_gene row
-    if score and base and isinstance(worse, list):
-        why += [METRIC_WORDS.get(str(m), str(m).replace("_", " ")) for m in worse]
-    why = list(dict.fromkeys(why))
+    score, base, why = judge_entry(entry)
     below = bool(why)
     cov = entry.get("coverage") if isinstance(entry.get("coverage"), dict) else None
     verdict = entry.get("verdict") if isinstance(entry.get("verdict"), str) else \
         _verdict(kind, score, base, below)
-    return Evidence(kind, EVIDENCE_LABELS[kind], score, base, below, verdict, cov, tuple(why))
+    return Evidence(kind, EVIDENCE_LABELS[kind], score, base, below, verdict, cov, why)
 
 
 # -- effects ----------------------------------------------------------------------------------

@@ -341,7 +341,7 @@ def _evidence_html(evidence) -> str:
     card has none; rows of an unexpected shape are skipped."""
     if not isinstance(evidence, dict) or not evidence:
         return ""
-    from engine.effects import EVIDENCE_LABELS, METRIC_WORDS
+    from engine.effects import EVIDENCE_LABELS, METRIC_WORDS, judge_entry
 
     def num(d, k):
         v = d.get(k) if isinstance(d, dict) else None
@@ -358,26 +358,22 @@ def _evidence_html(evidence) -> str:
         b2 = num(base, "r2_top100")
         cov = e.get("coverage") if isinstance(e.get("coverage"), dict) else {}
         c_aware, c_raw = num(cov, "coverage_noise_aware"), num(cov, "coverage")
-        # the model's R2 on the baseline's own conditions, where the baseline covers only some
-        # (additive: the doubles of a test set of mostly singles)
-        same = num(base.get("model_on_same"), "r2_top100")
-        n_m, n_b = num(e["model"], "n"), num(base, "n")
-        partial = same is not None and n_m is not None and n_b is not None and n_m != n_b
-        mine = same if partial else min(r2, nested if nested is not None else r2)
-        below = b2 is not None and mine < b2
-        # as engine.effects.evidence_for: a metric the card lists as below the baseline (e.g.
-        # Pearson delta with control cells not shared) flags the row too
-        worse = e["model"].get("metrics_below_baseline")
-        below = below or (b2 is not None and isinstance(worse, list) and bool(worse))
+        # judged as the composer and results page judge it (engine.effects.judge_entry): R2 on
+        # the baseline's own conditions where it covers only some, the nested estimate, the
+        # cell types and metrics the card lists as below the baseline
+        _, judged, below_on = judge_entry(e)
+        below = bool(below_on)
+        same = (judged or {}).get("model_r2_on_same")
+        n_b = num(base, "n")
         style = " style='color:#a15c00'" if below else ""
-        why = [METRIC_WORDS.get(str(m), str(m).replace("_", " ")) for m in worse
-               if str(m) != "r2_top100"] if isinstance(worse, list) and b2 is not None else []
+        why = [w for w in below_on if w != METRIC_WORDS["r2_top100"]]
         cells = [("⚠ " if below else "") + _e(EVIDENCE_LABELS.get(str(kind), kind)),
                  (f"{r2:.2f}" if nested is None else
                   f"{nested:.2f} ({r2:.2f} on the folds its rule was chosen on)")
                  + (f"<br>below the baseline on {_e(', '.join(why))}" if why else ""),
                  (f"{_e(str(base.get('name', '')).replace('_', ' '))} {b2:.2f}"
-                  + (f" (on {n_b:.0f} conditions; model {same:.2f} there)" if partial else ""))
+                  + (f" (on {n_b:.0f} conditions; model {same:.2f} there)"
+                     if same is not None and n_b is not None else ""))
                  if b2 is not None else "—",
                  (f"{c_aware:.0%}" + (f" ({c_raw:.0%} raw)" if c_raw is not None else ""))
                  if c_aware is not None else (f"{c_raw:.0%}" if c_raw is not None else "—"),
